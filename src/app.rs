@@ -1,0 +1,431 @@
+//! The window app (`polyface run`): winit window, wgpu surface, camera view and egui overlay.
+//!
+//! Capture runs on its own thread ([`LatestFrame`]); the main thread takes the newest frame when
+//! it is ready to draw, so the UI never waits on capture and latency never builds up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use winit::application::ApplicationHandler;
+use winit::event::WindowEvent;
+use winit::event_loop::{ActiveEventLoop, ControlFlow, EventLoop};
+use winit::window::{Window, WindowId};
+
+use crate::capture::{self, CaptureStatus, LatestFrame, SourceOptions, SourceSpec};
+use crate::cli::RunArgs;
+use crate::render::{rgb_to_rgba, FrameView, Gpu, PixelRect};
+use crate::timing::{FrameTimings, Stage, TimingRing};
+use crate::ui::{SourceAction, SourcePanel, TimingsPanel};
+
+/// Redraw at most this often when nothing else asks for it.
+const FRAME_INTERVAL: Duration = Duration::from_millis(16);
+const BACKGROUND: wgpu::Color = wgpu::Color {
+    r: 0.02,
+    g: 0.02,
+    b: 0.025,
+    a: 1.0,
+};
+
+/// Opens the window and runs until it is closed.
+pub fn run(args: RunArgs) -> Result<()> {
+    let event_loop = EventLoop::new().context(
+        "cannot open a window: no display found (set DISPLAY or WAYLAND_DISPLAY, or use `polyface track` headless)",
+    )?;
+    event_loop.set_control_flow(ControlFlow::Poll);
+    let mut app = App::new(args);
+    event_loop
+        .run_app(&mut app)
+        .context("the window's event loop failed")?;
+    match app.fatal.take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+struct WindowState {
+    window: Arc<Window>,
+    surface: wgpu::Surface<'static>,
+    config: wgpu::SurfaceConfiguration,
+    gpu: Gpu,
+    frame_view: FrameView,
+    egui_ctx: egui::Context,
+    egui_state: egui_winit::State,
+    egui_renderer: egui_wgpu::Renderer,
+}
+
+/// Per-frame facts the overlay shows besides stage timings.
+#[derive(Default)]
+struct Meters {
+    presents: std::collections::VecDeque<Instant>,
+    latency_ms: Option<f32>,
+}
+
+impl Meters {
+    fn fps(&self) -> f32 {
+        match (self.presents.front(), self.presents.back()) {
+            (Some(first), Some(last)) if self.presents.len() > 1 && last > first => {
+                (self.presents.len() - 1) as f32 / (*last - *first).as_secs_f32()
+            }
+            _ => 0.0,
+        }
+    }
+
+    fn presented(&mut self, at: Instant) {
+        self.presents.push_back(at);
+        while self.presents.len() > 60 {
+            self.presents.pop_front();
+        }
+    }
+}
+
+struct App {
+    args: RunArgs,
+    source_name: String,
+    capture: LatestFrame,
+    window: Option<WindowState>,
+    ring: TimingRing,
+    meters: Meters,
+    timings_panel: TimingsPanel,
+    source_panel: SourcePanel,
+    rgba: image::RgbaImage,
+    warnings: Vec<String>,
+    started: Instant,
+    last_redraw: Instant,
+    fatal: Option<anyhow::Error>,
+}
+
+fn start_capture(spec: SourceSpec, options: SourceOptions) -> LatestFrame {
+    LatestFrame::spawn(capture::opener(spec, options), true, true)
+}
+
+fn describe(spec: &SourceSpec) -> String {
+    match spec {
+        SourceSpec::Path(path) => path.display().to_string(),
+        SourceSpec::Camera(Some(camera)) => format!("camera {camera}"),
+        SourceSpec::Camera(None) => "default camera".into(),
+    }
+}
+
+impl App {
+    fn new(args: RunArgs) -> App {
+        let spec = args.input.spec();
+        let source_name = describe(&spec);
+        let capture = start_capture(spec, args.input.options(!args.no_loop));
+        App {
+            args,
+            source_name,
+            capture,
+            window: None,
+            ring: TimingRing::with_capacity(600),
+            meters: Meters::default(),
+            timings_panel: TimingsPanel::new(),
+            source_panel: SourcePanel::default(),
+            rgba: image::RgbaImage::new(0, 0),
+            warnings: Vec::new(),
+            started: Instant::now(),
+            last_redraw: Instant::now(),
+            fatal: None,
+        }
+    }
+
+    fn switch_source(&mut self, spec: SourceSpec) {
+        self.source_name = describe(&spec);
+        self.capture = start_capture(spec, self.args.input.options(!self.args.no_loop));
+        self.ring = TimingRing::with_capacity(600);
+        self.warnings.clear();
+    }
+
+    fn create_window(&mut self, event_loop: &ActiveEventLoop) -> Result<WindowState> {
+        let (width, height) = self.args.window_size;
+        let attributes = Window::default_attributes()
+            .with_title("polyface")
+            .with_inner_size(winit::dpi::LogicalSize::new(width, height));
+        let window = Arc::new(
+            event_loop
+                .create_window(attributes)
+                .context("creating the window")?,
+        );
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let surface = instance
+            .create_surface(Arc::clone(&window))
+            .context("creating the window's GPU surface")?;
+        let gpu = Gpu::with_instance(instance, Some(&surface))?;
+        let size = window.inner_size();
+        let mut config = surface
+            .get_default_config(&gpu.adapter, size.width.max(1), size.height.max(1))
+            .context("the GPU cannot present to this window")?;
+        // egui blends in gamma space and expects a non-sRGB target; camera pixels pass through as is.
+        config.format = config.format.remove_srgb_suffix();
+        let caps = surface.get_capabilities(&gpu.adapter);
+        // Mailbox shows the newest image without waiting a whole refresh: less latency than FIFO.
+        config.present_mode = if caps.present_modes.contains(&wgpu::PresentMode::Mailbox) {
+            wgpu::PresentMode::Mailbox
+        } else {
+            wgpu::PresentMode::AutoVsync
+        };
+        surface.configure(&gpu.device, &config);
+        log::info!("GPU: {}", gpu.describe());
+
+        let frame_view = FrameView::new(&gpu.device, config.format);
+        let egui_ctx = egui::Context::default();
+        egui_ctx.set_visuals(egui::Visuals::dark());
+        let egui_state = egui_winit::State::new(
+            egui_ctx.clone(),
+            egui::ViewportId::ROOT,
+            event_loop,
+            Some(window.scale_factor() as f32),
+            None,
+            Some(gpu.device.limits().max_texture_dimension_2d as usize),
+        );
+        let egui_renderer =
+            egui_wgpu::Renderer::new(&gpu.device, config.format, Default::default());
+        Ok(WindowState {
+            window,
+            surface,
+            config,
+            gpu,
+            frame_view,
+            egui_ctx,
+            egui_state,
+            egui_renderer,
+        })
+    }
+
+    fn redraw(&mut self) {
+        self.last_redraw = Instant::now();
+        let Some(state) = self.window.as_mut() else {
+            return;
+        };
+
+        // Newest frame, if one arrived since the last redraw.
+        let mut frame_timings = None;
+        if let Some(frame) = self.capture.take() {
+            let mut timings = FrameTimings::new(frame.seq);
+            timings.add(Stage::Capture, frame.decode_time);
+            timings.time(Stage::Convert, || rgb_to_rgba(&frame.image, &mut self.rgba));
+            timings.time(Stage::Render, || {
+                state
+                    .frame_view
+                    .upload(&state.gpu.device, &state.gpu.queue, &self.rgba)
+            });
+            frame_timings = Some((timings, frame.captured_at));
+        }
+        self.warnings.extend(self.capture.take_warnings());
+        if self.warnings.len() > 5 {
+            self.warnings.drain(..self.warnings.len() - 5);
+        }
+
+        // The overlay; it also tells where the camera view goes.
+        let status = self.capture.status();
+        let (_, dropped) = self.capture.counts();
+        let raw_input = state.egui_state.take_egui_input(&state.window);
+        let mut view_rect = egui::Rect::NOTHING;
+        let mut action = None;
+        let has_frame = state.frame_view.frame_size() != (0, 0);
+        let device = state.gpu.describe();
+        let fps = self.meters.fps();
+        let latency = self.meters.latency_ms;
+        let output = state.egui_ctx.run_ui(raw_input, |ui| {
+            egui::Panel::right("overlay").default_size(330.0).show(ui, |ui| {
+                ui.heading("polyface");
+                ui.label(format!("display: {fps:.1} fps"));
+                if let Some(latency) = latency {
+                    ui.label(format!("latency capture-to-present: {latency:.1} ms"));
+                }
+                ui.label(format!("device: {device}"));
+                ui.separator();
+                action = self.source_panel.ui(ui, &status, dropped);
+                ui.separator();
+                self.timings_panel.ui(ui, &self.ring);
+            });
+            if !self.warnings.is_empty() {
+                egui::Panel::bottom("warnings").show(ui, |ui| {
+                    for warning in &self.warnings {
+                        ui.colored_label(egui::Color32::from_rgb(255, 200, 90), warning);
+                    }
+                });
+            }
+            egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
+                view_rect = ui.max_rect();
+                if !has_frame {
+                    ui.centered_and_justified(|ui| {
+                        let text = match &status {
+                            CaptureStatus::Reconnecting { error } | CaptureStatus::Failed { error } => {
+                                format!("{error}\n\nType a video, image or folder path in the panel on the right.")
+                            }
+                            _ => format!("waiting for {}…", self.source_name),
+                        };
+                        ui.label(egui::RichText::new(text).size(18.0));
+                    });
+                }
+            });
+        });
+        state
+            .egui_state
+            .handle_platform_output(&state.window, output.platform_output);
+
+        // Draw: camera view, then the overlay on top.
+        let render_start = Instant::now();
+        let surface_texture = match state.surface.get_current_texture() {
+            wgpu::CurrentSurfaceTexture::Success(t)
+            | wgpu::CurrentSurfaceTexture::Suboptimal(t) => t,
+            wgpu::CurrentSurfaceTexture::Outdated | wgpu::CurrentSurfaceTexture::Lost => {
+                state.surface.configure(&state.gpu.device, &state.config);
+                return;
+            }
+            _ => return,
+        };
+        let target = surface_texture.texture.create_view(&Default::default());
+        let ppp = output.pixels_per_point;
+        let screen = egui_wgpu::ScreenDescriptor {
+            size_in_pixels: [state.config.width, state.config.height],
+            pixels_per_point: ppp,
+        };
+        let paint_jobs = state.egui_ctx.tessellate(output.shapes, ppp);
+        for (id, deltas) in &output.textures_delta.set {
+            for delta in deltas {
+                state
+                    .egui_renderer
+                    .update_texture(&state.gpu.device, &state.gpu.queue, *id, delta);
+            }
+        }
+        let mut encoder = state.gpu.device.create_command_encoder(&Default::default());
+        let extra = state.egui_renderer.update_buffers(
+            &state.gpu.device,
+            &state.gpu.queue,
+            &mut encoder,
+            &paint_jobs,
+            &screen,
+        );
+        {
+            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("camera view"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &target,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(BACKGROUND),
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                ..Default::default()
+            });
+            let area = PixelRect {
+                x: view_rect.min.x * ppp,
+                y: view_rect.min.y * ppp,
+                width: view_rect.width() * ppp,
+                height: view_rect.height() * ppp,
+            };
+            state
+                .frame_view
+                .draw(&mut pass, area, (state.config.width, state.config.height));
+        }
+        {
+            let pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("overlay"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &target,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Load,
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                ..Default::default()
+            });
+            state
+                .egui_renderer
+                .render(&mut pass.forget_lifetime(), &paint_jobs, &screen);
+        }
+        state
+            .gpu
+            .queue
+            .submit(extra.into_iter().chain(std::iter::once(encoder.finish())));
+        for id in &output.textures_delta.free {
+            state.egui_renderer.free_texture(id);
+        }
+        let render_time = render_start.elapsed();
+        let present_start = Instant::now();
+        state.window.pre_present_notify();
+        state.gpu.queue.present(surface_texture);
+        let presented_at = Instant::now();
+        self.meters.presented(presented_at);
+
+        if let Some((mut timings, captured_at)) = frame_timings {
+            timings.add(Stage::Render, render_time);
+            timings.add(Stage::Present, presented_at - present_start);
+            self.meters.latency_ms = Some((presented_at - captured_at).as_secs_f32() * 1000.0);
+            self.ring.push(timings);
+        }
+
+        match action {
+            Some(SourceAction::OpenPath(path)) => self.switch_source(SourceSpec::Path(path)),
+            Some(SourceAction::OpenCamera) => {
+                self.switch_source(SourceSpec::Camera(self.args.input.camera.clone()))
+            }
+            None => {}
+        }
+    }
+}
+
+impl ApplicationHandler for App {
+    fn resumed(&mut self, event_loop: &ActiveEventLoop) {
+        if self.window.is_some() {
+            return;
+        }
+        match self.create_window(event_loop) {
+            Ok(state) => {
+                state.window.request_redraw();
+                self.window = Some(state);
+            }
+            Err(e) => {
+                self.fatal = Some(e);
+                event_loop.exit();
+            }
+        }
+    }
+
+    fn window_event(&mut self, event_loop: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
+        let Some(state) = self.window.as_mut() else {
+            return;
+        };
+        let response = state.egui_state.on_window_event(&state.window, &event);
+        match event {
+            WindowEvent::CloseRequested => event_loop.exit(),
+            WindowEvent::Resized(size) => {
+                state.config.width = size.width.max(1);
+                state.config.height = size.height.max(1);
+                state.surface.configure(&state.gpu.device, &state.config);
+                state.window.request_redraw();
+            }
+            WindowEvent::RedrawRequested => self.redraw(),
+            _ => {
+                if response.repaint {
+                    state.window.request_redraw();
+                }
+            }
+        }
+    }
+
+    fn about_to_wait(&mut self, event_loop: &ActiveEventLoop) {
+        if let Some(seconds) = self.args.exit_after {
+            if self.started.elapsed().as_secs_f64() >= seconds {
+                event_loop.exit();
+                return;
+            }
+        }
+        let next = self.last_redraw + FRAME_INTERVAL;
+        if Instant::now() >= next {
+            if let Some(state) = &self.window {
+                state.window.request_redraw();
+            }
+        }
+        event_loop.set_control_flow(ControlFlow::WaitUntil(
+            next.max(Instant::now() + Duration::from_millis(1)),
+        ));
+    }
+}

@@ -1,0 +1,168 @@
+//! The command line: `polyface [run|track|cameras] ...`. Later stages add `eval`, `bench`, `render`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::capture::{SourceOptions, SourceSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "polyface",
+    version,
+    about = "Real-time facial motion retargeting for several people at once",
+    long_about = "polyface finds every face a camera sees, tracks 68 landmarks, head pose and \
+                  ARKit-style expressions per person, and drives one avatar per person.\n\n\
+                  With no command it opens the app on the default camera (same as `polyface run`).",
+    after_help = "Examples:\n  polyface                          open the app on the default camera\n  \
+                  polyface run --input clip.mp4     open the app on a video file\n  \
+                  polyface track --input shots/ --out results/\n  \
+                  polyface cameras                  list cameras"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open the app window: live frames with per-stage timings (the default command).
+    Run(RunArgs),
+    /// The headless twin of `run`: process every frame of an input without a window and write
+    /// the results (timings.csv, frames.jsonl) to a folder.
+    Track(TrackArgs),
+    /// List the cameras this machine offers, with the index and name `--camera` accepts.
+    Cameras,
+}
+
+/// Where frames come from. Without `--input`, a camera is used.
+#[derive(Debug, Clone, Default, Args)]
+pub struct InputArgs {
+    /// Camera to use: its index (0, 1, ...) or part of its name, as `polyface cameras` lists them.
+    #[arg(long, value_name = "INDEX|NAME", conflicts_with = "input")]
+    pub camera: Option<String>,
+    /// Read frames from a video file (.mp4 .mkv .avi .webm .mov), an image, or a folder of images
+    /// (sorted by name) instead of a camera.
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+    /// Camera resolution to ask for, e.g. 1280x720 (the closest the camera offers is used).
+    #[arg(long, value_name = "WxH", value_parser = parse_resolution)]
+    pub resolution: Option<(u32, u32)>,
+    /// Camera frame rate to ask for; the rate at which image folders and single images play.
+    #[arg(long, value_name = "N", value_parser = parse_fps)]
+    pub fps: Option<f64>,
+}
+
+impl InputArgs {
+    pub fn spec(&self) -> SourceSpec {
+        match &self.input {
+            Some(path) => SourceSpec::Path(path.clone()),
+            None => SourceSpec::Camera(self.camera.clone()),
+        }
+    }
+
+    pub fn options(&self, looped: bool) -> SourceOptions {
+        SourceOptions {
+            resolution: self.resolution,
+            fps: self.fps,
+            looped,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Play files once instead of looping them.
+    #[arg(long)]
+    pub no_loop: bool,
+    /// Window size in logical pixels.
+    #[arg(long, value_name = "WxH", value_parser = parse_resolution, default_value = "1280x720")]
+    pub window_size: (u32, u32),
+    /// Close the app after this many seconds (demos, tests).
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    pub exit_after: Option<f64>,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            input: InputArgs::default(),
+            no_loop: false,
+            window_size: (1280, 720),
+            exit_after: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrackArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Folder to write results into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Stop after this many frames (needed to end a camera run; files end by themselves).
+    #[arg(long, value_name = "N")]
+    pub max_frames: Option<u64>,
+}
+
+fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .trim()
+        .split_once(['x', 'X', '×'])
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT, e.g. 1280x720"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=16384).contains(n))
+    };
+    match (parse(w), parse(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(format!(
+            "{text:?} is not WIDTHxHEIGHT with sizes 1..16384, e.g. 1280x720"
+        )),
+    }
+}
+
+fn parse_fps(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(fps) if fps > 0.0 && fps <= 1000.0 => Ok(fps),
+        _ => Err(format!("{text:?} is not a frame rate between 0 and 1000")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_command_means_run_and_sizes_parse() {
+        let cli = Cli::try_parse_from(["polyface"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(parse_resolution("1280x720"), Ok((1280, 720)));
+        assert!(parse_resolution("1280").is_err());
+        assert!(parse_resolution("0x10").is_err());
+        assert!(parse_fps("-3").is_err());
+    }
+
+    #[test]
+    fn track_needs_out_and_camera_conflicts_with_input() {
+        assert!(Cli::try_parse_from(["polyface", "track", "--input", "x"]).is_err());
+        assert!(Cli::try_parse_from(["polyface", "run", "--camera", "0", "--input", "x"]).is_err());
+        let cli = Cli::try_parse_from([
+            "polyface", "track", "--input", "a", "--out", "b", "--fps", "12",
+        ])
+        .unwrap();
+        let Some(Command::Track(args)) = cli.command else {
+            panic!("expected track")
+        };
+        assert_eq!(args.input.spec(), SourceSpec::Path("a".into()));
+        assert_eq!(args.input.options(false).fps, Some(12.0));
+    }
+}

@@ -1,0 +1,24 @@
+//! polyface: real-time facial motion retargeting for several people at once.
+//!
+//! One module per pipeline stage, in the order a frame flows through them:
+//!
+//! | module | stage |
+//! |---|---|
+//! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]) |
+//! | [`timing`] | per-stage durations of every frame, medians and p95 |
+//! | [`render`] | wgpu drawing: camera view (avatars to come) |
+//! | [`ui`] | egui panels of the overlay |
+//! | [`app`] | the window app (`polyface run`) |
+//! | [`headless`] | `polyface track`, the app's headless twin |
+//!
+//! Planned stages, each its own module when it lands: `vision` (detector, SFN, MFN networks),
+//! `fit` (head pose, expression), `track` (people across frames, re-identification),
+//! `retarget` (expressions onto avatars), `record` / `stream` (files, VMC), `bench`.
+
+pub mod app;
+pub mod capture;
+pub mod cli;
+pub mod headless;
+pub mod render;
+pub mod timing;
+pub mod ui;

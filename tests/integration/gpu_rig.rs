@@ -1,0 +1,82 @@
+//! The headless GPU rig: draw offscreen on whatever adapter wgpu finds (Mesa's lavapipe in CI)
+//! and assert on the pixels read back.
+
+use polyface::render::{FrameView, Gpu, OffscreenTarget, PixelRect};
+
+use crate::support::{colour_distance, in_ci, quadrants};
+
+pub fn gpu_or_skip() -> Option<Gpu> {
+    match Gpu::headless() {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            assert!(!in_ci(), "CI=true but no GPU adapter: {e:#}");
+            eprintln!("skipped: {e:#}");
+            None
+        }
+    }
+}
+
+#[test]
+fn camera_view_is_drawn_aspect_preserved_with_exact_colours() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let target = OffscreenTarget::new(&gpu.device, 200, 100);
+    let mut view = FrameView::new(&gpu.device, OffscreenTarget::FORMAT);
+    let frame = polyface::render::rgb_to_rgba_image(&quadrants(64, 64, 0));
+    view.upload(&gpu.device, &gpu.queue, &frame);
+
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let drawn = {
+        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: None,
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: &target.view,
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                    store: wgpu::StoreOp::Store,
+                },
+            })],
+            ..Default::default()
+        });
+        let area = PixelRect {
+            x: 0.0,
+            y: 0.0,
+            width: 200.0,
+            height: 100.0,
+        };
+        view.draw(&mut pass, area, (200, 100))
+    };
+    gpu.queue.submit([encoder.finish()]);
+    let pixels = target.read_pixels(&gpu.device, &gpu.queue).unwrap();
+
+    // A square frame in a 2:1 target: pillarboxed to the middle 100×100.
+    assert_eq!(
+        drawn,
+        Some(PixelRect {
+            x: 50.0,
+            y: 0.0,
+            width: 100.0,
+            height: 100.0
+        })
+    );
+    let at = |x, y| {
+        let p = pixels.get_pixel(x, y).0;
+        [p[0], p[1], p[2]]
+    };
+    for (x, y) in [(10, 50), (190, 50), (49, 10)] {
+        assert_eq!(at(x, y), [0, 0, 0], "pillarbox bar at ({x},{y})");
+    }
+    for ((x, y), want) in [
+        ((70, 20), [220, 30, 30]),
+        ((130, 20), [30, 200, 40]),
+        ((70, 80), [30, 40, 220]),
+        ((130, 80), [240, 240, 240]),
+    ] {
+        let got = at(x, y);
+        assert!(
+            colour_distance(got, want) <= 1.0,
+            "({x},{y}): {got:?} vs {want:?}"
+        );
+    }
+}

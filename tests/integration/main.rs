@@ -1,0 +1,7 @@
+//! Integration tests: one binary (linking this stack is slow), one module per area.
+
+mod capture_sources;
+mod cli_track;
+mod gpu_rig;
+mod support;
+mod window_smoke;

@@ -1,0 +1,164 @@
+//! The real app in a real window under Xvfb (software Vulkan), checked through screenshots.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{colour_distance, frame_folder, have_tool, polyface};
+
+/// An Xvfb server on a free display number, stopped on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> Xvfb {
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting Xvfb");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let display = format!(":{}", line.trim());
+        assert!(
+            line.trim().parse::<u32>().is_ok(),
+            "Xvfb gave no display number: {line:?}"
+        );
+        Xvfb { child, display }
+    }
+
+    fn screenshot(&self, out: &Path) -> image::RgbImage {
+        let status = Command::new("import")
+            .args(["-display", &self.display, "-window", "root"])
+            .arg(out)
+            .status()
+            .expect("running ImageMagick's import");
+        assert!(status.success());
+        image::open(out).unwrap().into_rgb8()
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count_near(image: &image::RgbImage, region: (u32, u32, u32, u32), colour: [u8; 3]) -> usize {
+    let (x0, y0, x1, y1) = region;
+    (y0..y1.min(image.height()))
+        .flat_map(|y| (x0..x1.min(image.width())).map(move |x| (x, y)))
+        .filter(|&(x, y)| colour_distance(image.get_pixel(x, y).0, colour) < 10.0)
+        .count()
+}
+
+fn distinct_colours(image: &image::RgbImage, region: (u32, u32, u32, u32)) -> usize {
+    let (x0, y0, x1, y1) = region;
+    let mut seen = std::collections::HashSet::new();
+    for y in y0..y1.min(image.height()) {
+        for x in x0..x1.min(image.width()) {
+            seen.insert(image.get_pixel(x, y).0);
+        }
+    }
+    seen.len()
+}
+
+fn screenshots_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn app_shows_frames_and_the_timing_overlay_in_a_window() {
+    if !have_tool("Xvfb") || !have_tool("import") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let frames = frame_folder(&dir.path().join("frames"), 6, 640, 480);
+    let xvfb = Xvfb::start();
+    let mut app = polyface()
+        .args(["run", "--fps", "10", "--exit-after", "40", "--input"])
+        .arg(&frames)
+        .env("DISPLAY", &xvfb.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let shot = screenshots_dir().join("window_smoke.png");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let image = loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        if let Some(status) = app.try_wait().unwrap() {
+            panic!("the app exited early with {status}");
+        }
+        let image = xvfb.screenshot(&shot);
+        // Frame shown (its red and white quadrants) and the overlay drawn with its timing rows.
+        let frame_region = (0, 0, 940, 720);
+        let red = count_near(&image, frame_region, [220, 30, 30]);
+        let white = count_near(&image, frame_region, [240, 240, 240]);
+        let overlay = distinct_colours(&image, (960, 0, 1280, 400));
+        if red > 20_000 && white > 20_000 && overlay > 30 {
+            break image;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "window never showed frame + overlay (red {red}, white {white}, overlay colours {overlay}); see {}",
+            shot.display()
+        );
+    };
+    assert_eq!(image.dimensions(), (1280, 800));
+    let _ = app.kill();
+    let _ = app.wait();
+}
+
+#[test]
+fn app_without_a_camera_opens_and_stays_up() {
+    if !have_tool("Xvfb") || !have_tool("import") {
+        return;
+    }
+    if !polyface::capture::list_cameras()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        eprintln!("skipped: this machine has cameras");
+        return;
+    }
+    let xvfb = Xvfb::start();
+    let started = Instant::now();
+    let output = polyface()
+        .args(["run", "--exit-after", "4"])
+        .env("DISPLAY", &xvfb.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the app must stay up and close normally: {stderr}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "the app left before --exit-after"
+    );
+    assert!(
+        stderr.contains("no camera found"),
+        "the missing camera is reported: {stderr}"
+    );
+}
