@@ -6,12 +6,13 @@
 //! |---|---|
 //! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]) |
 //! | [`timing`] | per-stage durations of every frame, medians and p95 |
+//! | [`vision`] | networks in candle: single-face network (SFN), fast CPU kernels |
 //! | [`render`] | wgpu drawing: camera view (avatars to come) |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //!
-//! Planned stages, each its own module when it lands: `vision` (detector, SFN, MFN networks),
+//! Planned stages, each its own module when it lands: detector and MFN in `vision`,
 //! `fit` (head pose, expression), `track` (people across frames, re-identification),
 //! `retarget` (expressions onto avatars), `record` / `stream` (files, VMC), `bench`.
 
@@ -22,3 +23,4 @@ pub mod headless;
 pub mod render;
 pub mod timing;
 pub mod ui;
+pub mod vision;

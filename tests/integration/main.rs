@@ -3,5 +3,6 @@
 mod capture_sources;
 mod cli_track;
 mod gpu_rig;
+mod sfn_model;
 mod support;
 mod window_smoke;

@@ -1,0 +1,109 @@
+//! Loading a network's safetensors file, with errors that name the file, the tensor and the shape.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}: model file not found; the trained weights ship in models/ (see training/README.md to retrain)")]
+    Missing(PathBuf),
+    #[error("{path}: cannot read model file: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{path}: not a valid safetensors file (truncated or corrupt?): {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: metadata {key:?} is {problem}")]
+    Metadata {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+    #[error("{path}: tensor {tensor:?}: {problem}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        problem: String,
+    },
+}
+
+/// A model file: its bytes, its string metadata, and a candle `VarBuilder` over its tensors.
+pub struct ModelFile {
+    pub path: PathBuf,
+    pub metadata: HashMap<String, String>,
+    shapes: HashMap<String, Vec<usize>>,
+    vb: VarBuilder<'static>,
+}
+
+impl ModelFile {
+    pub fn open(path: &Path, device: &Device) -> Result<ModelFile, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ModelError::Missing(path.to_path_buf()),
+            _ => ModelError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+        })?;
+        let corrupt = |reason: String| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let parsed =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let shapes = parsed
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            metadata,
+            shapes,
+            vb,
+        })
+    }
+
+    /// A metadata entry, required.
+    pub fn meta(&self, key: &str) -> Result<&str, ModelError> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| ModelError::Metadata {
+                path: self.path.clone(),
+                key: key.to_string(),
+                problem: "missing".into(),
+            })
+    }
+
+    /// A metadata entry holding JSON, parsed.
+    pub fn meta_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, ModelError> {
+        serde_json::from_str(self.meta(key)?).map_err(|e| ModelError::Metadata {
+            path: self.path.clone(),
+            key: key.to_string(),
+            problem: format!("not the expected JSON ({e})"),
+        })
+    }
+
+    /// A tensor that must exist with exactly `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<candle_core::Tensor, ModelError> {
+        let error = |problem: String| ModelError::Tensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            problem,
+        };
+        match self.shapes.get(name) {
+            None => return Err(error(format!("missing (expected shape {shape:?})"))),
+            Some(found) if found != shape => {
+                return Err(error(format!("has shape {found:?}, expected {shape:?}")));
+            }
+            Some(_) => {}
+        }
+        self.vb.get(shape, name).map_err(|e| error(e.to_string()))
+    }
+}

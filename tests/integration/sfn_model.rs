@@ -1,0 +1,142 @@
+//! The SFN in candle: loading, malformed files, parity with PyTorch, batching.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Module};
+use polyface::vision::sfn::{self, SfnConfig, DEFAULT_CONFIG_JSON};
+use polyface::vision::{CropBox, ModelError, Sfn};
+
+fn default_config() -> SfnConfig {
+    serde_json::from_str(DEFAULT_CONFIG_JSON).unwrap()
+}
+
+fn random_model(dir: &Path) -> PathBuf {
+    let path = dir.join("sfn_random.safetensors");
+    sfn::write_random_weights(&default_config(), DEFAULT_CONFIG_JSON, &path, 7).unwrap();
+    path
+}
+
+#[test]
+fn malformed_model_files_name_the_file_tensor_and_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = random_model(dir.path());
+    assert!(Sfn::load(&good, &Device::Cpu).is_ok());
+
+    let missing = dir.path().join("nope.safetensors");
+    let err = Sfn::load(&missing, &Device::Cpu).err().unwrap();
+    assert!(
+        matches!(err, ModelError::Missing(_)) && err.to_string().contains("nope.safetensors"),
+        "{err}"
+    );
+
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Sfn::load(&truncated, &Device::Cpu).err().unwrap();
+    assert!(
+        matches!(err, ModelError::Corrupt { .. })
+            && err.to_string().contains("truncated.safetensors"),
+        "{err}"
+    );
+
+    // A file made for another architecture: the first block is wider than this metadata says.
+    let mut wider = default_config();
+    wider.blocks[0] = [16, 16, 1, 2];
+    let wider_json = DEFAULT_CONFIG_JSON.replace("[16, 16, 1, 1]", "[16, 16, 1, 2]");
+    let mismatched = dir.path().join("mismatched.safetensors");
+    sfn::write_random_weights(&wider, &wider_json, &mismatched, 1).unwrap();
+    let bytes = std::fs::read(&mismatched).unwrap();
+    // Keep the tensors, claim the default architecture: blocks.0 has an expand layer it should not.
+    let text = String::from_utf8_lossy(&bytes[..2000]).to_string();
+    assert!(text.contains("[16, 16, 1, 2]"));
+    let patched: Vec<u8> = {
+        let needle = b"[16, 16, 1, 2]";
+        let mut out = bytes.clone();
+        let at = out.windows(needle.len()).position(|w| w == needle).unwrap();
+        out[at..at + needle.len()].copy_from_slice(b"[16, 16, 1, 1]");
+        out
+    };
+    std::fs::write(&mismatched, patched).unwrap();
+    let err = Sfn::load(&mismatched, &Device::Cpu).err().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("mismatched.safetensors") && text.contains("blocks.0.dw.weight"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[32, 1, 3, 3]") && text.contains("[16, 1, 3, 3]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn batched_faces_match_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Sfn::load(&random_model(dir.path()), &Device::Cpu).unwrap();
+    let frame = crate::support::quadrants(320, 240, 3);
+    let crops: Vec<CropBox> = (0..4)
+        .map(|i| CropBox {
+            center: glam::Vec2::new(60.0 + 60.0 * i as f32, 120.0),
+            side: 90.0 + 10.0 * i as f32,
+        })
+        .collect();
+    let batch = sfn::crop_batch(&frame, &crops, &Device::Cpu).unwrap();
+    let together = model.forward(&batch).unwrap();
+    for (i, crop) in crops.iter().enumerate() {
+        let single = model
+            .forward(&sfn::crop_batch(&frame, &[*crop], &Device::Cpu).unwrap())
+            .unwrap();
+        let row = together.narrow(0, i, 1).unwrap();
+        let diff: f32 = (row - single)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-4, "face {i}: {diff}");
+    }
+    let faces = model.observe(&frame, &crops).unwrap();
+    assert_eq!(faces.len(), 4);
+    for face in &faces {
+        assert_eq!(face.landmarks.len(), 68);
+        assert_eq!(face.blendshapes.len(), 51);
+        assert!(face.blendshapes.iter().all(|b| (0.0..=1.0).contains(b)));
+        assert!((0.0..=1.0).contains(&face.score));
+        assert!((face.rotation.determinant() - 1.0).abs() < 1e-4);
+    }
+    assert!(model.observe(&frame, &[]).unwrap().is_empty());
+}
+
+/// candle reproduces the PyTorch outputs stored with the shipped weights.
+#[test]
+fn shipped_sfn_matches_pytorch_within_1e_3() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = root.join("models/sfn.safetensors");
+    let fixture_path = root.join("tests/fixtures/sfn_parity.safetensors");
+    if !model_path.exists() || !fixture_path.exists() {
+        assert!(
+            !crate::support::in_ci() || !model_path.exists(),
+            "fixture missing for shipped model"
+        );
+        eprintln!("skipped: no shipped SFN yet");
+        return;
+    }
+    let model = Sfn::load(&model_path, &Device::Cpu).unwrap();
+    let fixture = candle_core::safetensors::load(&fixture_path, &Device::Cpu).unwrap();
+    let input_u8 = &fixture["input_u8"];
+    let input =
+        ((input_u8.to_dtype(candle_core::DType::F32).unwrap() / 127.5).unwrap() - 1.0).unwrap();
+    let expected = &fixture["output"];
+    let got = model.forward(&input).unwrap();
+    let diff: f32 = (got - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff < 1e-3, "max |candle - pytorch| = {diff}");
+}
