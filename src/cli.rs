@@ -36,6 +36,41 @@ pub enum Command {
     Track(TrackArgs),
     /// List the cameras this machine offers, with the index and name `--camera` accepts.
     Cameras,
+    /// Measure the face networks' accuracy on labelled data (the shared JSON Lines format).
+    Eval(EvalArgs),
+}
+
+/// Which face pipeline to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PipelineKind {
+    /// Face detector, then the single-face network on every face (batched).
+    Sfn,
+    /// One multi-face network for the whole frame.
+    Mfn,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[arg(long, value_enum, default_value = "sfn")]
+    pub pipeline: PipelineKind,
+    /// JSON Lines file: one face crop per record (`landmarks68`) or one photo per record (`faces`).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub data: PathBuf,
+    /// Print one JSON object (keys nme, fr10, pose_deg, blend_mae, recall, precision, faces).
+    #[arg(long)]
+    pub json: bool,
+    /// Crop each face from the tight box of its ground-truth landmarks instead of detecting it.
+    #[arg(long)]
+    pub given_boxes: bool,
+    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Evaluate at most this many faces.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Where the networks run: cpu, or cuda / metal in builds with those features.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Where frames come from. Without `--input`, a camera is used.

@@ -10,6 +10,7 @@
 //! | [`render`] | wgpu drawing: camera view (avatars to come) |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
+//! | [`eval`] | `polyface eval`: accuracy on the shared labelled data |
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //!
 //! Planned stages, each its own module when it lands: detector and MFN in `vision`,
@@ -19,6 +20,7 @@
 pub mod app;
 pub mod capture;
 pub mod cli;
+pub mod eval;
 pub mod headless;
 pub mod render;
 pub mod timing;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use polyface::cli::{Cli, Command, RunArgs};
+use polyface::cli::{Cli, Command, EvalArgs, PipelineKind, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,6 +41,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Eval(args) => eval(args),
         Command::Cameras => {
             let cameras = polyface::capture::list_cameras()?;
             if cameras.is_empty() {
@@ -52,4 +53,40 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use polyface::vision;
+    let images = polyface::eval::read_jsonl(&args.data)?;
+    let device = vision::device(&args.device)?;
+    let models = vision::models_dir(args.models.as_deref());
+    let report = match args.pipeline {
+        PipelineKind::Sfn => {
+            let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
+            if !args.given_boxes {
+                anyhow::bail!(
+                    "the detector -> SFN path needs {} (not trained yet); use --given-boxes",
+                    models.join("detector.safetensors").display()
+                );
+            }
+            polyface::eval::eval_sfn_given_boxes(&sfn, &images, args.limit)?
+        }
+        PipelineKind::Mfn => {
+            anyhow::bail!("the multi-face network (MFN) is not available yet; use --pipeline sfn")
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("faces      {}", report.faces);
+        println!("NME        {:.2} %", report.nme);
+        println!("FR@10%     {:.2} %", report.fr10);
+        if let Some(p) = report.pose_deg {
+            println!("pose error {p:.2} deg");
+        }
+        if let Some(b) = report.blend_mae {
+            println!("blend MAE  {b:.4}");
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,27 @@ pub use face::{CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTED_BLENDSHAP
 pub use model_file::{ModelError, ModelFile};
 pub use sfn::{Sfn, SfnConfig};
 
+/// The folder model files are read from: `explicit`, else `$POLYFACE_MODELS`, else `./models`,
+/// else the source tree's `models/` (so `cargo run` works from any folder).
+pub fn models_dir(explicit: Option<&std::path::Path>) -> std::path::PathBuf {
+    if let Some(dir) = explicit {
+        return dir.to_path_buf();
+    }
+    if let Some(dir) = std::env::var_os("POLYFACE_MODELS") {
+        return dir.into();
+    }
+    let local = std::path::PathBuf::from("models");
+    if local.is_dir() {
+        return local;
+    }
+    let source_tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    if source_tree.is_dir() {
+        source_tree
+    } else {
+        local
+    }
+}
+
 /// The device networks run on: CPU unless a GPU feature is built and asked for.
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
     match name {

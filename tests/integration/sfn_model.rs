@@ -140,3 +140,73 @@ fn shipped_sfn_matches_pytorch_within_1e_3() {
         .unwrap();
     assert!(diff < 1e-3, "max |candle - pytorch| = {diff}");
 }
+
+/// `polyface eval` (Rust crops + candle) reproduces the validation metrics the training code
+/// measured for the shipped weights on HELEN test (PyTorch crops + PyTorch).
+#[test]
+fn eval_reproduces_the_training_side_validation_metrics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = root.join("models/sfn.safetensors");
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    if !model_path.exists() {
+        eprintln!("skipped: no shipped SFN yet");
+        return;
+    }
+    let file = polyface::vision::ModelFile::open(&model_path, &Device::Cpu).unwrap();
+    let trained: serde_json::Value = file.meta_json("validation_metrics").unwrap();
+    let output = crate::support::polyface()
+        .args([
+            "eval",
+            "--pipeline",
+            "sfn",
+            "--given-boxes",
+            "--json",
+            "--data",
+        ])
+        .arg(data.join("helen/test.jsonl"))
+        .arg("--models")
+        .arg(root.join("models"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["faces"], 330);
+    let close = |key: &str, trained_key: &str, tolerance: f64| {
+        let ours = report[key].as_f64().unwrap();
+        let theirs = trained[trained_key].as_f64().unwrap();
+        assert!(
+            (ours - theirs).abs() <= tolerance,
+            "{key}: eval {ours} vs training {theirs}"
+        );
+    };
+    close("nme", "nme", 0.05);
+    close("fr10", "fail10", 0.7);
+    close("pose_deg", "pose_deg", 0.1);
+    close("blend_mae", "blend_mae", 0.002);
+}
+
+#[test]
+fn eval_explains_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "").unwrap();
+    let output = crate::support::polyface()
+        .args(["eval", "--given-boxes", "--data"])
+        .arg(&data)
+        .arg("--models")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sfn.safetensors") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}

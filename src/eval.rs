@@ -1,0 +1,275 @@
+//! `polyface eval`: accuracy of the face networks on the shared JSON Lines data.
+//!
+//! Reads both record kinds: one face crop per record (`landmarks68`), and one photo per record
+//! with a `faces` list. Ground truth landmarks are `gt_landmarks68` where present (human), else
+//! `landmarks68`. Metrics: inter-ocular NME over 68 points (outer eye corners 36–45), failure
+//! rate at 10 %, head-pose error in degrees and blendshape MAE against the teacher.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use glam::{Mat3, Vec2};
+use serde::Serialize;
+
+use crate::vision::{CropBox, FaceObservation, Sfn, BLENDSHAPE_NAMES};
+
+/// One labelled face.
+#[derive(Clone, Debug)]
+pub struct LabelledFace {
+    pub landmarks: Vec<Vec2>,
+    /// Teacher head rotation (canonical face → camera), when the teacher saw the face.
+    pub rotation: Option<Mat3>,
+    /// Teacher blendshapes in [`BLENDSHAPE_NAMES`] order, when present.
+    pub blendshapes: Option<Vec<f32>>,
+    /// False for faces the data marks as unconfirmed: neither positives nor negatives.
+    pub confirmed: bool,
+}
+
+/// One image with its labelled faces.
+#[derive(Clone, Debug)]
+pub struct LabelledImage {
+    pub path: PathBuf,
+    pub faces: Vec<LabelledFace>,
+    /// True for whole photos (`faces` records), false for single-face crops.
+    pub is_scene: bool,
+}
+
+fn points(value: &serde_json::Value) -> Option<Vec<Vec2>> {
+    let list = value.as_array()?;
+    let pts: Option<Vec<Vec2>> = list
+        .iter()
+        .map(|p| {
+            Some(Vec2::new(
+                p.get(0)?.as_f64()? as f32,
+                p.get(1)?.as_f64()? as f32,
+            ))
+        })
+        .collect();
+    pts.filter(|p| p.len() == 68)
+}
+
+fn rotation(matrix: &serde_json::Value) -> Option<Mat3> {
+    let m: Vec<f32> = matrix
+        .as_array()?
+        .iter()
+        .map(|v| v.as_f64().map(|f| f as f32))
+        .collect::<Option<_>>()?;
+    if m.len() != 16 {
+        return None;
+    }
+    // Row-major 4×4; glam wants columns.
+    Some(Mat3::from_cols(
+        glam::Vec3::new(m[0], m[4], m[8]),
+        glam::Vec3::new(m[1], m[5], m[9]),
+        glam::Vec3::new(m[2], m[6], m[10]),
+    ))
+}
+
+fn blendshapes(map: &serde_json::Value) -> Option<Vec<f32>> {
+    let map = map.as_object()?;
+    BLENDSHAPE_NAMES
+        .iter()
+        .map(|name| map.get(*name).and_then(|v| v.as_f64()).map(|v| v as f32))
+        .collect()
+}
+
+fn face_from(record: &serde_json::Value, teacher: &serde_json::Value) -> Option<LabelledFace> {
+    let landmarks = points(&record["gt_landmarks68"]).or_else(|| points(&record["landmarks68"]))?;
+    Some(LabelledFace {
+        landmarks,
+        rotation: rotation(&teacher["matrix"]),
+        blendshapes: blendshapes(&teacher["blendshapes"]),
+        confirmed: record["confirmed"].as_bool().unwrap_or(true),
+    })
+}
+
+/// Reads a JSONL file of either record kind. Image paths are relative to the file's folder.
+pub fn read_jsonl(path: &Path) -> Result<Vec<LabelledImage>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut images = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), number + 1))?;
+        let Some(image) = record["image"].as_str() else {
+            bail!("{}:{}: record has no \"image\"", path.display(), number + 1);
+        };
+        let (faces, is_scene) = if let Some(faces) = record["faces"].as_array() {
+            (faces.iter().filter_map(|f| face_from(f, f)).collect(), true)
+        } else {
+            let face = face_from(&record, &record["teacher"])
+                .with_context(|| format!("{}:{}: no 68 landmarks", path.display(), number + 1))?;
+            (vec![face], false)
+        };
+        images.push(LabelledImage {
+            path: base.join(image),
+            faces,
+            is_scene,
+        });
+    }
+    Ok(images)
+}
+
+/// Inter-ocular normalised mean error of 68 points (fraction, not %).
+pub fn nme(predicted: &[Vec2], truth: &[Vec2]) -> f32 {
+    let norm = truth[36].distance(truth[45]).max(1e-6);
+    predicted
+        .iter()
+        .zip(truth)
+        .map(|(p, t)| p.distance(*t))
+        .sum::<f32>()
+        / truth.len() as f32
+        / norm
+}
+
+/// Angle of the rotation between two rotations, in degrees.
+pub fn rotation_error_degrees(a: &Mat3, b: &Mat3) -> f32 {
+    let relative = a.transpose() * *b;
+    let trace = relative.x_axis.x + relative.y_axis.y + relative.z_axis.z;
+    ((trace - 1.0) / 2.0).clamp(-1.0, 1.0).acos().to_degrees()
+}
+
+/// The metrics `eval --json` prints (NME and failure rate in %, pose in degrees).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct EvalReport {
+    pub faces: usize,
+    pub nme: f32,
+    pub fr10: f32,
+    pub pose_deg: Option<f32>,
+    pub blend_mae: Option<f32>,
+    pub recall: Option<f32>,
+    pub precision: Option<f32>,
+}
+
+#[derive(Default)]
+struct Accumulator {
+    nmes: Vec<f32>,
+    pose: Vec<f32>,
+    blend: Vec<f32>,
+}
+
+impl Accumulator {
+    fn add(&mut self, predicted: &FaceObservation, truth: &LabelledFace) {
+        self.nmes.push(nme(&predicted.landmarks, &truth.landmarks));
+        if let Some(r) = &truth.rotation {
+            self.pose
+                .push(rotation_error_degrees(&predicted.rotation, r));
+        }
+        if let Some(b) = &truth.blendshapes {
+            let mae = predicted
+                .blendshapes
+                .iter()
+                .zip(b)
+                .map(|(p, t)| (p - t).abs())
+                .sum::<f32>()
+                / b.len() as f32;
+            self.blend.push(mae);
+        }
+    }
+
+    fn report(&self) -> EvalReport {
+        let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
+        EvalReport {
+            faces: self.nmes.len(),
+            nme: mean(&self.nmes).unwrap_or(f32::NAN) * 100.0,
+            fr10: if self.nmes.is_empty() {
+                f32::NAN
+            } else {
+                self.nmes.iter().filter(|&&e| e > 0.10).count() as f32 / self.nmes.len() as f32
+                    * 100.0
+            },
+            pose_deg: mean(&self.pose),
+            blend_mae: mean(&self.blend),
+            recall: None,
+            precision: None,
+        }
+    }
+}
+
+/// SFN accuracy with the crop made from the tight box of the ground-truth landmarks
+/// (`--given-boxes`, as 300-W evaluation does).
+pub fn eval_sfn_given_boxes(
+    sfn: &Sfn,
+    images: &[LabelledImage],
+    limit: Option<usize>,
+) -> Result<EvalReport> {
+    let mut acc = Accumulator::default();
+    let mut seen = 0;
+    for image in images {
+        if limit.is_some_and(|l| seen >= l) {
+            break;
+        }
+        let faces: Vec<&LabelledFace> = image.faces.iter().filter(|f| f.confirmed).collect();
+        if faces.is_empty() {
+            continue;
+        }
+        let frame = image::open(&image.path)
+            .with_context(|| format!("{}: cannot read image", image.path.display()))?
+            .into_rgb8();
+        let crops: Vec<CropBox> = faces
+            .iter()
+            .filter_map(|f| CropBox::around_points(&f.landmarks, crate::vision::sfn::CROP_SCALE))
+            .collect();
+        let predictions = sfn.observe(&frame, &crops)?;
+        for (prediction, truth) in predictions.iter().zip(&faces) {
+            acc.add(prediction, truth);
+            seen += 1;
+        }
+    }
+    Ok(acc.report())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nme_is_mean_error_over_inter_ocular_distance() {
+        let mut truth = vec![Vec2::ZERO; 68];
+        truth[36] = Vec2::new(0.0, 0.0);
+        truth[45] = Vec2::new(50.0, 0.0);
+        let predicted: Vec<Vec2> = truth.iter().map(|p| *p + Vec2::new(3.0, 4.0)).collect();
+        assert!((nme(&predicted, &truth) - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rotation_error_of_a_known_turn() {
+        let a = Mat3::from_rotation_y(0.3);
+        let b = Mat3::from_rotation_y(0.3) * Mat3::from_rotation_x(10f32.to_radians());
+        assert!((rotation_error_degrees(&a, &b) - 10.0).abs() < 1e-3);
+        assert!(rotation_error_degrees(&a, &a) < 0.05);
+    }
+
+    #[test]
+    fn reads_both_record_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let pts: Vec<[f32; 2]> = (0..68).map(|i| [i as f32, 2.0 * i as f32]).collect();
+        let matrix: Vec<f32> = vec![
+            1., 0., 0., 0., 0., 1., 0., 0., 0., 0., 1., -30., 0., 0., 0., 1.,
+        ];
+        let crop = serde_json::json!({"image": "a.jpg", "landmarks68": pts,
+            "teacher": {"detected": true, "matrix": matrix, "blendshapes": {"jawOpen": 0.5}}});
+        let scene = serde_json::json!({"image": "s.jpg", "faces": [
+            {"landmarks68": pts, "confirmed": true, "matrix": matrix},
+            {"landmarks68": pts, "gt_landmarks68": pts, "confirmed": false}]});
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, format!("{crop}\n{scene}\n")).unwrap();
+        let images = read_jsonl(&path).unwrap();
+        assert_eq!(images.len(), 2);
+        assert!(!images[0].is_scene && images[1].is_scene);
+        assert_eq!(images[0].path, dir.path().join("a.jpg"));
+        assert_eq!(images[0].faces[0].rotation, Some(Mat3::IDENTITY));
+        // Blendshapes with names missing are treated as absent, not as zeros.
+        assert!(images[0].faces[0].blendshapes.is_none());
+        assert_eq!(images[1].faces.len(), 2);
+        assert!(!images[1].faces[1].confirmed);
+        std::fs::write(&path, "{\"image\": \"x.jpg\"}\n").unwrap();
+        let err = read_jsonl(&path).unwrap_err().to_string();
+        assert!(err.contains("d.jsonl:1"), "{err}");
+    }
+}
