@@ -3,11 +3,14 @@
 //! Weights are the project's own, trained by `training/` and exported to `models/*.safetensors`
 //! with metadata describing input, normalisation, output layout and architecture.
 
+pub mod detect;
 mod face;
 mod model_file;
 pub mod ops;
+pub mod preprocess;
 pub mod sfn;
 
+pub use detect::{Detection, Letterbox};
 pub use face::{CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTED_BLENDSHAPES};
 pub use model_file::{ModelError, ModelFile};
 pub use sfn::{Sfn, SfnConfig};

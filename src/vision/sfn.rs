@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::face::{tight_box, CropBox, FaceObservation};
 use super::model_file::{ModelError, ModelFile};
 use super::ops::{conv2d, depthwise3x3, pointwise, Activation};
+use super::preprocess::resample;
 
 /// Side of the square input crop in pixels.
 pub const INPUT_SIZE: usize = 112;
@@ -296,56 +297,11 @@ pub fn crop_batch(
     let n = INPUT_SIZE;
     let mut data = vec![0f32; crops.len() * 3 * n * n];
     for (crop, out) in crops.iter().zip(data.chunks_exact_mut(3 * n * n)) {
-        resample_crop(frame, crop, out);
+        let origin = crop.center - Vec2::splat(crop.side / 2.0);
+        resample(frame, origin, crop.side / n as f32, (n, n), out);
     }
     Tensor::from_vec(data, (crops.len(), 3, n, n), device)
 }
-
-fn resample_crop(frame: &image::RgbImage, crop: &CropBox, out: &mut [f32]) {
-    let n = INPUT_SIZE;
-    let (width, height) = (frame.width() as i64, frame.height() as i64);
-    let pixels = frame.as_raw();
-    let step = crop.side / n as f32;
-    let origin = crop.center - Vec2::splat(crop.side / 2.0);
-    let (plane_r, rest) = out.split_at_mut(n * n);
-    let (plane_g, plane_b) = rest.split_at_mut(n * n);
-    for i in 0..n {
-        // Continuous frame coordinate of the sample, then pixel-index coordinate (centres at +0.5).
-        let v = origin.y + (i as f32 + 0.5) * step - 0.5;
-        let y0 = v.floor();
-        let fy = v - y0;
-        let y0 = y0 as i64;
-        for j in 0..n {
-            let u = origin.x + (j as f32 + 0.5) * step - 0.5;
-            let x0 = u.floor();
-            let fx = u - x0;
-            let x0 = x0 as i64;
-            let mut rgb = [0f32; 3];
-            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
-                let y = y0 + dy;
-                if y < 0 || y >= height || wy == 0.0 {
-                    continue;
-                }
-                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
-                    let x = x0 + dx;
-                    if x < 0 || x >= width || wx == 0.0 {
-                        continue;
-                    }
-                    let k = ((y * width + x) * 3) as usize;
-                    let w = wy * wx;
-                    rgb[0] += w * pixels[k] as f32;
-                    rgb[1] += w * pixels[k + 1] as f32;
-                    rgb[2] += w * pixels[k + 2] as f32;
-                }
-            }
-            let o = i * n + j;
-            plane_r[o] = rgb[0] / 127.5 - 1.0;
-            plane_g[o] = rgb[1] / 127.5 - 1.0;
-            plane_b[o] = rgb[2] / 127.5 - 1.0;
-        }
-    }
-}
-
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }

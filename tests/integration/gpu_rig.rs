@@ -80,3 +80,57 @@ fn camera_view_is_drawn_aspect_preserved_with_exact_colours() {
         );
     }
 }
+
+#[test]
+fn overlay_draws_boxes_and_points_in_frame_coordinates() {
+    use glam::Vec2;
+    use polyface::render::Overlay;
+    let Some(gpu) = gpu_or_skip() else { return };
+    let target = OffscreenTarget::new(&gpu.device, 200, 100);
+    let mut overlay = Overlay::new(&gpu.device, OffscreenTarget::FORMAT);
+    // A 400×400 frame shown pillarboxed in the middle 100×100 of the target: scale 1/4.
+    overlay.rect(
+        Vec2::new(40.0, 40.0),
+        Vec2::new(360.0, 360.0),
+        8.0,
+        [0.0, 1.0, 0.0, 1.0],
+    );
+    overlay.point(Vec2::new(200.0, 200.0), 20.0, [1.0, 0.0, 0.0, 1.0]);
+    overlay.upload(&gpu.device, &gpu.queue, (400, 400));
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: None,
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: &target.view,
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                    store: wgpu::StoreOp::Store,
+                },
+            })],
+            ..Default::default()
+        });
+        let rect = PixelRect {
+            x: 50.0,
+            y: 0.0,
+            width: 100.0,
+            height: 100.0,
+        };
+        overlay.draw(&mut pass, rect);
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let pixels = target.read_pixels(&gpu.device, &gpu.queue).unwrap();
+    let at = |x: u32, y: u32| {
+        let p = pixels.get_pixel(x, y).0;
+        [p[0], p[1], p[2]]
+    };
+    // Box edge at frame x = 40 → target x = 50 + 10; centre dot at target (100, 50).
+    assert_eq!(at(60, 50), [0, 255, 0]);
+    assert_eq!(at(140, 50), [0, 255, 0]);
+    assert_eq!(at(100, 10), [0, 255, 0]);
+    assert_eq!(at(100, 50), [255, 0, 0]);
+    assert_eq!(at(80, 50), [0, 0, 0], "inside the box, away from the dot");
+    assert_eq!(at(20, 50), [0, 0, 0], "outside the frame's rectangle");
+}
