@@ -107,3 +107,44 @@ impl ModelFile {
         self.vb.get(shape, name).map_err(|e| error(e.to_string()))
     }
 }
+
+/// Writes f32 tensors and string metadata as a safetensors file (random-weight models for tests
+/// and benchmarks; trained models come from `training/`).
+pub fn write_model(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: HashMap<String, String>,
+) -> anyhow::Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            Ok((
+                name.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, Some(metadata), path)?;
+    Ok(())
+}
+
+/// Deterministic He-scaled random values for a tensor (`fan_in` inputs per output).
+pub fn random_values(count: usize, fan_in: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let scale = (3.0 / fan_in.max(1) as f32).sqrt();
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect()
+}

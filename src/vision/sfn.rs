@@ -9,7 +9,7 @@ use glam::{Mat3, Vec2, Vec3};
 use serde::Deserialize;
 
 use super::face::{tight_box, CropBox, FaceObservation};
-use super::model_file::{ModelError, ModelFile};
+use super::model_file::{random_values, write_model, ModelError, ModelFile};
 use super::ops::{conv2d, depthwise3x3, pointwise, Activation};
 use super::preprocess::resample;
 
@@ -392,36 +392,17 @@ pub fn write_random_weights(
     path: &Path,
     seed: u64,
 ) -> anyhow::Result<()> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    let mut buffers = Vec::new();
-    for (name, shape) in tensor_shapes(config) {
-        let count: usize = shape.iter().product();
-        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-        let scale = if name.ends_with(".bias") {
-            0.01
-        } else {
-            (3.0 / fan_in as f32).sqrt()
-        };
-        let values: Vec<u8> = (0..count)
-            .flat_map(|_| (next() * scale).to_le_bytes())
-            .collect();
-        buffers.push((name, shape, values));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("sizes match");
-            (name.clone(), view)
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tensor_shapes(config)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let count = shape.iter().product();
+            let fan_in = shape.iter().skip(1).product::<usize>();
+            let mut values = random_values(count, fan_in, seed + i as u64);
+            if name.ends_with(".bias") {
+                values.iter_mut().for_each(|v| *v *= 0.01);
+            }
+            (name, shape, values)
         })
         .collect();
     let metadata = std::collections::HashMap::from([
@@ -432,8 +413,7 @@ pub fn write_random_weights(
             "random weights for benchmarks and tests".to_string(),
         ),
     ]);
-    safetensors::serialize_to_file(views, Some(metadata), path)?;
-    Ok(())
+    write_model(path, &tensors, metadata)
 }
 
 /// The architecture the training code uses by default (`training/sfn_model.py`), as JSON.

@@ -1,0 +1,327 @@
+//! Networks described as a *program*: an ordered list of layers, each reading named tensors and
+//! writing one. The training code exports the list in the model file's metadata, so the Rust
+//! forward pass is the same program with the same tensor names. Ops: conv3x3, dwconv3x3, conv1x1
+//! (batch norm folded in, every conv has weight and bias), add, upsample2x; activation relu/none.
+
+use std::collections::HashMap;
+
+use candle_core::{Module, Result as CandleResult, Tensor};
+use serde::Deserialize;
+
+use super::model_file::{ModelError, ModelFile};
+use super::ops::{conv2d, depthwise3x3, pointwise, Activation};
+
+/// One layer as the training code writes it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct LayerSpec {
+    pub name: String,
+    pub op: String,
+    /// One input tensor name, or two for `add`.
+    pub input: LayerInput,
+    #[serde(rename = "in")]
+    pub in_channels: usize,
+    #[serde(rename = "out")]
+    pub out_channels: usize,
+    #[serde(default = "one")]
+    pub stride: usize,
+    #[serde(default)]
+    pub act: String,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum LayerInput {
+    One(String),
+    Two([String; 2]),
+}
+
+enum Op {
+    Conv3x3 {
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+    },
+    Depthwise {
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+    },
+    Pointwise {
+        weight: Tensor,
+        bias: Tensor,
+    },
+    Add,
+    Upsample2x,
+}
+
+struct Layer {
+    /// Indices into the tensor table: 0 is the input, layer i writes slot i + 1.
+    inputs: Vec<usize>,
+    op: Op,
+    activation: Activation,
+}
+
+/// A loaded program: layers with their weights, ready to run.
+pub struct Program {
+    layers: Vec<Layer>,
+}
+
+impl Program {
+    /// Builds the program from its layer list, loading each conv's `<name>.weight` / `<name>.bias`.
+    pub fn new(specs: &[LayerSpec], file: &ModelFile) -> Result<Program, ModelError> {
+        let bad = |problem: String| ModelError::Metadata {
+            path: file.path.clone(),
+            key: "program".into(),
+            problem,
+        };
+        let mut slots: HashMap<&str, usize> = HashMap::from([("input", 0)]);
+        let mut layers = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let names: Vec<&str> = match &spec.input {
+                LayerInput::One(name) => vec![name.as_str()],
+                LayerInput::Two([a, b]) => vec![a.as_str(), b.as_str()],
+            };
+            let inputs = names
+                .iter()
+                .map(|n| {
+                    slots.get(n).copied().ok_or_else(|| {
+                        bad(format!(
+                            "layer {} reads {n:?} before it is written",
+                            spec.name
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let (cin, cout) = (spec.in_channels, spec.out_channels);
+            let weight = |shape: &[usize]| file.tensor(&format!("{}.weight", spec.name), shape);
+            let bias = || file.tensor(&format!("{}.bias", spec.name), &[cout]);
+            let op = match spec.op.as_str() {
+                "conv3x3" => Op::Conv3x3 {
+                    weight: weight(&[cout, cin, 3, 3])?,
+                    bias: bias()?,
+                    stride: spec.stride,
+                },
+                "dwconv3x3" if cin == cout => Op::Depthwise {
+                    weight: weight(&[cout, 1, 3, 3])?,
+                    bias: bias()?,
+                    stride: spec.stride,
+                },
+                "conv1x1" if spec.stride == 1 => Op::Pointwise {
+                    weight: weight(&[cout, cin, 1, 1])?,
+                    bias: bias()?,
+                },
+                "add" if inputs.len() == 2 => Op::Add,
+                "upsample2x" => Op::Upsample2x,
+                other => {
+                    return Err(bad(format!(
+                        "layer {}: unsupported op {other:?} as given",
+                        spec.name
+                    )))
+                }
+            };
+            if !matches!(op, Op::Add) && inputs.len() != 1 {
+                return Err(bad(format!("layer {} takes one input", spec.name)));
+            }
+            let activation = match spec.act.as_str() {
+                "relu" => Activation::Relu,
+                "relu6" => Activation::Relu6,
+                "" | "none" => Activation::None,
+                other => {
+                    return Err(bad(format!(
+                        "layer {}: unsupported activation {other:?}",
+                        spec.name
+                    )))
+                }
+            };
+            layers.push(Layer {
+                inputs,
+                op,
+                activation,
+            });
+            slots.insert(spec.name.as_str(), i + 1);
+        }
+        if layers.is_empty() {
+            return Err(bad("no layers".into()));
+        }
+        Ok(Program { layers })
+    }
+}
+
+impl Module for Program {
+    /// Runs every layer; returns the last layer's output. Tensors no later layer reads are
+    /// dropped as soon as possible to keep memory flat.
+    fn forward(&self, input: &Tensor) -> CandleResult<Tensor> {
+        let mut last_use = vec![0usize; self.layers.len() + 1];
+        for (i, layer) in self.layers.iter().enumerate() {
+            for &slot in &layer.inputs {
+                last_use[slot] = i;
+            }
+        }
+        let mut tensors: Vec<Option<Tensor>> = vec![None; self.layers.len() + 1];
+        tensors[0] = Some(input.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let get = |slot: usize| {
+                tensors[slot].as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("tensor {slot} already released"))
+                })
+            };
+            let x = get(layer.inputs[0])?;
+            let y = match &layer.op {
+                Op::Conv3x3 {
+                    weight,
+                    bias,
+                    stride,
+                } => conv2d(x, weight, bias, *stride, 1, layer.activation)?,
+                Op::Depthwise {
+                    weight,
+                    bias,
+                    stride,
+                } => depthwise3x3(x, weight, bias, *stride, layer.activation)?,
+                Op::Pointwise { weight, bias } => pointwise(x, weight, bias, layer.activation)?,
+                Op::Add => layer.activation.forward(&(x + get(layer.inputs[1])?)?)?,
+                Op::Upsample2x => {
+                    let (_, _, h, w) = x.dims4()?;
+                    layer
+                        .activation
+                        .forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?
+                }
+            };
+            for &slot in &layer.inputs {
+                if last_use[slot] == i {
+                    tensors[slot] = None;
+                }
+            }
+            tensors[i + 1] = Some(y);
+        }
+        tensors
+            .pop()
+            .flatten()
+            .ok_or_else(|| candle_core::Error::Msg("empty program".into()))
+    }
+}
+
+/// Random weights for every conv of a program (tests and benchmarks; never shipped).
+pub fn random_tensors(specs: &[LayerSpec], seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut tensors = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let (cin, cout) = (spec.in_channels, spec.out_channels);
+        let shape = match spec.op.as_str() {
+            "conv3x3" => vec![cout, cin, 3, 3],
+            "dwconv3x3" => vec![cout, 1, 3, 3],
+            "conv1x1" => vec![cout, cin, 1, 1],
+            _ => continue,
+        };
+        let count = shape.iter().product();
+        let fan_in = shape[1..].iter().product();
+        tensors.push((
+            format!("{}.weight", spec.name),
+            shape,
+            super::model_file::random_values(count, fan_in, seed + 2 * i as u64),
+        ));
+        let bias = super::model_file::random_values(cout, 100, seed + 2 * i as u64 + 1);
+        tensors.push((format!("{}.bias", spec.name), vec![cout], bias));
+    }
+    tensors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn spec(
+        name: &str,
+        op: &str,
+        input: &[&str],
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        act: &str,
+    ) -> LayerSpec {
+        LayerSpec {
+            name: name.into(),
+            op: op.into(),
+            input: match input {
+                [one] => LayerInput::One(one.to_string()),
+                [a, b] => LayerInput::Two([a.to_string(), b.to_string()]),
+                _ => unreachable!(),
+            },
+            in_channels: cin,
+            out_channels: cout,
+            stride,
+            act: act.into(),
+        }
+    }
+
+    #[test]
+    fn program_runs_its_layers_like_candle_does() {
+        let specs = vec![
+            spec("stem", "conv3x3", &["input"], 3, 8, 2, "relu"),
+            spec("dw", "dwconv3x3", &["stem"], 8, 8, 2, "relu"),
+            spec("pw", "conv1x1", &["dw"], 8, 8, 1, "none"),
+            spec("up", "upsample2x", &["pw"], 8, 8, 1, "none"),
+            spec("sum", "add", &["stem", "up"], 8, 8, 1, "relu"),
+            spec("head", "conv1x1", &["sum"], 8, 4, 1, "none"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.safetensors");
+        let tensors = random_tensors(&specs, 3);
+        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
+        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
+        let program = Program::new(&specs, &file).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 24), &Device::Cpu).unwrap();
+        let got = program.forward(&x).unwrap();
+
+        let t = |name: &str| {
+            file.tensor(name, &tensors.iter().find(|t| t.0 == name).unwrap().1)
+                .unwrap()
+        };
+        let conv = |x: &Tensor, w: &str, pad: usize, stride: usize, groups: usize| {
+            let y = x
+                .conv2d(&t(&format!("{w}.weight")), pad, stride, 1, groups)
+                .unwrap();
+            let b = t(&format!("{w}.bias"));
+            let c = b.dim(0).unwrap();
+            y.broadcast_add(&b.reshape((1, c, 1, 1)).unwrap()).unwrap()
+        };
+        let stem = conv(&x, "stem", 1, 2, 1).relu().unwrap();
+        let dw = conv(&stem, "dw", 1, 2, 8).relu().unwrap();
+        let pw = conv(&dw, "pw", 0, 1, 1);
+        let up = pw.upsample_nearest2d(8, 12).unwrap();
+        let sum = (stem + up).unwrap().relu().unwrap();
+        let want = conv(&sum, "head", 0, 1, 1);
+        assert_eq!(got.dims(), &[2, 4, 8, 12]);
+        let diff: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn program_errors_name_the_layer() {
+        let specs = vec![spec("a", "conv1x1", &["nothing"], 3, 4, 1, "relu")];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.safetensors");
+        super::super::model_file::write_model(
+            &path,
+            &random_tensors(&specs, 1),
+            Default::default(),
+        )
+        .unwrap();
+        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
+        let err = Program::new(&specs, &file).err().unwrap().to_string();
+        assert!(err.contains("layer a") && err.contains("nothing"), "{err}");
+        let specs = vec![spec("a", "softmax", &["input"], 3, 3, 1, "none")];
+        let err = Program::new(&specs, &file).err().unwrap().to_string();
+        assert!(err.contains("softmax"), "{err}");
+    }
+}
