@@ -40,6 +40,14 @@ pub enum Command {
     Eval(EvalArgs),
 }
 
+/// Pipeline choice for `track`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrackPipeline {
+    Sfn,
+    Mfn,
+    None,
+}
+
 /// Which face pipeline to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PipelineKind {
@@ -138,6 +146,12 @@ impl Default for RunArgs {
 pub struct TrackArgs {
     #[command(flatten)]
     pub input: InputArgs,
+    /// Face pipeline to run; `none` only reads frames (timings of capture alone).
+    #[arg(long, value_enum, default_value = "sfn")]
+    pub pipeline: TrackPipeline,
+    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
     /// Folder to write results into (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -144,6 +144,7 @@ pub struct EvalReport {
     pub blend_mae: Option<f32>,
     pub recall: Option<f32>,
     pub precision: Option<f32>,
+    pub ap50: Option<f32>,
 }
 
 #[derive(Default)]
@@ -187,6 +188,7 @@ impl Accumulator {
             blend_mae: mean(&self.blend),
             recall: None,
             precision: None,
+            ap50: None,
         }
     }
 }
@@ -224,6 +226,118 @@ pub fn eval_sfn_given_boxes(
     Ok(acc.report())
 }
 
+/// Predictions whose landmark box is shorter than this are not judged (small faces are not
+/// labelled in the data).
+pub const MIN_JUDGED_HEIGHT: f32 = 30.0;
+
+/// Detection bookkeeping at IoU 0.5: matches, misses, false positives, and scored hits for AP.
+#[derive(Default)]
+struct DetectionCounts {
+    truths: usize,
+    matched: usize,
+    false_positives: usize,
+    /// (score, is true positive) of every judged prediction.
+    scored: Vec<(f32, bool)>,
+}
+
+impl DetectionCounts {
+    fn precision(&self) -> Option<f32> {
+        let judged = self.matched + self.false_positives;
+        (judged > 0).then(|| self.matched as f32 / judged as f32)
+    }
+
+    fn recall(&self) -> Option<f32> {
+        (self.truths > 0).then(|| self.matched as f32 / self.truths as f32)
+    }
+
+    /// Area under the precision–recall curve (all-point interpolation, as VOC 2010+).
+    fn average_precision(&self) -> Option<f32> {
+        if self.truths == 0 {
+            return None;
+        }
+        let mut scored = self.scored.clone();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut points = Vec::with_capacity(scored.len());
+        let (mut tp, mut fp) = (0usize, 0usize);
+        for (_, hit) in scored {
+            if hit {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            points.push((tp as f32 / self.truths as f32, tp as f32 / (tp + fp) as f32));
+        }
+        let mut ap = 0.0;
+        let mut previous_recall = 0.0;
+        for i in 0..points.len() {
+            let best_precision = points[i..].iter().map(|p| p.1).fold(0.0, f32::max);
+            ap += (points[i].0 - previous_recall) * best_precision;
+            previous_recall = points[i].0;
+        }
+        Some(ap)
+    }
+}
+
+/// Accuracy of a whole pipeline (detection included) on every image of `images`. Each
+/// prediction is matched to a labelled face by the IoU (≥ 0.5) of the tight boxes of the
+/// predicted and labelled 68 points; landmark, pose and blendshape errors are over matched faces.
+pub fn eval_pipeline(
+    pipeline: &mut dyn crate::vision::FacePipeline,
+    images: &[LabelledImage],
+    limit: Option<usize>,
+) -> Result<EvalReport> {
+    use crate::vision::detect::iou;
+    use crate::vision::tight_box;
+    let mut acc = Accumulator::default();
+    let mut counts = DetectionCounts::default();
+    for image in images.iter().take(limit.unwrap_or(usize::MAX)) {
+        let frame = image::open(&image.path)
+            .with_context(|| format!("{}: cannot read image", image.path.display()))?
+            .into_rgb8();
+        pipeline.reset();
+        let mut timings = crate::timing::FrameTimings::new(0);
+        let mut predictions = pipeline.process(&frame, &mut timings)?;
+        predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let truth_boxes: Vec<(Vec2, Vec2)> = image
+            .faces
+            .iter()
+            .map(|f| tight_box(&f.landmarks).unwrap_or((Vec2::ZERO, Vec2::ZERO)))
+            .collect();
+        let mut taken = vec![false; image.faces.len()];
+        counts.truths += image.faces.iter().filter(|f| f.confirmed).count();
+        for prediction in &predictions {
+            let best = truth_boxes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !taken[*i])
+                .map(|(i, b)| (i, iou(&prediction.bbox, b)))
+                .filter(|(_, overlap)| *overlap >= 0.5)
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let judged = prediction.bbox.1.y - prediction.bbox.0.y >= MIN_JUDGED_HEIGHT;
+            match best {
+                Some((i, _)) => {
+                    taken[i] = true;
+                    if image.faces[i].confirmed {
+                        counts.matched += 1;
+                        counts.scored.push((prediction.score, true));
+                        acc.add(prediction, &image.faces[i]);
+                    }
+                }
+                None if judged => {
+                    counts.false_positives += 1;
+                    counts.scored.push((prediction.score, false));
+                }
+                None => {}
+            }
+        }
+    }
+    let mut report = acc.report();
+    report.recall = counts.recall();
+    report.precision = counts.precision();
+    report.ap50 = counts.average_precision();
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +349,20 @@ mod tests {
         truth[45] = Vec2::new(50.0, 0.0);
         let predicted: Vec<Vec2> = truth.iter().map(|p| *p + Vec2::new(3.0, 4.0)).collect();
         assert!((nme(&predicted, &truth) - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn average_precision_of_a_known_ranking() {
+        let counts = DetectionCounts {
+            truths: 2,
+            matched: 2,
+            false_positives: 1,
+            scored: vec![(0.9, true), (0.8, false), (0.7, true)],
+        };
+        // PR points: (0.5, 1), (0.5, 0.5), (1, 2/3) → AP = 0.5·1 + 0.5·2/3.
+        assert!((counts.average_precision().unwrap() - (0.5 + 1.0 / 3.0)).abs() < 1e-6);
+        assert!((counts.precision().unwrap() - 2.0 / 3.0).abs() < 1e-6);
+        assert_eq!(counts.recall(), Some(1.0));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `polyface track`: the headless twin of `run`. Reads every frame (none dropped), runs the
-//! pipeline, and writes per-frame results and timings to a folder.
+//! pipeline, and writes per-frame faces (`faces.jsonl`) and stage timings (`timings.csv`).
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -10,31 +10,53 @@ use anyhow::{Context, Result};
 
 use crate::capture::{self, CaptureError, SourceOptions, SourceSpec};
 use crate::timing::{FrameTimings, Stage, TimingRing};
+use crate::vision::{FaceObservation, FacePipeline, BLENDSHAPE_NAMES};
 
 /// What a `track` run did.
 #[derive(Debug)]
 pub struct TrackSummary {
     pub frames: u64,
+    pub faces: u64,
     pub warnings: Vec<String>,
     pub timings_csv: PathBuf,
-    pub frames_jsonl: PathBuf,
+    pub faces_jsonl: PathBuf,
     pub ring: TimingRing,
 }
 
-/// Runs the pipeline over every frame of `spec` and writes `timings.csv` and `frames.jsonl` into `out`.
+/// One face as `faces.jsonl` stores it.
+pub fn face_json(face: &FaceObservation) -> serde_json::Value {
+    let (yaw, pitch, roll) = face.yaw_pitch_roll();
+    let r = face.rotation.transpose().to_cols_array(); // row-major
+    serde_json::json!({
+        "box": [face.bbox.0.x, face.bbox.0.y, face.bbox.1.x, face.bbox.1.y],
+        "score": face.score,
+        "landmarks": face.landmarks.iter().map(|p| [p.x, p.y]).collect::<Vec<_>>(),
+        "yaw_pitch_roll_deg": [yaw, pitch, roll],
+        "rotation": r,
+        "blendshapes": BLENDSHAPE_NAMES
+            .iter()
+            .zip(&face.blendshapes)
+            .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+            .collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// Runs the pipeline over every frame of `spec` and writes `timings.csv` and `faces.jsonl` into
+/// `out`. Without a pipeline only frames are read (timings of capture alone).
 pub fn track(
     spec: &SourceSpec,
     options: &SourceOptions,
     out: &Path,
     max_frames: Option<u64>,
+    mut pipeline: Option<&mut (dyn FacePipeline + 'static)>,
 ) -> Result<TrackSummary> {
     let mut source = capture::open(spec, options)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
     let timings_csv = out.join("timings.csv");
-    let frames_jsonl = out.join("frames.jsonl");
+    let faces_jsonl = out.join("faces.jsonl");
     let mut timings_file = create(&timings_csv)?;
-    let mut frames_file = create(&frames_jsonl)?;
+    let mut faces_file = create(&faces_jsonl)?;
     writeln!(timings_file, "{}", FrameTimings::csv_header())
         .with_context(|| write_error(&timings_csv))?;
 
@@ -42,6 +64,7 @@ pub fn track(
     let mut ring = TimingRing::with_capacity(1024);
     let mut warnings = Vec::new();
     let mut frames = 0u64;
+    let mut face_count = 0u64;
     let started = Instant::now();
     loop {
         if max_frames.is_some_and(|max| frames >= max) {
@@ -58,20 +81,26 @@ pub fn track(
             Err(e @ CaptureError::Corrupt { .. }) if frames > 0 => {
                 // Frames already written stay valid; the run still fails so scripts notice.
                 timings_file.flush().ok();
-                frames_file.flush().ok();
+                faces_file.flush().ok();
                 return Err(e).context(format!("stopped after {frames} good frames"));
             }
             Err(e) => return Err(e.into()),
         };
         let mut timings = FrameTimings::new(frame.seq);
         timings.add(Stage::Capture, frame.decode_time);
+        let faces = match pipeline.as_deref_mut() {
+            Some(p) => p.process(&frame.image, &mut timings)?,
+            None => Vec::new(),
+        };
+        face_count += faces.len() as u64;
         let record = serde_json::json!({
             "frame": frame.seq,
             "time_s": frame.timestamp.as_secs_f64(),
             "width": frame.width(),
             "height": frame.height(),
+            "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
         });
-        writeln!(frames_file, "{record}").with_context(|| write_error(&frames_jsonl))?;
+        writeln!(faces_file, "{record}").with_context(|| write_error(&faces_jsonl))?;
         writeln!(timings_file, "{}", timings.csv_row())
             .with_context(|| write_error(&timings_csv))?;
         ring.push(timings);
@@ -81,9 +110,9 @@ pub fn track(
     timings_file
         .flush()
         .with_context(|| write_error(&timings_csv))?;
-    frames_file
+    faces_file
         .flush()
-        .with_context(|| write_error(&frames_jsonl))?;
+        .with_context(|| write_error(&faces_jsonl))?;
     progress.finish_and_clear();
     if frames == 0 {
         anyhow::bail!("{}: no frames could be read", source.name());
@@ -95,9 +124,10 @@ pub fn track(
     );
     Ok(TrackSummary {
         frames,
+        faces: face_count,
         warnings,
         timings_csv,
-        frames_jsonl,
+        faces_jsonl,
         ring,
     })
 }

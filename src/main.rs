@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
-use polyface::cli::{Cli, Command, EvalArgs, PipelineKind, RunArgs};
+use polyface::cli::{Cli, Command, EvalArgs, PipelineKind, RunArgs, TrackPipeline};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,15 +28,30 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => polyface::app::run(args),
         Command::Track(args) => {
+            let models = polyface::vision::models_dir(args.models.as_deref());
+            let device = candle_core::Device::Cpu;
+            let mut pipeline: Option<Box<dyn polyface::vision::FacePipeline>> = match args.pipeline
+            {
+                TrackPipeline::Sfn => Some(Box::new(
+                    polyface::vision::SfnPipeline::load(&models, &device)
+                        .context("loading the SFN pipeline (or run with --pipeline none)")?,
+                )),
+                TrackPipeline::Mfn => anyhow::bail!(
+                    "the multi-face network (MFN) is not available yet; use --pipeline sfn"
+                ),
+                TrackPipeline::None => None,
+            };
             let summary = polyface::headless::track(
                 &args.input.spec(),
                 &args.input.options(false),
                 &args.out,
                 args.max_frames,
+                pipeline.as_deref_mut(),
             )?;
             println!(
-                "{} frames -> {} ({} warnings)",
+                "{} frames, {} faces -> {} ({} warnings)",
                 summary.frames,
+                summary.faces,
                 args.out.display(),
                 summary.warnings.len()
             );
@@ -61,15 +77,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = vision::device(&args.device)?;
     let models = vision::models_dir(args.models.as_deref());
     let report = match args.pipeline {
-        PipelineKind::Sfn => {
+        PipelineKind::Sfn if args.given_boxes => {
             let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
-            if !args.given_boxes {
-                anyhow::bail!(
-                    "the detector -> SFN path needs {} (not trained yet); use --given-boxes",
-                    models.join("detector.safetensors").display()
-                );
-            }
             polyface::eval::eval_sfn_given_boxes(&sfn, &images, args.limit)?
+        }
+        PipelineKind::Sfn => {
+            let mut pipeline = vision::SfnPipeline::load(&models, &device)?;
+            polyface::eval::eval_pipeline(&mut pipeline, &images, args.limit)?
         }
         PipelineKind::Mfn => {
             anyhow::bail!("the multi-face network (MFN) is not available yet; use --pipeline sfn")
@@ -86,6 +100,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         if let Some(b) = report.blend_mae {
             println!("blend MAE  {b:.4}");
+        }
+        if let (Some(r), Some(p)) = (report.recall, report.precision) {
+            println!("recall     {r:.4} (IoU 0.5)");
+            println!("precision  {p:.4} (faces >= 30 px)");
+        }
+        if let Some(ap) = report.ap50 {
+            println!("AP50       {ap:.4}");
         }
     }
     Ok(())

@@ -8,14 +8,16 @@ pub mod detector;
 mod face;
 mod model_file;
 pub mod ops;
+pub mod pipeline;
 pub mod preprocess;
 pub mod program;
 pub mod sfn;
 
 pub use detect::{Detection, Letterbox};
 pub use detector::Detector;
-pub use face::{CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTED_BLENDSHAPES};
+pub use face::{tight_box, CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTED_BLENDSHAPES};
 pub use model_file::{random_values, write_model, ModelError, ModelFile};
+pub use pipeline::{FacePipeline, SfnPipeline};
 pub use sfn::{Sfn, SfnConfig};
 
 /// The folder model files are read from: `explicit`, else `$POLYFACE_MODELS`, else `./models`,

@@ -16,7 +16,7 @@ fn track_writes_one_timing_row_per_frame() {
     let frames = frame_folder(&dir.path().join("in"), 7, 96, 64);
     let out = dir.path().join("out");
     let output = polyface()
-        .args(["track", "--input"])
+        .args(["track", "--pipeline", "none", "--input"])
         .arg(&frames)
         .arg("--out")
         .arg(&out)
@@ -55,7 +55,7 @@ fn track_writes_one_timing_row_per_frame() {
             .expect("capture is measured for every frame");
         assert!((0.0..10_000.0).contains(&capture));
     }
-    let jsonl = std::fs::read_to_string(out.join("frames.jsonl")).unwrap();
+    let jsonl = std::fs::read_to_string(out.join("faces.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = jsonl
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -63,6 +63,11 @@ fn track_writes_one_timing_row_per_frame() {
     assert_eq!(records.len(), 7);
     assert_eq!(records[6]["frame"], 6);
     assert_eq!(records[6]["width"], 96);
+    assert_eq!(
+        records[0]["faces"],
+        serde_json::json!([]),
+        "no pipeline, no faces"
+    );
 }
 
 #[test]
@@ -74,7 +79,7 @@ fn track_on_a_corrupt_video_exits_non_zero_with_one_line() {
     let video = dir.path().join("broken.mp4");
     std::fs::write(&video, vec![0x42u8; 4096]).unwrap();
     let output = polyface()
-        .args(["track", "--input"])
+        .args(["track", "--pipeline", "none", "--input"])
         .arg(&video)
         .arg("--out")
         .arg(dir.path().join("out"))
@@ -94,7 +99,7 @@ fn missing_input_and_empty_folder_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     for input in [dir.path().join("nowhere"), dir.path().to_path_buf()] {
         let output = polyface()
-            .args(["track", "--input"])
+            .args(["track", "--pipeline", "none", "--input"])
             .arg(&input)
             .arg("--out")
             .arg(dir.path().join("out"))
@@ -129,7 +134,14 @@ fn track_reads_real_photos_from_the_shared_data() {
     };
     let dir = tempfile::tempdir().unwrap();
     let output = polyface()
-        .args(["track", "--max-frames", "40", "--input"])
+        .args([
+            "track",
+            "--pipeline",
+            "none",
+            "--max-frames",
+            "40",
+            "--input",
+        ])
         .arg(data.join("helen/test"))
         .arg("--out")
         .arg(dir.path())
@@ -140,7 +152,7 @@ fn track_reads_real_photos_from_the_shared_data() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let jsonl = std::fs::read_to_string(dir.path().join("frames.jsonl")).unwrap();
+    let jsonl = std::fs::read_to_string(dir.path().join("faces.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = jsonl
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
