@@ -14,9 +14,11 @@ use winit::window::{Window, WindowId};
 
 use crate::capture::{self, CaptureStatus, LatestFrame, SourceOptions, SourceSpec};
 use crate::cli::RunArgs;
-use crate::render::{rgb_to_rgba, FrameView, Gpu, PixelRect};
-use crate::timing::{FrameTimings, Stage, TimingRing};
+use crate::inference::InferenceWorker;
+use crate::render::{rgb_to_rgba, FrameView, Gpu, Overlay, PixelRect};
+use crate::timing::{Stage, TimingRing};
 use crate::ui::{SourceAction, SourcePanel, TimingsPanel};
+use crate::vision::{FaceObservation, FacePipeline, SfnPipeline};
 
 /// Redraw at most this often when nothing else asks for it.
 const FRAME_INTERVAL: Duration = Duration::from_millis(16);
@@ -49,6 +51,7 @@ struct WindowState {
     config: wgpu::SurfaceConfiguration,
     gpu: Gpu,
     frame_view: FrameView,
+    overlay: Overlay,
     egui_ctx: egui::Context,
     egui_state: egui_winit::State,
     egui_renderer: egui_wgpu::Renderer,
@@ -82,7 +85,10 @@ impl Meters {
 struct App {
     args: RunArgs,
     source_name: String,
-    capture: LatestFrame,
+    worker: InferenceWorker,
+    faces: Vec<FaceObservation>,
+    /// Why faces are not tracked (models missing), shown in the overlay.
+    pipeline_problem: Option<String>,
     window: Option<WindowState>,
     ring: TimingRing,
     meters: Meters,
@@ -99,6 +105,39 @@ fn start_capture(spec: SourceSpec, options: SourceOptions) -> LatestFrame {
     LatestFrame::spawn(capture::opener(spec, options), true, true)
 }
 
+/// The face pipeline, or why there is none (the app still shows frames without one).
+fn load_pipeline() -> (Option<Box<dyn FacePipeline>>, Option<String>) {
+    let models = crate::vision::models_dir(None);
+    match SfnPipeline::load(&models, &candle_core::Device::Cpu) {
+        Ok(pipeline) => (Some(Box::new(pipeline)), None),
+        Err(e) => {
+            let problem = format!("no face tracking: {e:#}");
+            log::warn!("{problem}");
+            (None, Some(problem))
+        }
+    }
+}
+
+fn start_worker(spec: SourceSpec, options: SourceOptions) -> (InferenceWorker, Option<String>) {
+    let (pipeline, problem) = load_pipeline();
+    (
+        InferenceWorker::spawn(start_capture(spec, options), pipeline),
+        problem,
+    )
+}
+
+/// Boxes and landmarks of every face, sized relative to the frame.
+fn draw_faces(overlay: &mut Overlay, faces: &[FaceObservation], frame_size: (u32, u32)) {
+    overlay.clear();
+    let unit = frame_size.0.max(frame_size.1) as f32 / 400.0;
+    for face in faces {
+        overlay.rect(face.bbox.0, face.bbox.1, 1.5 * unit, [0.2, 1.0, 0.4, 0.9]);
+        for point in &face.landmarks {
+            overlay.point(*point, 1.6 * unit, [0.3, 0.9, 1.0, 0.95]);
+        }
+    }
+}
+
 fn describe(spec: &SourceSpec) -> String {
     match spec {
         SourceSpec::Path(path) => path.display().to_string(),
@@ -111,11 +150,13 @@ impl App {
     fn new(args: RunArgs) -> App {
         let spec = args.input.spec();
         let source_name = describe(&spec);
-        let capture = start_capture(spec, args.input.options(!args.no_loop));
+        let (worker, pipeline_problem) = start_worker(spec, args.input.options(!args.no_loop));
         App {
             args,
             source_name,
-            capture,
+            worker,
+            faces: Vec::new(),
+            pipeline_problem,
             window: None,
             ring: TimingRing::with_capacity(600),
             meters: Meters::default(),
@@ -131,7 +172,10 @@ impl App {
 
     fn switch_source(&mut self, spec: SourceSpec) {
         self.source_name = describe(&spec);
-        self.capture = start_capture(spec, self.args.input.options(!self.args.no_loop));
+        let (worker, problem) = start_worker(spec, self.args.input.options(!self.args.no_loop));
+        self.worker = worker;
+        self.pipeline_problem = problem;
+        self.faces.clear();
         self.ring = TimingRing::with_capacity(600);
         self.warnings.clear();
     }
@@ -169,6 +213,7 @@ impl App {
         log::info!("GPU: {}", gpu.describe());
 
         let frame_view = FrameView::new(&gpu.device, config.format);
+        let overlay = Overlay::new(&gpu.device, config.format);
         let egui_ctx = egui::Context::default();
         egui_ctx.set_visuals(egui::Visuals::dark());
         let egui_state = egui_winit::State::new(
@@ -187,6 +232,7 @@ impl App {
             config,
             gpu,
             frame_view,
+            overlay,
             egui_ctx,
             egui_state,
             egui_renderer,
@@ -199,27 +245,50 @@ impl App {
             return;
         };
 
-        // Newest frame, if one arrived since the last redraw.
+        // Newest processed frame, if one arrived since the last redraw.
         let mut frame_timings = None;
-        if let Some(frame) = self.capture.take() {
-            let mut timings = FrameTimings::new(frame.seq);
-            timings.add(Stage::Capture, frame.decode_time);
+        if let Some(processed) = self.worker.take() {
+            let (frame, mut timings) = (processed.frame, processed.timings);
             timings.time(Stage::Convert, || rgb_to_rgba(&frame.image, &mut self.rgba));
             timings.time(Stage::Render, || {
                 state
                     .frame_view
-                    .upload(&state.gpu.device, &state.gpu.queue, &self.rgba)
+                    .upload(&state.gpu.device, &state.gpu.queue, &self.rgba);
+                draw_faces(
+                    &mut state.overlay,
+                    &processed.faces,
+                    frame.image.dimensions(),
+                );
+                state.overlay.upload(
+                    &state.gpu.device,
+                    &state.gpu.queue,
+                    frame.image.dimensions(),
+                );
             });
+            self.faces = processed.faces;
             frame_timings = Some((timings, frame.captured_at));
         }
-        self.warnings.extend(self.capture.take_warnings());
+        self.warnings.extend(self.worker.capture().take_warnings());
         if self.warnings.len() > 5 {
             self.warnings.drain(..self.warnings.len() - 5);
         }
 
         // The overlay; it also tells where the camera view goes.
-        let status = self.capture.status();
-        let (_, dropped) = self.capture.counts();
+        let status = self.worker.capture().status();
+        let (_, dropped) = self.worker.capture().counts();
+        let face_count = self.faces.len();
+        let pipeline_line = match (
+            self.worker.pipeline_name(),
+            &self.pipeline_problem,
+            self.worker.error(),
+        ) {
+            (_, _, Some(error)) => format!("pipeline error: {error}"),
+            (Some(name), _, None) => {
+                format!("pipeline: {} · {face_count} faces", name.to_uppercase())
+            }
+            (None, Some(problem), None) => problem.clone(),
+            (None, None, None) => "no face pipeline".to_string(),
+        };
         let raw_input = state.egui_state.take_egui_input(&state.window);
         let mut view_rect = egui::Rect::NOTHING;
         let mut action = None;
@@ -235,6 +304,7 @@ impl App {
                     ui.label(format!("latency capture-to-present: {latency:.1} ms"));
                 }
                 ui.label(format!("device: {device}"));
+                ui.label(&pipeline_line);
                 ui.separator();
                 action = self.source_panel.ui(ui, &status, dropped);
                 ui.separator();
@@ -319,9 +389,13 @@ impl App {
                 width: view_rect.width() * ppp,
                 height: view_rect.height() * ppp,
             };
-            state
-                .frame_view
-                .draw(&mut pass, area, (state.config.width, state.config.height));
+            if let Some(rect) =
+                state
+                    .frame_view
+                    .draw(&mut pass, area, (state.config.width, state.config.height))
+            {
+                state.overlay.draw(&mut pass, rect);
+            }
         }
         {
             let pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {

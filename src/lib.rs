@@ -7,6 +7,7 @@
 //! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]) |
 //! | [`timing`] | per-stage durations of every frame, medians and p95 |
 //! | [`vision`] | networks in candle: single-face network (SFN), fast CPU kernels |
+//! | [`inference`] | the inference thread between capture and the UI |
 //! | [`render`] | wgpu drawing: camera view (avatars to come) |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
@@ -22,6 +23,7 @@ pub mod capture;
 pub mod cli;
 pub mod eval;
 pub mod headless;
+pub mod inference;
 pub mod render;
 pub mod timing;
 pub mod ui;
