@@ -54,5 +54,20 @@ fn sfn_forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, depthwise, sfn_forward);
+fn pose_fit(c: &mut Criterion) {
+    use glam::{Mat3, Vec3};
+    use polyface::fit::{fit_pose, Camera, FitOptions, MEAN_FACE_68};
+    let camera = Camera::assumed(640, 480, 63.0);
+    let rotation = Mat3::from_rotation_y(0.4) * Mat3::from_rotation_x(-0.2);
+    let points: Vec<glam::Vec2> = MEAN_FACE_68
+        .iter()
+        .map(|p| camera.project(rotation * Vec3::from_array(*p) + Vec3::new(3.0, -2.0, -55.0)))
+        .collect();
+    let network = Mat3::from_rotation_y(0.35);
+    c.bench_function("fit_pose 68 points (LM, Huber, network prior)", |bench| {
+        bench.iter(|| fit_pose(&points, &camera, Some(network), &FitOptions::default()).unwrap())
+    });
+}
+
+criterion_group!(benches, depthwise, sfn_forward, pose_fit);
 criterion_main!(benches);

@@ -8,6 +8,8 @@
 //! | [`timing`] | per-stage durations of every frame, medians and p95 |
 //! | [`vision`] | networks in candle: single-face network (SFN), fast CPU kernels |
 //! | [`inference`] | the inference thread between capture and the UI |
+//! | [`fit`] | head pose (robust PnP on the mean face, fused with the network), expression refinement |
+//! | [`track`] | people across frames: Hungarian assignment, life cycle, One-Euro smoothing |
 //! | [`render`] | wgpu drawing: camera view (avatars to come) |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
@@ -15,16 +17,17 @@
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //!
 //! Planned stages, each its own module when it lands: detector and MFN in `vision`,
-//! `fit` (head pose, expression), `track` (people across frames, re-identification),
-//! `retarget` (expressions onto avatars), `record` / `stream` (files, VMC), `bench`.
+//! re-identification in `track`, `retarget` (expressions onto avatars), `record` / `stream` (files, VMC), `bench`.
 
 pub mod app;
 pub mod capture;
 pub mod cli;
 pub mod eval;
+pub mod fit;
 pub mod headless;
 pub mod inference;
 pub mod render;
 pub mod timing;
+pub mod track;
 pub mod ui;
 pub mod vision;

@@ -1,0 +1,389 @@
+//! Track: faces frame to frame become people with stable integer IDs.
+//!
+//! Each frame's faces are assigned to the existing tracks by the Hungarian method on a cost of
+//! box overlap and landmark distance, measured against where each track is predicted to be
+//! (constant velocity), so people who cross paths keep their IDs. A track is tentative until seen
+//! twice, confirmed after that, lost while unseen, and dropped after `max_lost_s`. Each track
+//! smooths its landmarks, rotation and blendshapes with One-Euro filters.
+
+mod hungarian;
+mod one_euro;
+
+use glam::{Mat3, Quat, Vec2};
+
+pub use hungarian::assign;
+pub use one_euro::{OneEuro, OneEuroBank, OneEuroParams};
+
+use crate::vision::detect::iou;
+use crate::vision::FaceObservation;
+
+/// Life cycle of a track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackState {
+    /// Seen once; could still be a false detection.
+    Tentative,
+    Confirmed,
+    /// Not seen recently; kept (its avatar holds still) until `max_lost_s` passes.
+    Lost,
+}
+
+/// Smoothing settings per channel (see [`OneEuroParams`]); landmarks in pixels, rotation in
+/// quaternion components, blendshapes in weight units.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Smoothing {
+    pub landmarks: OneEuroParams,
+    pub rotation: OneEuroParams,
+    pub blendshapes: OneEuroParams,
+}
+
+impl Default for Smoothing {
+    fn default() -> Self {
+        Smoothing {
+            landmarks: OneEuroParams::new(1.5, 0.02),
+            rotation: OneEuroParams::new(1.5, 0.5),
+            blendshapes: OneEuroParams::new(3.0, 1.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrackerConfig {
+    /// Sightings before a track is confirmed.
+    pub confirm_hits: u32,
+    /// Seconds a lost track is kept before it is dropped.
+    pub max_lost_s: f64,
+    /// Weight of the landmark distance (in inter-ocular distances) against 1 − IoU.
+    pub landmark_weight: f32,
+    /// Pairs costlier than this are never matched.
+    pub max_cost: f32,
+    pub smoothing: Smoothing,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            confirm_hits: 2,
+            max_lost_s: 1.0,
+            landmark_weight: 0.5,
+            max_cost: 1.6,
+            smoothing: Smoothing::default(),
+        }
+    }
+}
+
+/// A person as the tracker sees them this frame.
+#[derive(Clone, Debug)]
+pub struct TrackedFace {
+    pub id: u32,
+    pub state: TrackState,
+    /// This frame's observation as the network gave it (the last one, for a lost track).
+    pub raw: FaceObservation,
+    /// The same after smoothing.
+    pub smoothed: FaceObservation,
+}
+
+struct Track {
+    id: u32,
+    state: TrackState,
+    hits: u32,
+    last_seen_s: f64,
+    raw: FaceObservation,
+    smoothed: FaceObservation,
+    /// Box-centre velocity, pixels per second.
+    velocity: Vec2,
+    landmark_filter: OneEuroBank,
+    rotation_filter: OneEuroBank,
+    blend_filter: OneEuroBank,
+    last_quat: Quat,
+}
+
+impl Track {
+    fn predicted_shift(&self, now_s: f64) -> Vec2 {
+        self.velocity * (now_s - self.last_seen_s).min(0.5) as f32
+    }
+
+    fn cost(&self, face: &FaceObservation, now_s: f64, config: &TrackerConfig) -> f32 {
+        let shift = self.predicted_shift(now_s);
+        let predicted = (self.raw.bbox.0 + shift, self.raw.bbox.1 + shift);
+        let overlap = iou(&predicted, &face.bbox);
+        let scale = self.raw.inter_ocular().max(face.inter_ocular()).max(1.0);
+        let distance = self
+            .raw
+            .landmarks
+            .iter()
+            .zip(&face.landmarks)
+            .map(|(a, b)| (*a + shift).distance(*b))
+            .sum::<f32>()
+            / face.landmarks.len().max(1) as f32
+            / scale;
+        (1.0 - overlap) + config.landmark_weight * distance.min(2.0)
+    }
+
+    fn update(&mut self, face: FaceObservation, now_s: f64, config: &TrackerConfig) {
+        let dt = (now_s - self.last_seen_s).max(0.0) as f32;
+        if dt > 0.0 {
+            let moved = (face.bbox.0 + face.bbox.1 - self.raw.bbox.0 - self.raw.bbox.1) / 2.0 / dt;
+            self.velocity = self.velocity * 0.5 + moved * 0.5;
+        }
+        self.hits += 1;
+        self.last_seen_s = now_s;
+        self.state = if self.hits >= config.confirm_hits {
+            TrackState::Confirmed
+        } else {
+            TrackState::Tentative
+        };
+        self.smoothed = smooth(self, &face, dt, &config.smoothing);
+        self.raw = face;
+    }
+}
+
+fn smooth(
+    track: &mut Track,
+    face: &FaceObservation,
+    dt: f32,
+    smoothing: &Smoothing,
+) -> FaceObservation {
+    let mut coords: Vec<f32> = face.landmarks.iter().flat_map(|p| [p.x, p.y]).collect();
+    track
+        .landmark_filter
+        .filter(&mut coords, dt, &smoothing.landmarks);
+    let landmarks: Vec<Vec2> = coords
+        .chunks_exact(2)
+        .map(|c| Vec2::new(c[0], c[1]))
+        .collect();
+
+    // Quaternions q and −q are the same rotation: keep the sign continuous before filtering.
+    let mut q = Quat::from_mat3(&face.rotation);
+    if q.dot(track.last_quat) < 0.0 {
+        q = -q;
+    }
+    track.last_quat = q;
+    let mut components = q.to_array();
+    track
+        .rotation_filter
+        .filter(&mut components, dt, &smoothing.rotation);
+    let rotation = Mat3::from_quat(Quat::from_array(components).normalize());
+
+    let mut blendshapes = face.blendshapes.clone();
+    track
+        .blend_filter
+        .filter(&mut blendshapes, dt, &smoothing.blendshapes);
+    blendshapes.iter_mut().for_each(|b| *b = b.clamp(0.0, 1.0));
+
+    FaceObservation {
+        bbox: crate::vision::tight_box(&landmarks).unwrap_or(face.bbox),
+        score: face.score,
+        landmarks,
+        rotation,
+        blendshapes,
+    }
+}
+
+/// Follows faces across frames.
+pub struct Tracker {
+    pub config: TrackerConfig,
+    tracks: Vec<Track>,
+    next_id: u32,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker::new(TrackerConfig::default())
+    }
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig) -> Tracker {
+        Tracker {
+            config,
+            tracks: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Assigns this frame's faces (taken at `now_s` seconds) to people. Returns every track not
+    /// yet dropped, ordered by ID.
+    pub fn update(&mut self, faces: Vec<FaceObservation>, now_s: f64) -> Vec<TrackedFace> {
+        let costs: Vec<Vec<f32>> = self
+            .tracks
+            .iter()
+            .map(|t| {
+                faces
+                    .iter()
+                    .map(|f| t.cost(f, now_s, &self.config))
+                    .collect()
+            })
+            .collect();
+        let pairs = assign(&costs, self.config.max_cost);
+        let mut face_taken = vec![false; faces.len()];
+        let mut track_matched = vec![false; self.tracks.len()];
+        let mut faces: Vec<Option<FaceObservation>> = faces.into_iter().map(Some).collect();
+        for (t, f) in pairs {
+            if let Some(face) = faces[f].take() {
+                self.tracks[t].update(face, now_s, &self.config);
+                face_taken[f] = true;
+                track_matched[t] = true;
+            }
+        }
+        for (track, matched) in self.tracks.iter_mut().zip(&track_matched) {
+            if !matched && track.state != TrackState::Tentative {
+                track.state = TrackState::Lost;
+            }
+        }
+        // Tentative tracks that were not seen again were false alarms; lost ones time out.
+        let max_lost = self.config.max_lost_s;
+        self.tracks.retain(|t| match t.state {
+            TrackState::Tentative => t.last_seen_s == now_s,
+            TrackState::Lost => now_s - t.last_seen_s <= max_lost,
+            TrackState::Confirmed => true,
+        });
+        for face in faces.into_iter().flatten() {
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut track = Track {
+                id,
+                state: TrackState::Tentative,
+                hits: 0,
+                last_seen_s: now_s,
+                raw: face.clone(),
+                smoothed: face.clone(),
+                velocity: Vec2::ZERO,
+                landmark_filter: OneEuroBank::default(),
+                rotation_filter: OneEuroBank::default(),
+                blend_filter: OneEuroBank::default(),
+                last_quat: Quat::IDENTITY,
+            };
+            track.update(face, now_s, &self.config);
+            self.tracks.push(track);
+        }
+        self.tracks.sort_by_key(|t| t.id);
+        self.tracks
+            .iter()
+            .map(|t| TrackedFace {
+                id: t.id,
+                state: t.state,
+                raw: t.raw.clone(),
+                smoothed: t.smoothed.clone(),
+            })
+            .collect()
+    }
+
+    /// Forgets everyone (new source).
+    pub fn reset(&mut self) {
+        self.tracks.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A face whose landmarks are a fixed pattern of `size` pixels centred on `center`.
+    fn face_at(center: Vec2, size: f32) -> FaceObservation {
+        let landmarks: Vec<Vec2> = crate::fit::MEAN_FACE_68
+            .iter()
+            .map(|p| center + Vec2::new(p[0], -p[1]) * (size / 16.0))
+            .collect();
+        FaceObservation {
+            bbox: crate::vision::tight_box(&landmarks).unwrap(),
+            score: 0.9,
+            landmarks,
+            rotation: Mat3::IDENTITY,
+            blendshapes: vec![0.2; 51],
+        }
+    }
+
+    #[test]
+    fn life_cycle_tentative_confirmed_lost_dropped() {
+        let mut tracker = Tracker::default();
+        let dt = 1.0 / 30.0;
+        let out = tracker.update(vec![face_at(Vec2::new(100.0, 100.0), 80.0)], 0.0);
+        assert_eq!(out[0].state, TrackState::Tentative);
+        let out = tracker.update(vec![face_at(Vec2::new(102.0, 100.0), 80.0)], dt);
+        assert_eq!((out[0].id, out[0].state), (1, TrackState::Confirmed));
+        let out = tracker.update(vec![], 2.0 * dt);
+        assert_eq!(out[0].state, TrackState::Lost);
+        let out = tracker.update(vec![face_at(Vec2::new(106.0, 100.0), 80.0)], 3.0 * dt);
+        assert_eq!(
+            (out[0].id, out[0].state),
+            (1, TrackState::Confirmed),
+            "found again: same ID"
+        );
+        assert!(
+            tracker.update(vec![], 3.0 * dt + 1.5).is_empty(),
+            "dropped after max_lost_s"
+        );
+        // A one-frame false alarm never gets confirmed and disappears.
+        tracker.update(vec![face_at(Vec2::new(300.0, 300.0), 60.0)], 10.0);
+        assert!(tracker.update(vec![], 10.0 + dt).is_empty());
+    }
+
+    #[test]
+    fn crossing_paths_never_swap_ids() {
+        let mut tracker = Tracker::default();
+        let dt = 1.0 / 30.0;
+        let mut swaps = 0;
+        let mut ids: Option<(u32, u32)> = None;
+        for i in 0..90 {
+            let t = i as f64 * dt;
+            // A walks right, B walks left; they cross around frame 45, B passing in front of A.
+            let a = face_at(Vec2::new(100.0 + 6.0 * i as f32, 200.0), 90.0);
+            let b = face_at(Vec2::new(640.0 - 6.0 * i as f32, 215.0), 100.0);
+            let occluded = (43..48).contains(&i);
+            let faces = if occluded {
+                vec![b.clone()]
+            } else {
+                vec![b.clone(), a.clone()]
+            };
+            let out = tracker.update(faces, t);
+            let find = |x_sign: f32| {
+                out.iter()
+                    .filter(|f| {
+                        f.state == TrackState::Confirmed
+                            && f.raw.bbox == if x_sign > 0.0 { a.bbox } else { b.bbox }
+                    })
+                    .map(|f| f.id)
+                    .next()
+            };
+            if let (Some(ia), Some(ib)) = (find(1.0), find(-1.0)) {
+                match ids {
+                    None => ids = Some((ia, ib)),
+                    Some(known) if known != (ia, ib) => swaps += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(ids.is_some());
+        assert_eq!(swaps, 0);
+        assert_eq!(tracker.next_id, 3, "no extra IDs were handed out");
+    }
+
+    #[test]
+    fn smoothing_removes_jitter_of_a_still_face() {
+        let mut tracker = Tracker::default();
+        let mut raw_x = Vec::new();
+        let mut smooth_x = Vec::new();
+        for i in 0..120 {
+            let wobble = if i % 2 == 0 { 0.8 } else { -0.8 };
+            let out = tracker.update(
+                vec![face_at(Vec2::new(200.0 + wobble, 200.0), 100.0)],
+                i as f64 / 30.0,
+            );
+            if i >= 30 {
+                raw_x.push(out[0].raw.landmarks[30].x);
+                smooth_x.push(out[0].smoothed.landmarks[30].x);
+            }
+        }
+        let std = |v: &[f32]| {
+            let m = v.iter().sum::<f32>() / v.len() as f32;
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        assert!(
+            std(&smooth_x) < 0.2 * std(&raw_x),
+            "{} vs {}",
+            std(&smooth_x),
+            std(&raw_x)
+        );
+    }
+}
