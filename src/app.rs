@@ -17,8 +17,9 @@ use crate::cli::RunArgs;
 use crate::inference::InferenceWorker;
 use crate::render::{rgb_to_rgba, FrameView, Gpu, Overlay, PixelRect};
 use crate::timing::{Stage, TimingRing};
+use crate::track::{Person, TrackState};
 use crate::ui::{SourceAction, SourcePanel, TimingsPanel};
-use crate::vision::{FaceObservation, FacePipeline, SfnPipeline};
+use crate::vision::{FacePipeline, SfnPipeline};
 
 /// Redraw at most this often when nothing else asks for it.
 const FRAME_INTERVAL: Duration = Duration::from_millis(16);
@@ -86,7 +87,9 @@ struct App {
     args: RunArgs,
     source_name: String,
     worker: InferenceWorker,
-    faces: Vec<FaceObservation>,
+    people: Vec<Person>,
+    /// Size of the frame `people` refer to.
+    frame_size: (u32, u32),
     /// Why faces are not tracked (models missing), shown in the overlay.
     pipeline_problem: Option<String>,
     window: Option<WindowState>,
@@ -126,14 +129,35 @@ fn start_worker(spec: SourceSpec, options: SourceOptions) -> (InferenceWorker, O
     )
 }
 
-/// Boxes and landmarks of every face, sized relative to the frame.
-fn draw_faces(overlay: &mut Overlay, faces: &[FaceObservation], frame_size: (u32, u32)) {
+/// A distinct, stable colour per person ID.
+fn person_colour(id: u32) -> [f32; 4] {
+    const PALETTE: [[f32; 3]; 8] = [
+        [0.30, 0.85, 0.45],
+        [0.35, 0.65, 1.00],
+        [1.00, 0.60, 0.25],
+        [0.95, 0.35, 0.65],
+        [0.75, 0.55, 1.00],
+        [0.25, 0.90, 0.90],
+        [1.00, 0.85, 0.30],
+        [0.70, 0.90, 0.35],
+    ];
+    let [r, g, b] = PALETTE[(id as usize) % PALETTE.len()];
+    [r, g, b, 0.95]
+}
+
+/// Box and landmarks of every person, sized relative to the frame; lost people are dimmed.
+fn draw_people(overlay: &mut Overlay, people: &[Person], frame_size: (u32, u32)) {
     overlay.clear();
     let unit = frame_size.0.max(frame_size.1) as f32 / 400.0;
-    for face in faces {
-        overlay.rect(face.bbox.0, face.bbox.1, 1.5 * unit, [0.2, 1.0, 0.4, 0.9]);
+    for person in people {
+        let face = &person.smoothed;
+        let mut colour = person_colour(person.id);
+        if person.state != TrackState::Confirmed {
+            colour[3] = 0.35;
+        }
+        overlay.rect(face.bbox.0, face.bbox.1, 1.5 * unit, colour);
         for point in &face.landmarks {
-            overlay.point(*point, 1.6 * unit, [0.3, 0.9, 1.0, 0.95]);
+            overlay.point(*point, 1.6 * unit, [0.9, 0.95, 1.0, colour[3]]);
         }
     }
 }
@@ -155,7 +179,8 @@ impl App {
             args,
             source_name,
             worker,
-            faces: Vec::new(),
+            people: Vec::new(),
+            frame_size: (0, 0),
             pipeline_problem,
             window: None,
             ring: TimingRing::with_capacity(600),
@@ -175,7 +200,7 @@ impl App {
         let (worker, problem) = start_worker(spec, self.args.input.options(!self.args.no_loop));
         self.worker = worker;
         self.pipeline_problem = problem;
-        self.faces.clear();
+        self.people.clear();
         self.ring = TimingRing::with_capacity(600);
         self.warnings.clear();
     }
@@ -254,9 +279,9 @@ impl App {
                 state
                     .frame_view
                     .upload(&state.gpu.device, &state.gpu.queue, &self.rgba);
-                draw_faces(
+                draw_people(
                     &mut state.overlay,
-                    &processed.faces,
+                    &processed.people,
                     frame.image.dimensions(),
                 );
                 state.overlay.upload(
@@ -265,7 +290,8 @@ impl App {
                     frame.image.dimensions(),
                 );
             });
-            self.faces = processed.faces;
+            self.people = processed.people;
+            self.frame_size = frame.image.dimensions();
             frame_timings = Some((timings, frame.captured_at));
         }
         self.warnings.extend(self.worker.capture().take_warnings());
@@ -276,7 +302,11 @@ impl App {
         // The overlay; it also tells where the camera view goes.
         let status = self.worker.capture().status();
         let (_, dropped) = self.worker.capture().counts();
-        let face_count = self.faces.len();
+        let face_count = self
+            .people
+            .iter()
+            .filter(|p| p.state == TrackState::Confirmed)
+            .count();
         let pipeline_line = match (
             self.worker.pipeline_name(),
             &self.pipeline_problem,
@@ -284,7 +314,7 @@ impl App {
         ) {
             (_, _, Some(error)) => format!("pipeline error: {error}"),
             (Some(name), _, None) => {
-                format!("pipeline: {} · {face_count} faces", name.to_uppercase())
+                format!("pipeline: {} · {face_count} people", name.to_uppercase())
             }
             (None, Some(problem), None) => problem.clone(),
             (None, None, None) => "no face pipeline".to_string(),
@@ -295,6 +325,8 @@ impl App {
         let has_frame = state.frame_view.frame_size() != (0, 0);
         let device = state.gpu.describe();
         let fps = self.meters.fps();
+        let frame_size = self.frame_size;
+        let people = &self.people;
         let latency = self.meters.latency_ms;
         let output = state.egui_ctx.run_ui(raw_input, |ui| {
             egui::Panel::right("overlay").default_size(330.0).show(ui, |ui| {
@@ -319,6 +351,31 @@ impl App {
             }
             egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
                 view_rect = ui.max_rect();
+                // Person IDs above their boxes, mapped from frame pixels to the letterboxed view.
+                let (fw, fh) = frame_size;
+                if fw > 0 && fh > 0 {
+                    let area = PixelRect {
+                        x: view_rect.min.x,
+                        y: view_rect.min.y,
+                        width: view_rect.width(),
+                        height: view_rect.height(),
+                    };
+                    let shown = area.fit(fw, fh);
+                    let scale = shown.width / fw as f32;
+                    for person in people.iter().filter(|p| p.state == TrackState::Confirmed) {
+                        let corner = person.smoothed.bbox.0;
+                        let at = egui::pos2(shown.x + corner.x * scale, shown.y + corner.y * scale - 2.0);
+                        let [r, g, b, _] = person_colour(person.id);
+                        let colour = egui::Color32::from_rgb((r * 255.0) as u8, (g * 255.0) as u8, (b * 255.0) as u8);
+                        ui.painter().text(
+                            at,
+                            egui::Align2::LEFT_BOTTOM,
+                            format!("#{}", person.id),
+                            egui::FontId::proportional(16.0),
+                            colour,
+                        );
+                    }
+                }
                 if !has_frame {
                     ui.centered_and_justified(|ui| {
                         let text = match &status {

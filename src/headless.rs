@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 
 use crate::capture::{self, CaptureError, SourceOptions, SourceSpec};
 use crate::timing::{FrameTimings, Stage, TimingRing};
-use crate::vision::{FaceObservation, FacePipeline, BLENDSHAPE_NAMES};
+use crate::track::{People, Person};
+use crate::vision::{FacePipeline, BLENDSHAPE_NAMES};
 
 /// What a `track` run did.
 #[derive(Debug)]
@@ -23,21 +24,37 @@ pub struct TrackSummary {
     pub ring: TimingRing,
 }
 
-/// One face as `faces.jsonl` stores it.
-pub fn face_json(face: &FaceObservation) -> serde_json::Value {
-    let (yaw, pitch, roll) = face.yaw_pitch_roll();
-    let r = face.rotation.transpose().to_cols_array(); // row-major
+fn named_weights(values: &[f32]) -> serde_json::Map<String, serde_json::Value> {
+    BLENDSHAPE_NAMES
+        .iter()
+        .zip(values)
+        .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+        .collect()
+}
+
+fn points_json(points: &[glam::Vec2]) -> Vec<[f32; 2]> {
+    points.iter().map(|p| [p.x, p.y]).collect()
+}
+
+/// One person as `faces.jsonl` stores it: raw network output and the smoothed, fitted state.
+pub fn person_json(person: &Person) -> serde_json::Value {
+    let face = &person.raw;
+    let smoothed = &person.smoothed;
+    let (yaw, pitch, roll) = smoothed.yaw_pitch_roll();
     serde_json::json!({
+        "id": person.id,
+        "state": person.state,
         "box": [face.bbox.0.x, face.bbox.0.y, face.bbox.1.x, face.bbox.1.y],
         "score": face.score,
-        "landmarks": face.landmarks.iter().map(|p| [p.x, p.y]).collect::<Vec<_>>(),
+        "landmarks": points_json(&face.landmarks),
+        "landmarks_smoothed": points_json(&smoothed.landmarks),
         "yaw_pitch_roll_deg": [yaw, pitch, roll],
-        "rotation": r,
-        "blendshapes": BLENDSHAPE_NAMES
-            .iter()
-            .zip(&face.blendshapes)
-            .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-            .collect::<serde_json::Map<_, _>>(),
+        // Row-major 3×3, camera space (x right, y up, looking down −z), like MediaPipe's matrix.
+        "rotation": person.pose.map(|p| p.rotation.transpose().to_cols_array()),
+        "translation_cm": person.pose.map(|p| p.translation.to_array()),
+        "fit_rms_px": person.fit_rms_px,
+        "blendshapes": named_weights(&face.blendshapes),
+        "blendshapes_smoothed": named_weights(&smoothed.blendshapes),
     })
 }
 
@@ -65,6 +82,7 @@ pub fn track(
     let mut warnings = Vec::new();
     let mut frames = 0u64;
     let mut face_count = 0u64;
+    let mut people = People::default();
     let started = Instant::now();
     loop {
         if max_frames.is_some_and(|max| frames >= max) {
@@ -93,12 +111,14 @@ pub fn track(
             None => Vec::new(),
         };
         face_count += faces.len() as u64;
+        let time_s = frame.timestamp.as_secs_f64();
+        let persons = people.update(frame.image.dimensions(), faces, time_s, &mut timings);
         let record = serde_json::json!({
             "frame": frame.seq,
-            "time_s": frame.timestamp.as_secs_f64(),
+            "time_s": time_s,
             "width": frame.width(),
             "height": frame.height(),
-            "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
+            "people": persons.iter().map(person_json).collect::<Vec<_>>(),
         });
         writeln!(faces_file, "{record}").with_context(|| write_error(&faces_jsonl))?;
         writeln!(timings_file, "{}", timings.csv_row())

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use crate::capture::{Frame, LatestFrame};
 use crate::timing::{FrameTimings, Stage};
+use crate::track::{People, Person};
 use crate::vision::{FaceObservation, FacePipeline};
 
-/// A frame with what the pipeline found in it.
+/// A frame with the people found in it.
 pub struct Processed {
     pub frame: Frame,
-    pub faces: Vec<FaceObservation>,
+    pub people: Vec<Person>,
     pub timings: FrameTimings,
 }
 
@@ -45,13 +46,14 @@ impl InferenceWorker {
         let thread = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
+                let mut people = People::default();
                 while !thread_shared.stop.load(Ordering::SeqCst) {
                     let Some(frame) = thread_capture.wait(Duration::from_millis(50)) else {
                         continue;
                     };
                     let mut timings = FrameTimings::new(frame.seq);
                     timings.add(Stage::Capture, frame.decode_time);
-                    let faces = match pipeline.as_mut() {
+                    let faces: Vec<FaceObservation> = match pipeline.as_mut() {
                         Some(p) => match p.process(&frame.image, &mut timings) {
                             Ok(faces) => {
                                 *lock(&thread_shared.error) = None;
@@ -65,9 +67,12 @@ impl InferenceWorker {
                         },
                         None => Vec::new(),
                     };
+                    let time_s = frame.timestamp.as_secs_f64();
+                    let people =
+                        people.update(frame.image.dimensions(), faces, time_s, &mut timings);
                     *lock(&thread_shared.latest) = Some(Processed {
                         frame,
-                        faces,
+                        people,
                         timings,
                     });
                 }

@@ -304,6 +304,19 @@ pub fn fit_pose(
     })
 }
 
+/// The networks estimate rotation as seen along the ray to the face (their crop is centred on
+/// it); in the frame's camera the same head is rotated by the turn from the optical axis to that
+/// ray. `at` is the face's position in the frame (pixels).
+pub fn rotation_in_camera(rotation_along_ray: Mat3, at: Vec2, camera: &Camera) -> Mat3 {
+    let ray = Vec3::new(
+        (at.x - camera.center.x) / camera.focal,
+        -(at.y - camera.center.y) / camera.focal,
+        -1.0,
+    )
+    .normalize();
+    Mat3::from_quat(glam::Quat::from_rotation_arc(Vec3::NEG_Z, ray)) * rotation_along_ray
+}
+
 /// Eye openness: mean of the two lid distances over the eye width (the eye aspect ratio).
 pub fn eye_aspect_ratio(points: &[Vec2], eye: std::ops::Range<usize>) -> f32 {
     let p: Vec<Vec2> = points[eye].to_vec();
@@ -469,6 +482,21 @@ mod tests {
         assert!(
             strong_err > weak_err && strong_err < 10.0,
             "strong prior moves towards the network: {strong_err}"
+        );
+    }
+
+    #[test]
+    fn off_centre_faces_get_the_ray_turn_added() {
+        let camera = Camera::assumed(640, 480, 63.0);
+        // A frontal face (identity along its ray) at the image's right edge is, in camera space,
+        // turned towards the camera by the ray's angle: the fit of its projection agrees.
+        let at = Vec2::new(600.0, 240.0);
+        let along_ray = Mat3::IDENTITY;
+        let in_camera = rotation_in_camera(along_ray, at, &camera);
+        let angle = ((600.0 - 320.0) / camera.focal).atan().to_degrees();
+        assert!((log_so3(&in_camera).length().to_degrees() - angle).abs() < 0.01);
+        assert!(
+            rotation_in_camera(along_ray, camera.center, &camera).abs_diff_eq(Mat3::IDENTITY, 1e-6)
         );
     }
 

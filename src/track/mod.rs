@@ -8,11 +8,13 @@
 
 mod hungarian;
 mod one_euro;
+mod people;
 
 use glam::{Mat3, Quat, Vec2};
 
 pub use hungarian::assign;
 pub use one_euro::{OneEuro, OneEuroBank, OneEuroParams};
+pub use people::{People, Person};
 
 use crate::vision::detect::iou;
 use crate::vision::FaceObservation;

@@ -64,9 +64,9 @@ fn track_writes_one_timing_row_per_frame() {
     assert_eq!(records[6]["frame"], 6);
     assert_eq!(records[6]["width"], 96);
     assert_eq!(
-        records[0]["faces"],
+        records[0]["people"],
         serde_json::json!([]),
-        "no pipeline, no faces"
+        "no pipeline, no people"
     );
 }
 
