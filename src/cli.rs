@@ -73,9 +73,12 @@ pub struct EvalArgs {
     /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Evaluate at most this many faces.
+    /// Evaluate at most this many faces (--given-boxes) or images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Only records whose `split` is NAME (e.g. `test`: the scene photos never trained on).
+    #[arg(long, value_name = "NAME")]
+    pub split: Option<String>,
     /// Where the networks run: cpu, or cuda / metal in builds with those features.
     #[arg(long, default_value = "cpu")]
     pub device: String,

