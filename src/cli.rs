@@ -38,6 +38,30 @@ pub enum Command {
     Cameras,
     /// Measure the face networks' accuracy on labelled data (the shared JSON Lines format).
     Eval(EvalArgs),
+    /// Measure pipeline latency per stage against the number of faces in the frame.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Face counts to measure, e.g. 1,2,5,10,20.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,20")]
+    pub faces: Vec<usize>,
+    /// Pipelines to measure (sfn; mfn once it exists).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sfn")]
+    pub pipeline: Vec<PipelineKind>,
+    /// Timed frames per face count (after 5 warm-up frames).
+    #[arg(long, default_value = "50")]
+    pub frames: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The shared data folder (face crops to compose frames from).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
 }
 
 /// Pipeline choice for `track`.

@@ -13,13 +13,15 @@
 //! | [`render`] | wgpu drawing: camera view (avatars to come) |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
+//! | [`bench`] | `polyface bench`: latency per stage against the number of faces |
 //! | [`eval`] | `polyface eval`: accuracy on the shared labelled data |
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //!
 //! Planned stages, each its own module when it lands: detector and MFN in `vision`,
-//! re-identification in `track`, `retarget` (expressions onto avatars), `record` / `stream` (files, VMC), `bench`.
+//! re-identification in `track`, `retarget` (expressions onto avatars), `record` / `stream` (files, VMC).
 
 pub mod app;
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod eval;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use polyface::cli::{Cli, Command, EvalArgs, PipelineKind, RunArgs, TrackPipeline};
+use polyface::cli::{BenchArgs, Cli, Command, EvalArgs, PipelineKind, RunArgs, TrackPipeline};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -58,6 +58,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
         Command::Cameras => {
             let cameras = polyface::capture::list_cameras()?;
             if cameras.is_empty() {
@@ -116,6 +117,49 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         if let Some(ap) = report.ap50 {
             println!("AP50       {ap:.4}");
         }
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use polyface::vision;
+    let device = candle_core::Device::Cpu;
+    let models = vision::models_dir(args.models.as_deref());
+    let crops = polyface::bench::load_face_crops(&args.data, 20).with_context(|| {
+        format!(
+            "reading face crops from {} (use --data)",
+            args.data.display()
+        )
+    })?;
+    let mut results = Vec::new();
+    for pipeline in &args.pipeline {
+        match pipeline {
+            PipelineKind::Sfn => {
+                let detector =
+                    vision::Detector::load(&models.join("detector.safetensors"), &device)?;
+                let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
+                for &faces in &args.faces {
+                    results.push(polyface::bench::bench_sfn(
+                        &detector,
+                        &sfn,
+                        &crops,
+                        faces,
+                        args.frames,
+                        5,
+                    )?);
+                }
+            }
+            PipelineKind::Mfn => anyhow::bail!("the multi-face network (MFN) is not available yet"),
+        }
+    }
+    if args.json {
+        let threads = rayon::current_num_threads();
+        println!(
+            "{}",
+            serde_json::json!({"device": format!("cpu ({threads} threads)"), "frame": polyface::bench::FRAME_SIZE, "results": results})
+        );
+    } else {
+        print!("{}", polyface::bench::table(&results));
     }
     Ok(())
 }

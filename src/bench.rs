@@ -1,0 +1,200 @@
+//! `polyface bench`: per-stage latency of the face pipelines against the number of faces, on
+//! frames composed from real face crops, in the paper's table form.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Module};
+use glam::Vec2;
+use serde::Serialize;
+
+use crate::timing::percentile;
+use crate::track::People;
+use crate::vision::sfn::{crop_batch, decode, CROP_SCALE};
+use crate::vision::{CropBox, Detector, Sfn};
+
+/// Frame size the benchmark composes (the reference: 640×480).
+pub const FRAME_SIZE: (u32, u32) = (640, 480);
+
+/// A frame with exactly `faces` real faces laid out on a grid, and the SFN crop of each.
+pub fn compose_frame(
+    faces: usize,
+    crops: &[(image::RgbImage, Vec<Vec2>)],
+) -> (image::RgbImage, Vec<CropBox>) {
+    let (width, height) = FRAME_SIZE;
+    let mut frame = image::RgbImage::from_pixel(width, height, image::Rgb([70, 74, 80]));
+    let columns = (faces as f32 * 4.0 / 3.0).sqrt().ceil().max(1.0) as u32;
+    let rows = (faces as u32).div_ceil(columns).max(1);
+    let cell = (width / columns).min(height / rows);
+    let mut boxes = Vec::with_capacity(faces);
+    for i in 0..faces {
+        let (crop, points) = &crops[i % crops.len().max(1)];
+        let (col, row) = (i as u32 % columns, i as u32 / columns);
+        let resized =
+            image::imageops::resize(crop, cell, cell, image::imageops::FilterType::Triangle);
+        let (x0, y0) = (col * cell, row * cell);
+        image::imageops::replace(&mut frame, &resized, x0 as i64, y0 as i64);
+        let scale = cell as f32 / crop.width() as f32;
+        let moved: Vec<Vec2> = points
+            .iter()
+            .map(|p| *p * scale + Vec2::new(x0 as f32, y0 as f32))
+            .collect();
+        if let Some(b) = CropBox::around_points(&moved, CROP_SCALE) {
+            boxes.push(b);
+        }
+    }
+    (frame, boxes)
+}
+
+/// Face crops with their landmarks from `helen/test.jsonl` of the shared data.
+pub fn load_face_crops(data: &Path, count: usize) -> Result<Vec<(image::RgbImage, Vec<Vec2>)>> {
+    let images = crate::eval::read_jsonl(&data.join("helen/test.jsonl"))?;
+    images
+        .iter()
+        .take(count)
+        .map(|record| {
+            let crop = image::open(&record.path)
+                .with_context(|| format!("{}: cannot read", record.path.display()))?
+                .into_rgb8();
+            Ok((crop, record.faces[0].landmarks.clone()))
+        })
+        .collect()
+}
+
+/// Median and 95th percentile of one measured stage, milliseconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Measured {
+    pub median_ms: f32,
+    pub p95_ms: f32,
+}
+
+fn measured(mut samples: Vec<f32>) -> Measured {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Measured {
+        median_ms: percentile(&samples, 0.5),
+        p95_ms: percentile(&samples, 0.95),
+    }
+}
+
+/// One pipeline at one face count.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub pipeline: String,
+    pub faces: usize,
+    pub median_ms: f32,
+    pub p95_ms: f32,
+    /// Per stage: detector, sfn (all faces, one batch), fit_track.
+    pub stages: std::collections::BTreeMap<String, Measured>,
+}
+
+fn ms(since: Instant) -> f32 {
+    since.elapsed().as_secs_f32() * 1000.0
+}
+
+/// Detector on the whole frame + the SFN on every face in one batch + fit and tracking.
+pub fn bench_sfn(
+    detector: &Detector,
+    sfn: &Sfn,
+    crops: &[(image::RgbImage, Vec<Vec2>)],
+    faces: usize,
+    frames: usize,
+    warmup: usize,
+) -> Result<BenchResult> {
+    let (frame, boxes) = compose_frame(faces, crops);
+    let device = Device::Cpu;
+    let mut people = People::default();
+    let (mut det_ms, mut sfn_ms, mut state_ms, mut total_ms) = (vec![], vec![], vec![], vec![]);
+    for i in 0..warmup + frames {
+        let start = Instant::now();
+        let t = Instant::now();
+        let _detections = detector.detect(&frame)?;
+        let detector_time = ms(t);
+        // The benchmark gives the SFN the known face crops, so its cost is measured for exactly
+        // `faces` faces whatever the detector finds.
+        let t = Instant::now();
+        let input = crop_batch(&frame, &boxes, &device)?;
+        let raw = sfn.forward(&input)?;
+        let observations = decode(&raw, &boxes)?;
+        let sfn_time = ms(t);
+        let t = Instant::now();
+        let mut timings = crate::timing::FrameTimings::new(i as u64);
+        let _people = people.update(
+            frame.dimensions(),
+            observations,
+            i as f64 / 30.0,
+            &mut timings,
+        );
+        let state_time = ms(t);
+        if i >= warmup {
+            det_ms.push(detector_time);
+            sfn_ms.push(sfn_time);
+            state_ms.push(state_time);
+            total_ms.push(ms(start));
+        }
+    }
+    let total = measured(total_ms);
+    Ok(BenchResult {
+        pipeline: "sfn".into(),
+        faces,
+        median_ms: total.median_ms,
+        p95_ms: total.p95_ms,
+        stages: [
+            ("detector".to_string(), measured(det_ms)),
+            ("sfn".to_string(), measured(sfn_ms)),
+            ("fit_track".to_string(), measured(state_ms)),
+        ]
+        .into_iter()
+        .collect(),
+    })
+}
+
+/// The table in the paper's form: faces → detector, SFN, total.
+pub fn table(results: &[BenchResult]) -> String {
+    let mut out = String::from(
+        "faces | detector ms | SFN ms (all faces) | SFN ms/face | fit+track ms | total ms (p95)\n",
+    );
+    out.push_str(
+        "------|-------------|--------------------|-------------|--------------|---------------\n",
+    );
+    for r in results {
+        let stage = |name: &str| r.stages.get(name).map_or(f32::NAN, |m| m.median_ms);
+        out.push_str(&format!(
+            "{:>5} | {:>11.2} | {:>18.2} | {:>11.2} | {:>12.3} | {:>6.2} ({:.2})\n",
+            r.faces,
+            stage("detector"),
+            stage("sfn"),
+            stage("sfn") / r.faces.max(1) as f32,
+            stage("fit_track"),
+            r.median_ms,
+            r.p95_ms
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composed_frames_hold_the_asked_number_of_faces_inside_the_frame() {
+        let crop = image::RgbImage::from_pixel(256, 256, image::Rgb([200, 150, 120]));
+        let points: Vec<Vec2> = (0..68)
+            .map(|i| Vec2::new(80.0 + (i % 10) as f32 * 10.0, 80.0 + (i / 10) as f32 * 14.0))
+            .collect();
+        for faces in [1, 2, 5, 10, 20] {
+            let (frame, boxes) = compose_frame(faces, &[(crop.clone(), points.clone())]);
+            assert_eq!(frame.dimensions(), FRAME_SIZE);
+            assert_eq!(boxes.len(), faces);
+            for b in &boxes {
+                assert!(
+                    b.center.x > 0.0
+                        && b.center.x < 640.0
+                        && b.center.y > 0.0
+                        && b.center.y < 480.0
+                );
+            }
+        }
+    }
+}
