@@ -185,6 +185,10 @@ pub struct TrackArgs {
     /// Stop after this many frames (needed to end a camera run; files end by themselves).
     #[arg(long, value_name = "N")]
     pub max_frames: Option<u64>,
+    /// Also record a take into DIR: `personN.csv` (Live Link Face format) per person and
+    /// `session.jsonl` (every frame's raw data).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 fn parse_resolution(text: &str) -> Result<(u32, u32), String> {

@@ -10,6 +10,8 @@
 //! | [`inference`] | the inference thread between capture and the UI |
 //! | [`fit`] | head pose (robust PnP on the mean face, fused with the network), expression refinement |
 //! | [`track`] | people across frames: Hungarian assignment, life cycle, One-Euro smoothing |
+//! | [`retarget`] | ARKit weights and head pose onto an avatar's morph targets (ARKit / VRM names, mapping files, calibration) |
+//! | [`record`] | takes for other tools: Live Link Face CSV per person |
 //! | [`render`] | wgpu drawing: camera view (avatars to come) |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
@@ -18,7 +20,7 @@
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //!
 //! Planned stages, each its own module when it lands: detector and MFN in `vision`,
-//! re-identification in `track`, `retarget` (expressions onto avatars), `record` / `stream` (files, VMC).
+//! re-identification in `track`, glTF takes and `stream` (VMC).
 
 pub mod app;
 pub mod bench;
@@ -28,7 +30,9 @@ pub mod eval;
 pub mod fit;
 pub mod headless;
 pub mod inference;
+pub mod record;
 pub mod render;
+pub mod retarget;
 pub mod timing;
 pub mod track;
 pub mod ui;

@@ -47,6 +47,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 &args.out,
                 args.max_frames,
                 pipeline.as_deref_mut(),
+                args.record.as_deref(),
             )?;
             println!(
                 "{} frames, {} faces -> {} ({} warnings)",
