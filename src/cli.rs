@@ -189,6 +189,12 @@ pub struct TrackArgs {
     /// `session.jsonl` (every frame's raw data).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Stream every person over the VMC protocol: the first to HOST:PORT, the next to PORT+1, ...
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stream: Option<String>,
+    /// Expression names sent over VMC.
+    #[arg(long, value_enum, default_value = "vrm")]
+    pub stream_names: crate::stream::BlendNames,
 }
 
 fn parse_resolution(text: &str) -> Result<(u32, u32), String> {

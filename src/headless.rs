@@ -67,6 +67,7 @@ pub fn track(
     max_frames: Option<u64>,
     mut pipeline: Option<&mut (dyn FacePipeline + 'static)>,
     record: Option<&Path>,
+    mut stream: Option<&mut crate::stream::VmcStreamer>,
 ) -> Result<TrackSummary> {
     let mut recorder = record.map(Recorder::create).transpose()?;
     let mut source = capture::open(spec, options)?;
@@ -125,6 +126,12 @@ pub fn track(
         writeln!(faces_file, "{record}").with_context(|| write_error(&faces_jsonl))?;
         if let Some(recorder) = recorder.as_mut() {
             recorder.write(time_s, &persons, &record)?;
+        }
+        if let Some(streamer) = stream.as_deref_mut() {
+            if let Err(e) = streamer.send(&persons, time_s) {
+                // A receiver that is not listening must not stop the run.
+                progress.suspend(|| log::warn!("{e:#}"));
+            }
         }
         writeln!(timings_file, "{}", timings.csv_row())
             .with_context(|| write_error(&timings_csv))?;

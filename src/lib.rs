@@ -5,6 +5,7 @@
 //! | module | stage |
 //! |---|---|
 //! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]) |
+//! | [`stream`] | live animation to VTuber tools over VMC (OSC/UDP) |
 //! | [`timing`] | per-stage durations of every frame, medians and p95 |
 //! | [`vision`] | networks in candle: single-face network (SFN), fast CPU kernels |
 //! | [`inference`] | the inference thread between capture and the UI |
@@ -20,7 +21,7 @@
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //!
 //! Planned stages, each its own module when it lands: detector and MFN in `vision`,
-//! re-identification in `track`, glTF takes and `stream` (VMC).
+//! re-identification in `track`, glTF takes in `record`.
 
 pub mod app;
 pub mod bench;
@@ -33,6 +34,7 @@ pub mod inference;
 pub mod record;
 pub mod render;
 pub mod retarget;
+pub mod stream;
 pub mod timing;
 pub mod track;
 pub mod ui;

@@ -41,6 +41,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 TrackPipeline::None => None,
             };
+            let mut streamer = args
+                .stream
+                .as_deref()
+                .map(|target| polyface::stream::VmcStreamer::new(target, args.stream_names))
+                .transpose()?;
             let summary = polyface::headless::track(
                 &args.input.spec(),
                 &args.input.options(false),
@@ -48,6 +53,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 args.max_frames,
                 pipeline.as_deref_mut(),
                 args.record.as_deref(),
+                streamer.as_mut(),
             )?;
             println!(
                 "{} frames, {} faces -> {} ({} warnings)",

@@ -1,0 +1,295 @@
+//! Stream: live animation to VTuber tools over the VMC protocol (OSC over UDP), one target port
+//! per person (the first at the base address, +1 per further person), one OSC bundle per person
+//! per processed frame.
+//!
+//! Coordinates: VMC uses Unity's left-handed space (x right, y up, z forward); our rotations are
+//! right-handed with the avatar facing +z, so a rotation (x, y, z, w) is sent as (−x, −y, z, w).
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+
+use anyhow::{Context, Result};
+use rosc::{OscBundle, OscMessage, OscPacket, OscTime, OscType};
+
+use crate::retarget::{arkit_weights, head_rotation, Retargeter, ARKIT_52};
+use crate::track::{Person, TrackState};
+
+/// Which names expressions are sent under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlendNames {
+    /// ARKit's 52 (`eyeBlinkLeft`, `jawOpen`, …), as iFacialMocap-style receivers expect.
+    Arkit,
+    /// VRM 0.x presets (`A`, `I`, `U`, `E`, `O`, `Blink`, `Blink_L`, `Joy`, …).
+    Vrm,
+}
+
+/// VRM 0.x blend shape presets, as VMC receivers name them.
+pub const VRM0_PRESETS: [&str; 17] = [
+    "A",
+    "I",
+    "U",
+    "E",
+    "O",
+    "Blink",
+    "Blink_L",
+    "Blink_R",
+    "Joy",
+    "Angry",
+    "Sorrow",
+    "Fun",
+    "Surprised",
+    "LookUp",
+    "LookDown",
+    "LookLeft",
+    "LookRight",
+];
+
+pub struct VmcStreamer {
+    socket: UdpSocket,
+    base: SocketAddr,
+    names: BlendNames,
+    retargeter: Retargeter,
+    /// Person ID → port offset, in order of first appearance.
+    slots: BTreeMap<u32, u16>,
+    /// Mirror the head like a mirror image (what people expect when watching themselves).
+    pub mirror: bool,
+}
+
+impl VmcStreamer {
+    /// Streams to `target` ("host:port"; default VMC port 39539).
+    pub fn new(target: &str, names: BlendNames) -> Result<VmcStreamer> {
+        let base = target
+            .to_socket_addrs()
+            .with_context(|| format!("{target:?} is not a HOST:PORT address"))?
+            .next()
+            .with_context(|| format!("{target:?} resolves to no address"))?;
+        let bind = if base.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(bind).context("opening a UDP socket for VMC streaming")?;
+        let targets: Vec<String> = match names {
+            BlendNames::Arkit => ARKIT_52.iter().map(|s| s.to_string()).collect(),
+            BlendNames::Vrm => VRM0_PRESETS.iter().map(|s| s.to_string()).collect(),
+        };
+        let (retargeter, _) = Retargeter::by_name(&targets);
+        Ok(VmcStreamer {
+            socket,
+            base,
+            names,
+            retargeter,
+            slots: BTreeMap::new(),
+            mirror: true,
+        })
+    }
+
+    pub fn names(&self) -> BlendNames {
+        self.names
+    }
+
+    /// Where person `id` is streamed to.
+    pub fn address_of(&mut self, id: u32) -> SocketAddr {
+        let next = self.slots.len() as u16;
+        let offset = *self.slots.entry(id).or_insert(next);
+        SocketAddr::new(self.base.ip(), self.base.port().wrapping_add(offset))
+    }
+
+    /// The bundle for one person at `time_s`.
+    pub fn bundle(&self, person: &Person, time_s: f64) -> OscPacket {
+        let message = |addr: &str, args: Vec<OscType>| {
+            OscPacket::Message(OscMessage {
+                addr: addr.to_string(),
+                args,
+            })
+        };
+        let q = head_rotation(&person.smoothed.rotation, self.mirror);
+        let (qx, qy, qz, qw) = (-q.x, -q.y, q.z, q.w);
+        let bone = |name: &str, (x, y, z, w): (f32, f32, f32, f32)| {
+            message(
+                "/VMC/Ext/Bone/Pos",
+                vec![
+                    OscType::String(name.into()),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(x),
+                    OscType::Float(y),
+                    OscType::Float(z),
+                    OscType::Float(w),
+                ],
+            )
+        };
+        let mut content = vec![
+            message("/VMC/Ext/OK", vec![OscType::Int(1)]),
+            message("/VMC/Ext/T", vec![OscType::Float(time_s as f32)]),
+            message(
+                "/VMC/Ext/Root/Pos",
+                vec![
+                    OscType::String("root".into()),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(0.0),
+                    OscType::Float(1.0),
+                ],
+            ),
+            bone("Head", (qx, qy, qz, qw)),
+            bone("Neck", (0.0, 0.0, 0.0, 1.0)),
+        ];
+        let weights = arkit_weights(&person.smoothed.blendshapes);
+        for (name, value) in self.retargeter.apply(&weights) {
+            content.push(message(
+                "/VMC/Ext/Blend/Val",
+                vec![OscType::String(name), OscType::Float(value)],
+            ));
+        }
+        content.push(message("/VMC/Ext/Blend/Apply", vec![]));
+        OscPacket::Bundle(OscBundle {
+            timetag: OscTime {
+                seconds: 0,
+                fractional: 1,
+            },
+            content,
+        })
+    }
+
+    /// Sends every confirmed person's bundle. A send that fails (receiver gone) is reported but
+    /// does not stop tracking.
+    pub fn send(&mut self, persons: &[Person], time_s: f64) -> Result<usize> {
+        let mut sent = 0;
+        for person in persons.iter().filter(|p| p.state == TrackState::Confirmed) {
+            let address = self.address_of(person.id);
+            let bytes = rosc::encoder::encode(&self.bundle(person, time_s))
+                .context("encoding an OSC bundle")?;
+            self.socket
+                .send_to(&bytes, address)
+                .with_context(|| format!("sending VMC data to {address}"))?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vision::FaceObservation;
+    use glam::{Mat3, Vec2};
+    use std::time::Duration;
+
+    fn person(id: u32, jaw_open: f32) -> Person {
+        let mut blendshapes = vec![0.0; 51];
+        let jaw = crate::vision::BLENDSHAPE_NAMES
+            .iter()
+            .position(|n| *n == "jawOpen")
+            .unwrap();
+        blendshapes[jaw] = jaw_open;
+        let face = FaceObservation {
+            bbox: (Vec2::ZERO, Vec2::ONE),
+            score: 1.0,
+            landmarks: vec![Vec2::ZERO; 68],
+            rotation: Mat3::from_rotation_y(0.4),
+            blendshapes,
+        };
+        Person {
+            id,
+            state: TrackState::Confirmed,
+            raw: face.clone(),
+            smoothed: face,
+            pose: None,
+            fit_rms_px: 0.0,
+        }
+    }
+
+    fn receive(socket: &UdpSocket) -> Vec<OscMessage> {
+        let mut buffer = [0u8; 65536];
+        let (n, _) = socket.recv_from(&mut buffer).expect("a VMC packet arrives");
+        let (_, packet) = rosc::decoder::decode_udp(&buffer[..n]).unwrap();
+        let OscPacket::Bundle(bundle) = packet else {
+            panic!("VMC frames are bundles")
+        };
+        bundle
+            .content
+            .into_iter()
+            .map(|p| match p {
+                OscPacket::Message(m) => m,
+                OscPacket::Bundle(_) => panic!("no nested bundles"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loopback_receiver_decodes_names_and_values_per_person_port() {
+        let first = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let second = UdpSocket::bind(("127.0.0.1", port + 1)).ok();
+        for s in [Some(&first), second.as_ref()].into_iter().flatten() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let mut streamer = VmcStreamer::new(&format!("127.0.0.1:{port}"), BlendNames::Vrm).unwrap();
+        let people = [person(7, 0.6), person(9, 0.2)];
+        assert_eq!(streamer.send(&people, 1.5).unwrap(), 2);
+
+        let messages = receive(&first);
+        let addrs: Vec<&str> = messages.iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(
+            &addrs[..5],
+            [
+                "/VMC/Ext/OK",
+                "/VMC/Ext/T",
+                "/VMC/Ext/Root/Pos",
+                "/VMC/Ext/Bone/Pos",
+                "/VMC/Ext/Bone/Pos"
+            ]
+        );
+        assert_eq!(addrs.last(), Some(&"/VMC/Ext/Blend/Apply"));
+        assert_eq!(messages[1].args, vec![OscType::Float(1.5)]);
+        let value = |name: &str| {
+            messages
+                .iter()
+                .find(|m| {
+                    m.addr == "/VMC/Ext/Blend/Val" && m.args[0] == OscType::String(name.into())
+                })
+                .map(|m| m.args[1].clone())
+        };
+        assert_eq!(
+            value("A"),
+            Some(OscType::Float(0.6)),
+            "person 7 on the base port"
+        );
+        assert_eq!(value("Blink"), Some(OscType::Float(0.0)));
+        // The head turned 0.4 rad about y, mirrored and converted to Unity's handedness.
+        let OscType::Float(qy) = messages[3].args[5] else {
+            panic!()
+        };
+        assert!((qy - (0.2f32).sin()).abs() < 1e-5, "qy {qy}");
+        assert_eq!(messages[3].args[0], OscType::String("Head".into()));
+
+        if let Some(second) = second {
+            let messages = receive(&second);
+            let a = messages
+                .iter()
+                .find(|m| m.args.first() == Some(&OscType::String("A".into())))
+                .unwrap();
+            assert_eq!(a.args[1], OscType::Float(0.2), "person 9 on base port + 1");
+        }
+    }
+
+    #[test]
+    fn arkit_style_sends_all_52_names() {
+        let streamer = VmcStreamer::new("127.0.0.1:39539", BlendNames::Arkit).unwrap();
+        let OscPacket::Bundle(bundle) = streamer.bundle(&person(1, 0.3), 0.0) else {
+            panic!()
+        };
+        let blends = bundle
+            .content
+            .iter()
+            .filter(|p| matches!(p, OscPacket::Message(m) if m.addr == "/VMC/Ext/Blend/Val"))
+            .count();
+        assert_eq!(blends, 52);
+        assert!(VmcStreamer::new("not an address", BlendNames::Arkit).is_err());
+    }
+}
