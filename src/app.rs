@@ -18,7 +18,7 @@ use crate::inference::InferenceWorker;
 use crate::render::{rgb_to_rgba, FrameView, Gpu, Overlay, PixelRect};
 use crate::timing::{Stage, TimingRing};
 use crate::track::{Person, TrackState};
-use crate::ui::{SourceAction, SourcePanel, TimingsPanel};
+use crate::ui::{PeoplePanel, SourceAction, SourcePanel, TimingsPanel};
 use crate::vision::{FacePipeline, SfnPipeline};
 
 /// Redraw at most this often when nothing else asks for it.
@@ -97,6 +97,7 @@ struct App {
     meters: Meters,
     timings_panel: TimingsPanel,
     source_panel: SourcePanel,
+    people_panel: PeoplePanel,
     rgba: image::RgbaImage,
     warnings: Vec<String>,
     started: Instant,
@@ -187,6 +188,7 @@ impl App {
             meters: Meters::default(),
             timings_panel: TimingsPanel::new(),
             source_panel: SourcePanel::default(),
+            people_panel: PeoplePanel::default(),
             rgba: image::RgbaImage::new(0, 0),
             warnings: Vec::new(),
             started: Instant::now(),
@@ -341,6 +343,8 @@ impl App {
                 action = self.source_panel.ui(ui, &status, dropped);
                 ui.separator();
                 self.timings_panel.ui(ui, &self.ring);
+                ui.separator();
+                egui::ScrollArea::vertical().show(ui, |ui| self.people_panel.ui(ui, people));
             });
             if !self.warnings.is_empty() {
                 egui::Panel::bottom("warnings").show(ui, |ui| {
