@@ -84,7 +84,8 @@ pub struct BenchResult {
     pub faces: usize,
     pub median_ms: f32,
     pub p95_ms: f32,
-    /// Per stage: detector, sfn (all faces, one batch), fit_track.
+    /// Per stage: detector, sfn (all faces, one batch: crop + network + decode), sfn_crop,
+    /// sfn_network, fit_track.
     pub stages: std::collections::BTreeMap<String, Measured>,
 }
 
@@ -105,6 +106,7 @@ pub fn bench_sfn(
     let device = Device::Cpu;
     let mut people = People::default();
     let (mut det_ms, mut sfn_ms, mut state_ms, mut total_ms) = (vec![], vec![], vec![], vec![]);
+    let (mut crop_ms, mut net_ms) = (vec![], vec![]);
     for i in 0..warmup + frames {
         let start = Instant::now();
         let t = Instant::now();
@@ -114,7 +116,10 @@ pub fn bench_sfn(
         // `faces` faces whatever the detector finds.
         let t = Instant::now();
         let input = crop_batch(&frame, &boxes, &device)?;
+        let crop_time = ms(t);
+        let t_net = Instant::now();
         let raw = sfn.forward(&input)?;
+        let net_time = ms(t_net);
         let observations = decode(&raw, &boxes)?;
         let sfn_time = ms(t);
         let t = Instant::now();
@@ -129,6 +134,8 @@ pub fn bench_sfn(
         if i >= warmup {
             det_ms.push(detector_time);
             sfn_ms.push(sfn_time);
+            crop_ms.push(crop_time);
+            net_ms.push(net_time);
             state_ms.push(state_time);
             total_ms.push(ms(start));
         }
@@ -142,6 +149,8 @@ pub fn bench_sfn(
         stages: [
             ("detector".to_string(), measured(det_ms)),
             ("sfn".to_string(), measured(sfn_ms)),
+            ("sfn_crop".to_string(), measured(crop_ms)),
+            ("sfn_network".to_string(), measured(net_ms)),
             ("fit_track".to_string(), measured(state_ms)),
         ]
         .into_iter()
