@@ -207,3 +207,123 @@ mod tests {
         }
     }
 }
+
+/// Landmark jitter on still input, and the lag smoothing adds.
+#[derive(Clone, Debug, Serialize)]
+pub struct JitterReport {
+    pub faces: usize,
+    pub frames: usize,
+    /// Std of landmark positions over frames, % of the inter-ocular distance (mean of 68 points
+    /// and of all faces), straight from the network.
+    pub raw_pct: f32,
+    /// The same after One-Euro smoothing.
+    pub smoothed_pct: f32,
+    /// Time for the smoothed landmarks to cover 90 % of a sudden 5 % shift of the face, ms at
+    /// 30 fps (how much lag the smoothing adds; 0 = none).
+    pub lag_ms: f32,
+}
+
+/// Per-frame sensor-like noise: each pixel and channel ±`amplitude` levels (uniform), seeded.
+fn noisy(image: &image::RgbImage, amplitude: i32, seed: u32) -> image::RgbImage {
+    let mut state = seed.wrapping_mul(2654435761).wrapping_add(1);
+    let mut out = image.clone();
+    for value in out.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let delta = (state % (2 * amplitude as u32 + 1)) as i32 - amplitude;
+        *value = (*value as i32 + delta).clamp(0, 255) as u8;
+    }
+    out
+}
+
+/// Runs the SFN the way the tracking path does (each frame cropped from the previous frame's
+/// landmarks) on a still face with per-frame noise, then on a sudden shift, through the tracker.
+pub fn bench_jitter(
+    sfn: &Sfn,
+    crops: &[(image::RgbImage, Vec<Vec2>)],
+    frames: usize,
+) -> Result<JitterReport> {
+    let device = Device::Cpu;
+    let (mut raw_total, mut smooth_total, mut lag_total) = (0f32, 0f32, 0f32);
+    for (index, (image, truth)) in crops.iter().enumerate() {
+        let iod = truth[36].distance(truth[45]).max(1.0);
+        let shift = 0.05 * iod;
+        let mut crop = CropBox::around_points(truth, CROP_SCALE).context("ground-truth box")?;
+        let mut people = People::default();
+        let mut raw_tracks: Vec<Vec<Vec2>> = Vec::new();
+        let mut smooth_tracks: Vec<Vec<Vec2>> = Vec::new();
+        let mut lag_frames = None;
+        let settle = 10;
+        let total = frames + 30;
+        for f in 0..total {
+            let shifted = f >= frames;
+            let mut frame = noisy(image, 3, (index * 1000 + f) as u32);
+            if shifted {
+                // Move the face right by `shift` pixels (whole pixels; the rest is sub-pixel noise).
+                frame = image::imageops::crop_imm(&frame, 0, 0, frame.width(), frame.height())
+                    .to_image();
+                let dx = shift.round() as i64;
+                let mut moved = image::RgbImage::new(frame.width(), frame.height());
+                image::imageops::replace(&mut moved, &frame, dx, 0);
+                frame = moved;
+            }
+            let input = crop_batch(&frame, &[crop], &device)?;
+            let raw = sfn.forward(&input)?;
+            let face = decode(&raw, &[crop])?.remove(0);
+            if let Some(next) = CropBox::around_points(&face.landmarks, CROP_SCALE) {
+                crop = next;
+            }
+            let mut timings = crate::timing::FrameTimings::new(f as u64);
+            let person = people
+                .update(
+                    frame.dimensions(),
+                    vec![face],
+                    f as f64 / 30.0,
+                    &mut timings,
+                )
+                .into_iter()
+                .next()
+                .context("the tracker lost a still face")?;
+            if !shifted && f >= settle {
+                raw_tracks.push(person.raw.landmarks.clone());
+                smooth_tracks.push(person.smoothed.landmarks.clone());
+            }
+            if shifted && lag_frames.is_none() {
+                let before: Vec2 = smooth_tracks
+                    .last()
+                    .map_or(Vec2::ZERO, |l| l.iter().copied().sum::<Vec2>() / 68.0);
+                let now: Vec2 = person.smoothed.landmarks.iter().copied().sum::<Vec2>() / 68.0;
+                if (now.x - before.x) >= 0.9 * shift.round() {
+                    lag_frames = Some(f - frames);
+                }
+            }
+        }
+        let spread = |tracks: &[Vec<Vec2>]| -> f32 {
+            let n = tracks.len() as f32;
+            (0..68)
+                .map(|k| {
+                    let mean = tracks.iter().map(|t| t[k]).sum::<Vec2>() / n;
+                    (tracks
+                        .iter()
+                        .map(|t| t[k].distance_squared(mean))
+                        .sum::<f32>()
+                        / n)
+                        .sqrt()
+                })
+                .sum::<f32>()
+                / 68.0
+        };
+        raw_total += spread(&raw_tracks) / iod * 100.0;
+        smooth_total += spread(&smooth_tracks) / iod * 100.0;
+        lag_total += lag_frames.unwrap_or(30) as f32 * 1000.0 / 30.0;
+    }
+    let n = crops.len().max(1) as f32;
+    Ok(JitterReport {
+        faces: crops.len(),
+        frames,
+        raw_pct: raw_total / n,
+        smoothed_pct: smooth_total / n,
+        lag_ms: lag_total / n,
+    })
+}

@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Measure landmark jitter on still input (and the lag smoothing adds) instead of latency.
+    #[arg(long)]
+    pub jitter: bool,
     /// The shared data folder (face crops to compose frames from).
     #[arg(long, value_name = "DIR", default_value = "../shared/data")]
     pub data: PathBuf,
@@ -195,6 +198,12 @@ pub struct TrackArgs {
     /// Expression names sent over VMC.
     #[arg(long, value_enum, default_value = "vrm")]
     pub stream_names: crate::stream::BlendNames,
+    /// One-Euro smoothing of landmarks at rest, Hz (lower: steadier, more lag).
+    #[arg(long, value_name = "HZ", default_value = "1.5")]
+    pub min_cutoff: f32,
+    /// One-Euro speed coefficient for landmarks (higher: less lag in fast motion).
+    #[arg(long, default_value = "0.02")]
+    pub beta: f32,
 }
 
 fn parse_resolution(text: &str) -> Result<(u32, u32), String> {

@@ -58,17 +58,36 @@ pub fn person_json(person: &Person) -> serde_json::Value {
     })
 }
 
+/// What `track` does besides reading frames.
+#[derive(Default)]
+pub struct TrackJob<'a> {
+    /// Stop after this many frames.
+    pub max_frames: Option<u64>,
+    /// The face pipeline; without one only frames are read (timings of capture alone).
+    pub pipeline: Option<&'a mut (dyn FacePipeline + 'static)>,
+    /// Tracking, smoothing and fitting settings.
+    pub people: People,
+    /// Also record a take (Live Link Face CSV per person, session.jsonl) into this folder.
+    pub record: Option<&'a Path>,
+    /// Also stream every person over VMC.
+    pub stream: Option<&'a mut crate::stream::VmcStreamer>,
+}
+
 /// Runs the pipeline over every frame of `spec` and writes `timings.csv` and `faces.jsonl` into
-/// `out`. Without a pipeline only frames are read (timings of capture alone).
+/// `out`.
 pub fn track(
     spec: &SourceSpec,
     options: &SourceOptions,
     out: &Path,
-    max_frames: Option<u64>,
-    mut pipeline: Option<&mut (dyn FacePipeline + 'static)>,
-    record: Option<&Path>,
-    mut stream: Option<&mut crate::stream::VmcStreamer>,
+    job: TrackJob<'_>,
 ) -> Result<TrackSummary> {
+    let TrackJob {
+        max_frames,
+        mut pipeline,
+        mut people,
+        record,
+        mut stream,
+    } = job;
     let mut recorder = record.map(Recorder::create).transpose()?;
     let mut source = capture::open(spec, options)?;
     std::fs::create_dir_all(out)
@@ -85,7 +104,6 @@ pub fn track(
     let mut warnings = Vec::new();
     let mut frames = 0u64;
     let mut face_count = 0u64;
-    let mut people = People::default();
     let started = Instant::now();
     loop {
         if max_frames.is_some_and(|max| frames >= max) {

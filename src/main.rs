@@ -46,14 +46,21 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|target| polyface::stream::VmcStreamer::new(target, args.stream_names))
                 .transpose()?;
+            let mut people = polyface::track::People::default();
+            people.tracker.config.smoothing.landmarks.min_cutoff = args.min_cutoff;
+            people.tracker.config.smoothing.landmarks.beta = args.beta;
+            let job = polyface::headless::TrackJob {
+                max_frames: args.max_frames,
+                pipeline: pipeline.as_deref_mut(),
+                people,
+                record: args.record.as_deref(),
+                stream: streamer.as_mut(),
+            };
             let summary = polyface::headless::track(
                 &args.input.spec(),
                 &args.input.options(false),
                 &args.out,
-                args.max_frames,
-                pipeline.as_deref_mut(),
-                args.record.as_deref(),
-                streamer.as_mut(),
+                job,
             )?;
             println!(
                 "{} frames, {} faces -> {} ({} warnings)",
@@ -138,6 +145,19 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             args.data.display()
         )
     })?;
+    if args.jitter {
+        let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
+        let report = polyface::bench::bench_jitter(&sfn, &crops, args.frames)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "jitter on still input ({} faces x {} frames): raw {:.3} % of IOD, smoothed {:.3} %; added lag {:.0} ms",
+                report.faces, report.frames, report.raw_pct, report.smoothed_pct, report.lag_ms
+            );
+        }
+        return Ok(());
+    }
     let mut results = Vec::new();
     for pipeline in &args.pipeline {
         match pipeline {
