@@ -98,6 +98,8 @@ struct App {
     timings_panel: TimingsPanel,
     source_panel: SourcePanel,
     people_panel: PeoplePanel,
+    overlay_options: OverlayOptions,
+    show_help: bool,
     rgba: image::RgbaImage,
     warnings: Vec<String>,
     started: Instant,
@@ -146,19 +148,74 @@ fn person_colour(id: u32) -> [f32; 4] {
     [r, g, b, 0.95]
 }
 
-/// Box and landmarks of every person, sized relative to the frame; lost people are dimmed.
-fn draw_people(overlay: &mut Overlay, people: &[Person], frame_size: (u32, u32)) {
+/// What the camera view draws over the frame.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct OverlayOptions {
+    boxes: bool,
+    ids: bool,
+    landmarks: bool,
+    axes: bool,
+}
+
+impl Default for OverlayOptions {
+    fn default() -> Self {
+        OverlayOptions {
+            boxes: true,
+            ids: true,
+            landmarks: true,
+            axes: true,
+        }
+    }
+}
+
+/// Keyboard shortcuts, as the help window lists them.
+const SHORTCUTS: [(&str, &str); 6] = [
+    ("B", "face boxes on / off"),
+    ("I", "person IDs on / off"),
+    ("L", "landmarks on / off"),
+    ("A", "head pose axes on / off"),
+    ("C", "calibrate neutral: everyone's current face"),
+    ("F1 or H", "this help"),
+];
+
+/// Box, landmarks and head axes of every person, sized relative to the frame; lost people are
+/// dimmed.
+fn draw_people(
+    overlay: &mut Overlay,
+    people: &[Person],
+    frame_size: (u32, u32),
+    options: OverlayOptions,
+) {
     overlay.clear();
     let unit = frame_size.0.max(frame_size.1) as f32 / 400.0;
+    let camera = crate::fit::Camera::assumed(frame_size.0, frame_size.1, 63.0);
     for person in people {
         let face = &person.smoothed;
         let mut colour = person_colour(person.id);
         if person.state != TrackState::Confirmed {
             colour[3] = 0.35;
         }
-        overlay.rect(face.bbox.0, face.bbox.1, 1.5 * unit, colour);
-        for point in &face.landmarks {
-            overlay.point(*point, 1.6 * unit, [0.9, 0.95, 1.0, colour[3]]);
+        if options.boxes {
+            overlay.rect(face.bbox.0, face.bbox.1, 1.5 * unit, colour);
+        }
+        if options.landmarks {
+            for point in &face.landmarks {
+                overlay.point(*point, 1.6 * unit, [0.9, 0.95, 1.0, colour[3]]);
+            }
+        }
+        if let (true, Some(pose)) = (options.axes, person.pose) {
+            // 6 cm axes from the nose tip: x red (subject's left), y green (up), z blue (out).
+            let nose = glam::Vec3::from_array(crate::fit::MEAN_FACE_68[30]);
+            let origin = pose.rotation * nose + pose.translation;
+            let from = camera.project(origin);
+            for (axis, rgb) in [
+                (glam::Vec3::X, [1.0, 0.3, 0.3]),
+                (glam::Vec3::Y, [0.3, 1.0, 0.3]),
+                (glam::Vec3::Z, [0.3, 0.5, 1.0]),
+            ] {
+                let to = camera.project(origin + pose.rotation * (axis * 6.0));
+                overlay.line(from, to, 1.5 * unit, [rgb[0], rgb[1], rgb[2], colour[3]]);
+            }
         }
     }
 }
@@ -189,6 +246,8 @@ impl App {
             timings_panel: TimingsPanel::new(),
             source_panel: SourcePanel::default(),
             people_panel: PeoplePanel::default(),
+            overlay_options: OverlayOptions::default(),
+            show_help: false,
             rgba: image::RgbaImage::new(0, 0),
             warnings: Vec::new(),
             started: Instant::now(),
@@ -285,6 +344,7 @@ impl App {
                     &mut state.overlay,
                     &processed.people,
                     frame.image.dimensions(),
+                    self.overlay_options,
                 );
                 state.overlay.upload(
                     &state.gpu.device,
@@ -329,6 +389,8 @@ impl App {
         let fps = self.meters.fps();
         let frame_size = self.frame_size;
         let people = &self.people;
+        let show_ids = self.overlay_options.ids;
+
         let latency = self.meters.latency_ms;
         let output = state.egui_ctx.run_ui(raw_input, |ui| {
             egui::Panel::right("overlay").default_size(330.0).show(ui, |ui| {
@@ -344,6 +406,17 @@ impl App {
                 ui.separator();
                 self.timings_panel.ui(ui, &self.ring);
                 ui.separator();
+                ui.horizontal_wrapped(|ui| {
+                    let o = &mut self.overlay_options;
+                    ui.checkbox(&mut o.boxes, "boxes");
+                    ui.checkbox(&mut o.ids, "IDs");
+                    ui.checkbox(&mut o.landmarks, "landmarks");
+                    ui.checkbox(&mut o.axes, "axes");
+                    if ui.button("help (F1)").clicked() {
+                        self.show_help = !self.show_help;
+                    }
+                });
+                ui.separator();
                 egui::ScrollArea::vertical().show(ui, |ui| self.people_panel.ui(ui, people));
             });
             if !self.warnings.is_empty() {
@@ -353,6 +426,20 @@ impl App {
                     }
                 });
             }
+            let mut show_help = self.show_help;
+            egui::Window::new("Keyboard shortcuts")
+                .open(&mut show_help)
+                .collapsible(false)
+                .show(ui.ctx(), |ui| {
+                    egui::Grid::new("shortcuts").show(ui, |ui| {
+                        for (key, what) in SHORTCUTS {
+                            ui.monospace(key);
+                            ui.label(what);
+                            ui.end_row();
+                        }
+                    });
+                });
+            self.show_help = show_help;
             egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
                 view_rect = ui.max_rect();
                 // Person IDs above their boxes, mapped from frame pixels to the letterboxed view.
@@ -366,7 +453,12 @@ impl App {
                     };
                     let shown = area.fit(fw, fh);
                     let scale = shown.width / fw as f32;
-                    for person in people.iter().filter(|p| p.state == TrackState::Confirmed) {
+                    let ids_shown = if show_ids { people.len() } else { 0 };
+                    for person in people
+                        .iter()
+                        .take(ids_shown)
+                        .filter(|p| p.state == TrackState::Confirmed)
+                    {
                         let corner = person.smoothed.bbox.0;
                         let at = egui::pos2(shown.x + corner.x * scale, shown.y + corner.y * scale - 2.0);
                         let [r, g, b, _] = person_colour(person.id);
@@ -507,6 +599,35 @@ impl App {
     }
 }
 
+impl App {
+    /// Keyboard shortcuts (listed in [`SHORTCUTS`]).
+    fn shortcut(&mut self, key: &winit::keyboard::Key) {
+        use winit::keyboard::{Key, NamedKey};
+        let o = &mut self.overlay_options;
+        match key {
+            Key::Named(NamedKey::F1) => self.show_help = !self.show_help,
+            Key::Character(c) => match c.to_lowercase().as_str() {
+                "b" => o.boxes = !o.boxes,
+                "i" => o.ids = !o.ids,
+                "l" => o.landmarks = !o.landmarks,
+                "a" => o.axes = !o.axes,
+                "h" => self.show_help = !self.show_help,
+                "c" => {
+                    for person in self
+                        .people
+                        .iter()
+                        .filter(|p| p.state == TrackState::Confirmed)
+                    {
+                        self.people_panel.calibrate(person);
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
 impl ApplicationHandler for App {
     fn resumed(&mut self, event_loop: &ActiveEventLoop) {
         if self.window.is_some() {
@@ -538,6 +659,11 @@ impl ApplicationHandler for App {
                 state.window.request_redraw();
             }
             WindowEvent::RedrawRequested => self.redraw(),
+            WindowEvent::KeyboardInput { event: key, .. }
+                if !response.consumed && key.state == winit::event::ElementState::Pressed =>
+            {
+                self.shortcut(&key.logical_key);
+            }
             _ => {
                 if response.repaint {
                     state.window.request_redraw();
