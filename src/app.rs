@@ -16,6 +16,7 @@ use crate::capture::{self, CaptureStatus, LatestFrame, SourceOptions, SourceSpec
 use crate::cli::RunArgs;
 use crate::inference::InferenceWorker;
 use crate::render::{rgb_to_rgba, FrameView, Gpu, Overlay, PixelRect};
+use crate::settings::Settings;
 use crate::timing::{Stage, TimingRing};
 use crate::track::{Person, TrackState};
 use crate::ui::{PeoplePanel, SourceAction, SourcePanel, TimingsPanel};
@@ -100,6 +101,8 @@ struct App {
     people_panel: PeoplePanel,
     overlay_options: OverlayOptions,
     show_help: bool,
+    settings: Settings,
+    settings_path: Option<std::path::PathBuf>,
     rgba: image::RgbaImage,
     warnings: Vec<String>,
     started: Instant,
@@ -124,12 +127,14 @@ fn load_pipeline() -> (Option<Box<dyn FacePipeline>>, Option<String>) {
     }
 }
 
-fn start_worker(spec: SourceSpec, options: SourceOptions) -> (InferenceWorker, Option<String>) {
+fn start_worker(
+    spec: SourceSpec,
+    options: SourceOptions,
+    settings: &Settings,
+) -> (InferenceWorker, Option<String>) {
     let (pipeline, problem) = load_pipeline();
-    (
-        InferenceWorker::spawn(start_capture(spec, options), pipeline),
-        problem,
-    )
+    let worker = InferenceWorker::spawn(start_capture(spec, options), pipeline, settings.smoothing);
+    (worker, problem)
 }
 
 /// A distinct, stable colour per person ID.
@@ -229,10 +234,27 @@ fn describe(spec: &SourceSpec) -> String {
 }
 
 impl App {
-    fn new(args: RunArgs) -> App {
+    fn new(mut args: RunArgs) -> App {
+        let settings_path = Settings::default_path();
+        let settings = settings_path
+            .as_deref()
+            .map(Settings::load)
+            .unwrap_or_default();
+        if args.input.input.is_none() && args.input.camera.is_none() {
+            args.input.camera = settings.camera.clone();
+        }
         let spec = args.input.spec();
         let source_name = describe(&spec);
-        let (worker, pipeline_problem) = start_worker(spec, args.input.options(!args.no_loop));
+        let (worker, pipeline_problem) =
+            start_worker(spec, args.input.options(!args.no_loop), &settings);
+        let overlay_options = OverlayOptions {
+            boxes: settings.show_boxes,
+            ids: settings.show_ids,
+            landmarks: settings.show_landmarks,
+            axes: settings.show_axes,
+        };
+        let mut timings_panel = TimingsPanel::new();
+        timings_panel.show_plot = settings.show_timing_plot;
         App {
             args,
             source_name,
@@ -243,11 +265,13 @@ impl App {
             window: None,
             ring: TimingRing::with_capacity(600),
             meters: Meters::default(),
-            timings_panel: TimingsPanel::new(),
+            timings_panel,
             source_panel: SourcePanel::default(),
             people_panel: PeoplePanel::default(),
-            overlay_options: OverlayOptions::default(),
+            overlay_options,
             show_help: false,
+            settings,
+            settings_path,
             rgba: image::RgbaImage::new(0, 0),
             warnings: Vec::new(),
             started: Instant::now(),
@@ -258,7 +282,11 @@ impl App {
 
     fn switch_source(&mut self, spec: SourceSpec) {
         self.source_name = describe(&spec);
-        let (worker, problem) = start_worker(spec, self.args.input.options(!self.args.no_loop));
+        let (worker, problem) = start_worker(
+            spec,
+            self.args.input.options(!self.args.no_loop),
+            &self.settings,
+        );
         self.worker = worker;
         self.pipeline_problem = problem;
         self.people.clear();
@@ -600,6 +628,24 @@ impl App {
 }
 
 impl App {
+    /// Writes the current settings; a failure is logged, never fatal.
+    fn save_settings(&mut self) {
+        let o = self.overlay_options;
+        self.settings.show_boxes = o.boxes;
+        self.settings.show_ids = o.ids;
+        self.settings.show_landmarks = o.landmarks;
+        self.settings.show_axes = o.axes;
+        self.settings.show_timing_plot = self.timings_panel.show_plot;
+        if let Some(camera) = &self.args.input.camera {
+            self.settings.camera = Some(camera.clone());
+        }
+        if let Some(path) = &self.settings_path {
+            if let Err(e) = self.settings.save(path) {
+                log::warn!("{e:#}");
+            }
+        }
+    }
+
     /// Keyboard shortcuts (listed in [`SHORTCUTS`]).
     fn shortcut(&mut self, key: &winit::keyboard::Key) {
         use winit::keyboard::{Key, NamedKey};
@@ -670,6 +716,10 @@ impl ApplicationHandler for App {
                 }
             }
         }
+    }
+
+    fn exiting(&mut self, _event_loop: &ActiveEventLoop) {
+        self.save_settings();
     }
 
     fn about_to_wait(&mut self, event_loop: &ActiveEventLoop) {

@@ -38,6 +38,7 @@ impl InferenceWorker {
     pub fn spawn(
         capture: LatestFrame,
         mut pipeline: Option<Box<dyn FacePipeline>>,
+        smoothing: crate::track::Smoothing,
     ) -> InferenceWorker {
         let capture = Arc::new(capture);
         let shared = Arc::new(Shared::default());
@@ -47,6 +48,7 @@ impl InferenceWorker {
             .name("inference".into())
             .spawn(move || {
                 let mut people = People::default();
+                people.tracker.config.smoothing = smoothing;
                 while !thread_shared.stop.load(Ordering::SeqCst) {
                     let Some(frame) = thread_capture.wait(Duration::from_millis(50)) else {
                         continue;

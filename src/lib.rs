@@ -5,6 +5,7 @@
 //! | module | stage |
 //! |---|---|
 //! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]) |
+//! | [`settings`] | app settings that persist between runs |
 //! | [`stream`] | live animation to VTuber tools over VMC (OSC/UDP) |
 //! | [`timing`] | per-stage durations of every frame, medians and p95 |
 //! | [`vision`] | networks in candle: single-face network (SFN), fast CPU kernels |
@@ -34,6 +35,7 @@ pub mod inference;
 pub mod record;
 pub mod render;
 pub mod retarget;
+pub mod settings;
 pub mod stream;
 pub mod timing;
 pub mod track;

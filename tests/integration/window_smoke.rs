@@ -97,6 +97,7 @@ fn app_shows_frames_and_the_timing_overlay_in_a_window() {
         .arg(&frames)
         .env("DISPLAY", &xvfb.display)
         .env_remove("WAYLAND_DISPLAY")
+        .env("POLYFACE_CONFIG", dir.path().join("settings.json"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -141,11 +142,14 @@ fn app_without_a_camera_opens_and_stays_up() {
         return;
     }
     let xvfb = Xvfb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.json");
     let started = Instant::now();
     let output = polyface()
         .args(["run", "--exit-after", "4"])
         .env("DISPLAY", &xvfb.display)
         .env_remove("WAYLAND_DISPLAY")
+        .env("POLYFACE_CONFIG", &settings)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

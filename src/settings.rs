@@ -1,0 +1,109 @@
+//! App settings that persist between runs (camera, overlay toggles, smoothing), as JSON in the
+//! user's config folder. A missing or unreadable file means defaults, never a failure.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::track::Smoothing;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Camera to open when neither --camera nor --input is given.
+    pub camera: Option<String>,
+    pub show_boxes: bool,
+    pub show_ids: bool,
+    pub show_landmarks: bool,
+    pub show_axes: bool,
+    pub show_timing_plot: bool,
+    pub smoothing: Smoothing,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            camera: None,
+            show_boxes: true,
+            show_ids: true,
+            show_landmarks: true,
+            show_axes: true,
+            show_timing_plot: true,
+            smoothing: Smoothing::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// `$POLYFACE_CONFIG`, else `$XDG_CONFIG_HOME/polyface/settings.json`, else
+    /// `~/.config/polyface/settings.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os("POLYFACE_CONFIG") {
+            return Some(path.into());
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("polyface/settings.json"))
+    }
+
+    /// The settings at `path`; defaults (with a warning) when the file is missing or unreadable.
+    pub fn load(path: &Path) -> Settings {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                log::warn!(
+                    "{}: unreadable settings ({e}); using defaults",
+                    path.display()
+                );
+                Settings::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
+            Err(e) => {
+                log::warn!(
+                    "{}: cannot read settings ({e}); using defaults",
+                    path.display()
+                );
+                Settings::default()
+            }
+        }
+    }
+
+    /// Writes atomically (temporary file, then rename), so a crash never leaves half a file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+        }
+        let temporary = path.with_extension("json.tmp");
+        std::fs::write(&temporary, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("{}: cannot write settings", temporary.display()))?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("{}: cannot write settings", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_and_survive_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/settings.json");
+        assert_eq!(Settings::load(&path), Settings::default());
+        let mut settings = Settings {
+            camera: Some("Logitech".into()),
+            show_axes: false,
+            ..Default::default()
+        };
+        settings.smoothing.landmarks.min_cutoff = 0.7;
+        settings.save(&path).unwrap();
+        assert_eq!(Settings::load(&path), settings);
+        std::fs::write(&path, "{ not json").unwrap();
+        assert_eq!(Settings::load(&path), Settings::default());
+        // Unknown and missing keys: the rest still loads.
+        std::fs::write(&path, r#"{"camera": "1", "future_option": 3}"#).unwrap();
+        assert_eq!(Settings::load(&path).camera.as_deref(), Some("1"));
+    }
+}
