@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use polyface::vision::detect::Letterbox;
 use polyface::vision::Detector;
 
@@ -32,17 +32,9 @@ fn shipped_detector_matches_pytorch_within_1e_3() {
     let Some((detector, fixture)) = shipped() else {
         return;
     };
-    let input =
-        ((fixture["input_u8"].to_dtype(DType::F32).unwrap() / 127.5).unwrap() - 1.0).unwrap();
+    let input = crate::support::normalised(&fixture["input_u8"]);
     let output = detector.forward(&input).unwrap();
-    let diff: f32 = (&output - &fixture["output"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = crate::support::max_abs_diff(&output, &fixture["output"]);
     assert!(diff < 1e-3, "max |candle - pytorch| = {diff}");
 
     // Decoding agrees with the training code's (input pixels: letterbox scale 1).

@@ -3,7 +3,7 @@
 
 use polyface::render::{FrameView, Gpu, OffscreenTarget, PixelRect};
 
-use crate::support::{colour_distance, in_ci, quadrants};
+use crate::support::{colour_distance, draw_offscreen, in_ci, quadrants};
 
 pub fn gpu_or_skip() -> Option<Gpu> {
     match Gpu::headless() {
@@ -24,30 +24,13 @@ fn camera_view_is_drawn_aspect_preserved_with_exact_colours() {
     let frame = polyface::render::rgb_to_rgba_image(&quadrants(64, 64, 0));
     view.upload(&gpu.device, &gpu.queue, &frame);
 
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    let drawn = {
-        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
-            label: None,
-            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                view: &target.view,
-                depth_slice: None,
-                resolve_target: None,
-                ops: wgpu::Operations {
-                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                    store: wgpu::StoreOp::Store,
-                },
-            })],
-            ..Default::default()
-        });
-        let area = PixelRect {
-            x: 0.0,
-            y: 0.0,
-            width: 200.0,
-            height: 100.0,
-        };
-        view.draw(&mut pass, area, (200, 100))
+    let area = PixelRect {
+        x: 0.0,
+        y: 0.0,
+        width: 200.0,
+        height: 100.0,
     };
-    gpu.queue.submit([encoder.finish()]);
+    let drawn = draw_offscreen(&gpu, &target, |pass| view.draw(pass, area, (200, 100)));
     let pixels = target.read_pixels(&gpu.device, &gpu.queue).unwrap();
 
     // A square frame in a 2:1 target: pillarboxed to the middle 100×100.
@@ -97,30 +80,13 @@ fn overlay_draws_boxes_and_points_in_frame_coordinates() {
     );
     overlay.point(Vec2::new(200.0, 200.0), 20.0, [1.0, 0.0, 0.0, 1.0]);
     overlay.upload(&gpu.device, &gpu.queue, (400, 400));
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
-            label: None,
-            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                view: &target.view,
-                depth_slice: None,
-                resolve_target: None,
-                ops: wgpu::Operations {
-                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                    store: wgpu::StoreOp::Store,
-                },
-            })],
-            ..Default::default()
-        });
-        let rect = PixelRect {
-            x: 50.0,
-            y: 0.0,
-            width: 100.0,
-            height: 100.0,
-        };
-        overlay.draw(&mut pass, rect);
-    }
-    gpu.queue.submit([encoder.finish()]);
+    let rect = PixelRect {
+        x: 50.0,
+        y: 0.0,
+        width: 100.0,
+        height: 100.0,
+    };
+    draw_offscreen(&gpu, &target, |pass| overlay.draw(pass, rect));
     let pixels = target.read_pixels(&gpu.device, &gpu.queue).unwrap();
     let at = |x: u32, y: u32| {
         let p = pixels.get_pixel(x, y).0;

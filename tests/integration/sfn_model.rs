@@ -87,14 +87,7 @@ fn batched_faces_match_one_at_a_time() {
             .forward(&sfn::crop_batch(&frame, &[*crop], &Device::Cpu).unwrap())
             .unwrap();
         let row = together.narrow(0, i, 1).unwrap();
-        let diff: f32 = (row - single)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = crate::support::max_abs_diff(&(row), &(single));
         assert!(diff < 1e-4, "face {i}: {diff}");
     }
     let faces = model.observe(&frame, &crops).unwrap();
@@ -126,18 +119,10 @@ fn shipped_sfn_matches_pytorch_within_1e_3() {
     let model = Sfn::load(&model_path, &Device::Cpu).unwrap();
     let fixture = candle_core::safetensors::load(&fixture_path, &Device::Cpu).unwrap();
     let input_u8 = &fixture["input_u8"];
-    let input =
-        ((input_u8.to_dtype(candle_core::DType::F32).unwrap() / 127.5).unwrap() - 1.0).unwrap();
+    let input = crate::support::normalised(input_u8);
     let expected = &fixture["output"];
     let got = model.forward(&input).unwrap();
-    let diff: f32 = (got - expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = crate::support::max_abs_diff(&(got), &(expected));
     assert!(diff < 1e-3, "max |candle - pytorch| = {diff}");
 }
 

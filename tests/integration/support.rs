@@ -90,3 +90,48 @@ pub fn colour_distance(a: [u8; 3], b: [u8; 3]) -> f32 {
         .sum::<f32>()
         / 3.0
 }
+
+/// Largest absolute difference between two tensors of one shape.
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+/// The u8 fixture input normalised as the networks expect: (u8 / 255 − 0.5) / 0.5.
+pub fn normalised(input_u8: &candle_core::Tensor) -> candle_core::Tensor {
+    ((input_u8.to_dtype(candle_core::DType::F32).unwrap() / 127.5).unwrap() - 1.0).unwrap()
+}
+
+/// Records `draw` into a render pass that first clears `target` to black, submits it, and
+/// returns what `draw` returned.
+pub fn draw_offscreen<T>(
+    gpu: &polyface::render::Gpu,
+    target: &polyface::render::OffscreenTarget,
+    draw: impl FnOnce(&mut wgpu::RenderPass<'_>) -> T,
+) -> T {
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let result = {
+        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: None,
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: &target.view,
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                    store: wgpu::StoreOp::Store,
+                },
+            })],
+            ..Default::default()
+        });
+        draw(&mut pass)
+    };
+    gpu.queue.submit([encoder.finish()]);
+    result
+}
