@@ -87,7 +87,7 @@ fn batched_faces_match_one_at_a_time() {
             .forward(&sfn::crop_batch(&frame, &[*crop], &Device::Cpu).unwrap())
             .unwrap();
         let row = together.narrow(0, i, 1).unwrap();
-        let diff = crate::support::max_abs_diff(&(row), &(single));
+        let diff = crate::support::max_abs_diff(&row, &single);
         assert!(diff < 1e-4, "face {i}: {diff}");
     }
     let faces = model.observe(&frame, &crops).unwrap();
@@ -122,7 +122,7 @@ fn shipped_sfn_matches_pytorch_within_1e_3() {
     let input = crate::support::normalised(input_u8);
     let expected = &fixture["output"];
     let got = model.forward(&input).unwrap();
-    let diff = crate::support::max_abs_diff(&(got), &(expected));
+    let diff = crate::support::max_abs_diff(&got, expected);
     assert!(diff < 1e-3, "max |candle - pytorch| = {diff}");
 }
 
