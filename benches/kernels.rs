@@ -69,5 +69,41 @@ fn pose_fit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, depthwise, sfn_forward, pose_fit);
+fn detection_decode(c: &mut Criterion) {
+    use glam::Vec2;
+    use polyface::vision::detect::{decode_heatmap, nms, Detection, HeatmapLayout, Letterbox};
+    // A stride-4 output for 320×240 with 20 strong peaks on a noisy background.
+    let layout = HeatmapLayout {
+        stride: 4.0,
+        rows: 60,
+        columns: 80,
+    };
+    let plane = 60 * 80;
+    let mut output: Vec<f32> = (0..15 * plane)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 4.0)
+        .collect();
+    for k in 0..20 {
+        output[(k % 5) * 12 * 80 + (k / 5) * 18 + 5] = 3.0;
+    }
+    let letterbox = Letterbox::for_frame(640, 480, 320, 240);
+    c.bench_function("decode 80x60 heatmap (20 faces)", |bench| {
+        bench.iter(|| decode_heatmap(&output, layout, &letterbox, 0.35))
+    });
+    let boxes: Vec<Detection> = (0..100)
+        .map(|i| {
+            let x = (i % 10) as f32 * 30.0 + (i / 50) as f32 * 5.0;
+            let y = (i / 10 % 5) as f32 * 30.0;
+            Detection {
+                bbox: (Vec2::new(x, y), Vec2::new(x + 40.0, y + 40.0)),
+                score: 1.0 - i as f32 / 100.0,
+                keypoints: [Vec2::ZERO; 5],
+            }
+        })
+        .collect();
+    c.bench_function("nms 100 boxes", |bench| {
+        bench.iter(|| nms(boxes.clone(), 0.4))
+    });
+}
+
+criterion_group!(benches, depthwise, sfn_forward, pose_fit, detection_decode);
 criterion_main!(benches);
