@@ -3,8 +3,6 @@
 
 use glam::Vec2;
 
-use super::preprocess::resample;
-
 /// One detected face, in frame pixels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Detection {
@@ -76,17 +74,6 @@ impl Letterbox {
             input_width,
             input_height,
         }
-    }
-
-    /// Fills `out` (3 planes of input_width × input_height) with the letterboxed, normalised frame.
-    pub fn fill(&self, frame: &image::RgbImage, out: &mut [f32]) {
-        resample(
-            frame,
-            Vec2::ZERO,
-            1.0 / self.scale,
-            (self.input_width, self.input_height),
-            out,
-        );
     }
 
     /// The detector's letterbox exactly as its training code makes it: the frame resized to
@@ -263,7 +250,7 @@ mod tests {
         let frame = image::RgbImage::from_pixel(64, 32, image::Rgb([255, 255, 255]));
         let letterbox = Letterbox::for_frame(64, 32, 32, 32);
         let mut out = vec![0f32; 3 * 32 * 32];
-        letterbox.fill(&frame, &mut out);
+        letterbox.fill_resized(&frame, &mut out);
         assert_eq!(letterbox.scale, 0.5);
         assert!((out[0] - 1.0).abs() < 1e-6, "frame pixels are white");
         assert!(

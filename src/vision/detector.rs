@@ -80,7 +80,7 @@ impl Detector {
             self.input_height,
         );
         let mut data = vec![0f32; 3 * self.input_width * self.input_height];
-        letterbox.fill(frame, &mut data);
+        letterbox.fill_resized(frame, &mut data);
         let input = Tensor::from_vec(
             data,
             (1, 3, self.input_height, self.input_width),
