@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::timing::percentile;
 use crate::track::People;
 use crate::vision::sfn::{crop_batch, decode, CROP_SCALE};
-use crate::vision::{CropBox, Detector, Sfn};
+use crate::vision::{CropBox, Detector, Mfn, Sfn};
 
 /// Frame size the benchmark composes (the reference: 640×480).
 pub const FRAME_SIZE: (u32, u32) = (640, 480);
@@ -158,25 +158,97 @@ pub fn bench_sfn(
     })
 }
 
-/// The table in the paper's form: faces → detector, SFN, total.
+/// The multi-face network on the whole frame (one pass, every face) + fit and tracking.
+pub fn bench_mfn(
+    mfn: &Mfn,
+    crops: &[(image::RgbImage, Vec<Vec2>)],
+    faces: usize,
+    frames: usize,
+    warmup: usize,
+) -> Result<BenchResult> {
+    let (frame, _) = compose_frame(faces, crops);
+    let mut people = People::default();
+    let (mut prep_ms, mut net_ms, mut decode_ms) = (vec![], vec![], vec![]);
+    let (mut mfn_ms, mut state_ms, mut total_ms) = (vec![], vec![], vec![]);
+    for i in 0..warmup + frames {
+        let start = Instant::now();
+        let (input, letterbox) = mfn.prepare(&frame)?;
+        let prep_time = ms(start);
+        let t = Instant::now();
+        let output = mfn.forward(&input)?;
+        let net_time = ms(t);
+        let t = Instant::now();
+        let observations = mfn.decode(&output, &letterbox)?;
+        let decode_time = ms(t);
+        let mfn_time = ms(start);
+        let t = Instant::now();
+        let mut timings = crate::timing::FrameTimings::new(i as u64);
+        let _people = people.update(
+            frame.dimensions(),
+            observations,
+            i as f64 / 30.0,
+            &mut timings,
+        );
+        let state_time = ms(t);
+        if i >= warmup {
+            prep_ms.push(prep_time);
+            net_ms.push(net_time);
+            decode_ms.push(decode_time);
+            mfn_ms.push(mfn_time);
+            state_ms.push(state_time);
+            total_ms.push(ms(start));
+        }
+    }
+    let total = measured(total_ms);
+    Ok(BenchResult {
+        pipeline: "mfn".into(),
+        faces,
+        median_ms: total.median_ms,
+        p95_ms: total.p95_ms,
+        stages: [
+            ("mfn".to_string(), measured(mfn_ms)),
+            ("mfn_preprocess".to_string(), measured(prep_ms)),
+            ("mfn_network".to_string(), measured(net_ms)),
+            ("mfn_decode".to_string(), measured(decode_ms)),
+            ("fit_track".to_string(), measured(state_ms)),
+        ]
+        .into_iter()
+        .collect(),
+    })
+}
+
+/// The table in the paper's form: faces → detector, SFN (all faces and per face), SFN-pipeline
+/// total, MFN total, and their ratio. Columns of a pipeline not measured show "-".
 pub fn table(results: &[BenchResult]) -> String {
     let mut out = String::from(
-        "faces | detector ms | SFN ms (all faces) | SFN ms/face | fit+track ms | total ms (p95)\n",
+        "faces | detector ms | SFN ms (all) | SFN ms/face | SFN total ms (p95) | MFN total ms (p95) | MFN/SFN\n",
     );
     out.push_str(
-        "------|-------------|--------------------|-------------|--------------|---------------\n",
+        "------|-------------|--------------|-------------|--------------------|--------------------|--------\n",
     );
-    for r in results {
-        let stage = |name: &str| r.stages.get(name).map_or(f32::NAN, |m| m.median_ms);
+    let mut counts: Vec<usize> = results.iter().map(|r| r.faces).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for faces in counts {
+        let find = |p: &str| results.iter().find(|r| r.faces == faces && r.pipeline == p);
+        let (sfn, mfn) = (find("sfn"), find("mfn"));
+        let stage = |name: &str| sfn.and_then(|r| r.stages.get(name)).map(|m| m.median_ms);
+        let total =
+            |r: Option<&BenchResult>| r.map(|r| format!("{:.2} ({:.2})", r.median_ms, r.p95_ms));
+        let ratio = match (sfn, mfn) {
+            (Some(s), Some(m)) => Some(format!("{:.2}", m.median_ms / s.median_ms)),
+            _ => None,
+        };
         out.push_str(&format!(
-            "{:>5} | {:>11.2} | {:>18.2} | {:>11.2} | {:>12.3} | {:>6.2} ({:.2})\n",
-            r.faces,
-            stage("detector"),
-            stage("sfn"),
-            stage("sfn") / r.faces.max(1) as f32,
-            stage("fit_track"),
-            r.median_ms,
-            r.p95_ms
+            "{:>5} | {:>11} | {:>12} | {:>11} | {:>18} | {:>18} | {:>7}\n",
+            faces,
+            dash(stage("detector").map(|v| format!("{v:.2}"))),
+            dash(stage("sfn").map(|v| format!("{v:.2}"))),
+            dash(stage("sfn").map(|v| format!("{:.2}", v / faces.max(1) as f32))),
+            dash(total(sfn)),
+            dash(total(mfn)),
+            dash(ratio),
         ));
     }
     out

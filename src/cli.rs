@@ -47,8 +47,8 @@ pub struct BenchArgs {
     /// Face counts to measure, e.g. 1,2,5,10,20.
     #[arg(long, value_delimiter = ',', default_value = "1,2,5,10,20")]
     pub faces: Vec<usize>,
-    /// Pipelines to measure (sfn; mfn once it exists).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "sfn")]
+    /// Pipelines to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sfn,mfn")]
     pub pipeline: Vec<PipelineKind>,
     /// Timed frames per face count (after 5 warm-up frames).
     #[arg(long, default_value = "50")]

@@ -36,9 +36,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                     polyface::vision::SfnPipeline::load(&models, &device)
                         .context("loading the SFN pipeline (or run with --pipeline none)")?,
                 )),
-                TrackPipeline::Mfn => anyhow::bail!(
-                    "the multi-face network (MFN) is not available yet; use --pipeline sfn"
-                ),
+                TrackPipeline::Mfn => Some(Box::new(
+                    polyface::vision::MfnPipeline::load(&models, &device)
+                        .context("loading the MFN pipeline (or run with --pipeline sfn)")?,
+                )),
                 TrackPipeline::None => None,
             };
             let mut streamer = args
@@ -109,7 +110,12 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             polyface::eval::eval_pipeline(&mut pipeline, &images, args.limit)?
         }
         PipelineKind::Mfn => {
-            anyhow::bail!("the multi-face network (MFN) is not available yet; use --pipeline sfn")
+            anyhow::ensure!(
+                !args.given_boxes,
+                "--given-boxes is for the SFN: the MFN finds faces itself"
+            );
+            let mut pipeline = vision::MfnPipeline::load(&models, &device)?;
+            polyface::eval::eval_pipeline(&mut pipeline, &images, args.limit)?
         }
     };
     if args.json {
@@ -176,7 +182,18 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     )?);
                 }
             }
-            PipelineKind::Mfn => anyhow::bail!("the multi-face network (MFN) is not available yet"),
+            PipelineKind::Mfn => {
+                let mfn = vision::Mfn::load(&models.join("mfn.safetensors"), &device)?;
+                for &faces in &args.faces {
+                    results.push(polyface::bench::bench_mfn(
+                        &mfn,
+                        &crops,
+                        faces,
+                        args.frames,
+                        5,
+                    )?);
+                }
+            }
         }
     }
     if args.json {

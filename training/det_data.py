@@ -284,9 +284,11 @@ def _iou(a, b):
 
 
 def composite(rng, backgrounds, bg_faces, face_imgs, face_lmk, face_pick, n_faces, size_range=(10, 220),
-              existing=None, canvas=None, content=(IN_W, IN_H)):
+              existing=None, canvas=None, content=(IN_W, IN_H), meta=None):
     """Build a composite. backgrounds / bg_faces: scene images + their faces (for face-free crops).
-    face_pick(): index of a face crop. Returns (uint8 HxWx3, list of (lmk68, confirmed))."""
+    face_pick(): index of a face crop. Returns (uint8 HxWx3, list of (lmk68, confirmed)).
+    meta: optional list; gets (face index, angle deg, flipped) per pasted face (the MFN needs them to carry
+    pose and blendshape labels through the paste). The random stream is the same with or without it."""
     cw, ch = content
     if canvas is None:
         bg = None
@@ -328,8 +330,11 @@ def composite(rng, backgrounds, bg_faces, face_imgs, face_lmk, face_pick, n_face
             continue
         k = face_pick()
         angle = rng.uniform(-30, 30) if rng.random() < 0.5 else rng.normal(0, 5)
-        lmk = paste_face(canvas, face_imgs[k], face_lmk[k], rng, size, c, angle, rng.random() < 0.5)
+        flip = rng.random() < 0.5
+        lmk = paste_face(canvas, face_imgs[k], face_lmk[k], rng, size, c, angle, flip)
         objs.append((lmk, True))
+        if meta is not None:
+            meta.append((k, angle, flip))
         boxes.append(box_of(lmk))
         placed += 1
     return canvas, objs
@@ -348,6 +353,20 @@ def gaussian_radius(h, w, min_overlap=0.7):
     return min(r1, r2, r3)
 
 
+def is_positive(lmk, pos, content):
+    """a face the detector must find: confirmed, not tiny, mostly visible, centre inside the content area."""
+    b = box_of(lmk)
+    w, h = b[2] - b[0], b[3] - b[1]
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    cw, ch = content
+    # visible fraction of the box inside the content area
+    vx = max(0.0, min(b[2], cw) - max(b[0], 0.0))
+    vy = max(0.0, min(b[3], ch) - max(b[1], 0.0))
+    vis = vx * vy / max(w * h, 1e-6)
+    inside = 0 <= cx < cw and 0 <= cy < ch
+    return bool(pos) and max(w, h) >= MIN_FACE and vis >= 0.5 and inside
+
+
 def make_targets(objs, content=(IN_W, IN_H)):
     """objs: list of (lmk68 in input px, positive flag). -> dict of numpy targets."""
     hm = np.zeros((OH, OW), np.float32)
@@ -362,12 +381,7 @@ def make_targets(objs, content=(IN_W, IN_H)):
         b = box_of(lmk)
         w, h = b[2] - b[0], b[3] - b[1]
         cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-        # visible fraction of the box inside the content area
-        vx = max(0.0, min(b[2], cw) - max(b[0], 0.0))
-        vy = max(0.0, min(b[3], ch) - max(b[1], 0.0))
-        vis = vx * vy / max(w * h, 1e-6)
-        inside = 0 <= cx < cw and 0 <= cy < ch
-        if not pos or max(w, h) < MIN_FACE or vis < 0.5 or not inside or n >= MAX_OBJ:
+        if not is_positive(lmk, pos, content) or n >= MAX_OBJ:
             # ignore region: no heatmap penalty inside the (clipped) box
             x0, y0 = int(max(0, math.floor(b[0] / STRIDE))), int(max(0, math.floor(b[1] / STRIDE)))
             x1, y1 = int(min(OW, math.ceil(b[2] / STRIDE))), int(min(OH, math.ceil(b[3] / STRIDE)))

@@ -27,6 +27,35 @@ pub struct Detector {
     device: Device,
 }
 
+/// `frame` letterboxed into a (1, 3, height, width) network input by the training code's rule.
+pub fn letterboxed_input(
+    frame: &image::RgbImage,
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Letterbox)> {
+    let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height);
+    let mut data = vec![0f32; 3 * width * height];
+    letterbox.fill_resized(frame, &mut data);
+    let input = Tensor::from_vec(data, (1, 3, height, width), device)?;
+    Ok((input, letterbox))
+}
+
+/// Peaks of a centre-heatmap output (the detector's 15-channel layout) as frame-space
+/// detections, best first, at most [`MAX_DETECTIONS`] before non-maximum suppression.
+pub fn detections_from_heatmap(
+    values: &[f32],
+    layout: HeatmapLayout,
+    letterbox: &Letterbox,
+    score_threshold: f32,
+    nms_iou: f32,
+) -> Vec<Detection> {
+    let mut detections = decode_heatmap(values, layout, letterbox, score_threshold);
+    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
+    detections.truncate(MAX_DETECTIONS);
+    nms(detections, nms_iou)
+}
+
 impl Detector {
     pub fn load(path: &Path, device: &Device) -> Result<Detector, ModelError> {
         let file = ModelFile::open(path, device)?;
@@ -73,20 +102,7 @@ impl Detector {
 
     /// The letterboxed, normalised network input for `frame` (1, 3, H, W).
     pub fn prepare(&self, frame: &image::RgbImage) -> candle_core::Result<(Tensor, Letterbox)> {
-        let letterbox = Letterbox::for_frame(
-            frame.width(),
-            frame.height(),
-            self.input_width,
-            self.input_height,
-        );
-        let mut data = vec![0f32; 3 * self.input_width * self.input_height];
-        letterbox.fill_resized(frame, &mut data);
-        let input = Tensor::from_vec(
-            data,
-            (1, 3, self.input_height, self.input_width),
-            &self.device,
-        )?;
-        Ok((input, letterbox))
+        letterboxed_input(frame, self.input_width, self.input_height, &self.device)
     }
 
     /// Raw output (1, 15, H/stride, W/stride) for a prepared input.
@@ -110,10 +126,13 @@ impl Detector {
             values.len(),
             self.output_channels * layout.rows * layout.columns
         );
-        let mut detections = decode_heatmap(&values, layout, letterbox, self.score_threshold);
-        detections.sort_by(|a, b| b.score.total_cmp(&a.score));
-        detections.truncate(MAX_DETECTIONS);
-        Ok(nms(detections, self.nms_iou))
+        Ok(detections_from_heatmap(
+            &values,
+            layout,
+            letterbox,
+            self.score_threshold,
+            self.nms_iou,
+        ))
     }
 
     /// Every face in `frame`.

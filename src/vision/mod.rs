@@ -6,6 +6,7 @@
 pub mod detect;
 pub mod detector;
 mod face;
+pub mod mfn;
 mod model_file;
 pub mod ops;
 pub mod pipeline;
@@ -16,8 +17,9 @@ pub mod sfn;
 pub use detect::{Detection, Letterbox};
 pub use detector::Detector;
 pub use face::{tight_box, CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTED_BLENDSHAPES};
+pub use mfn::Mfn;
 pub use model_file::{random_values, write_model, ModelError, ModelFile};
-pub use pipeline::{FacePipeline, SfnPipeline};
+pub use pipeline::{load_pipeline, FacePipeline, MfnPipeline, SfnPipeline};
 pub use sfn::{Sfn, SfnConfig};
 
 /// The folder model files are read from: `explicit`, else `$POLYFACE_MODELS`, else `./models`,

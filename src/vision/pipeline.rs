@@ -10,7 +10,7 @@ use candle_core::{Device, Module};
 
 use super::detect::iou;
 use super::sfn::{crop_batch, decode, CROP_SCALE};
-use super::{CropBox, Detector, FaceObservation, Sfn};
+use super::{CropBox, Detector, FaceObservation, Mfn, Sfn};
 use crate::timing::{FrameTimings, Stage};
 
 /// A way to find faces and their expressions in frames.
@@ -25,6 +25,15 @@ pub trait FacePipeline: Send {
     ) -> Result<Vec<FaceObservation>>;
     /// Forgets what was followed from earlier frames (the source changed).
     fn reset(&mut self);
+}
+
+/// Loads the pipeline called `name` ("sfn" or "mfn") from the model files in `models`.
+pub fn load_pipeline(name: &str, models: &Path, device: &Device) -> Result<Box<dyn FacePipeline>> {
+    Ok(match name {
+        "sfn" => Box::new(SfnPipeline::load(models, device)?),
+        "mfn" => Box::new(MfnPipeline::load(models, device)?),
+        other => anyhow::bail!("unknown face pipeline {other:?} (sfn or mfn)"),
+    })
 }
 
 /// Detector + single-face network.
@@ -161,4 +170,41 @@ impl FacePipeline for SfnPipeline {
         self.followed.clear();
         self.frames_since_detection = 0;
     }
+}
+
+/// One multi-face network pass per frame; every face comes out of the same pass.
+pub struct MfnPipeline {
+    mfn: Mfn,
+}
+
+impl MfnPipeline {
+    pub fn new(mfn: Mfn) -> MfnPipeline {
+        MfnPipeline { mfn }
+    }
+
+    /// Loads `mfn.safetensors` from `models`.
+    pub fn load(models: &Path, device: &Device) -> Result<MfnPipeline> {
+        let path = models.join("mfn.safetensors");
+        let mfn = Mfn::load(&path, device)?;
+        Ok(MfnPipeline::new(mfn))
+    }
+}
+
+impl FacePipeline for MfnPipeline {
+    fn name(&self) -> &'static str {
+        "mfn"
+    }
+
+    fn process(
+        &mut self,
+        frame: &image::RgbImage,
+        timings: &mut FrameTimings,
+    ) -> Result<Vec<FaceObservation>> {
+        let (input, letterbox) = timings.time(Stage::Preprocess, || self.mfn.prepare(frame))?;
+        let output = timings.time(Stage::Network, || self.mfn.forward(&input))?;
+        let faces = timings.time(Stage::Postprocess, || self.mfn.decode(&output, &letterbox))?;
+        Ok(faces)
+    }
+
+    fn reset(&mut self) {}
 }

@@ -68,6 +68,8 @@ struct Layer {
 /// A loaded program: layers with their weights, ready to run.
 pub struct Program {
     layers: Vec<Layer>,
+    /// Slot of every named tensor (the input is slot 0).
+    slots: HashMap<String, usize>,
 }
 
 impl Program {
@@ -147,19 +149,45 @@ impl Program {
         if layers.is_empty() {
             return Err(bad("no layers".into()));
         }
-        Ok(Program { layers })
+        let slots = slots.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Ok(Program { layers, slots })
     }
-}
 
-impl Module for Program {
-    /// Runs every layer; returns the last layer's output. Tensors no later layer reads are
-    /// dropped as soon as possible to keep memory flat.
-    fn forward(&self, input: &Tensor) -> CandleResult<Tensor> {
+    /// Whether the program writes a tensor called `name`.
+    pub fn has_output(&self, name: &str) -> bool {
+        self.slots.get(name).is_some_and(|&slot| slot > 0)
+    }
+
+    /// Runs every layer and returns the tensors named in `outputs` (networks with several heads).
+    pub fn forward_outputs(&self, input: &Tensor, outputs: &[&str]) -> CandleResult<Vec<Tensor>> {
+        let keep = outputs
+            .iter()
+            .map(|name| {
+                self.slots.get(*name).copied().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("the program has no tensor {name:?}"))
+                })
+            })
+            .collect::<CandleResult<Vec<usize>>>()?;
+        let mut tensors = self.run(input, &keep)?;
+        keep.iter()
+            .map(|&slot| {
+                tensors[slot]
+                    .take()
+                    .ok_or_else(|| candle_core::Error::Msg("output released".into()))
+            })
+            .collect()
+    }
+
+    /// Evaluates the layers; slots no later layer reads are released early unless in `keep`.
+    fn run(&self, input: &Tensor, keep: &[usize]) -> CandleResult<Vec<Option<Tensor>>> {
         let mut last_use = vec![0usize; self.layers.len() + 1];
         for (i, layer) in self.layers.iter().enumerate() {
             for &slot in &layer.inputs {
                 last_use[slot] = i;
             }
+        }
+        for &slot in keep {
+            last_use[slot] = usize::MAX;
         }
         let mut tensors: Vec<Option<Tensor>> = vec![None; self.layers.len() + 1];
         tensors[0] = Some(input.clone());
@@ -197,7 +225,15 @@ impl Module for Program {
             }
             tensors[i + 1] = Some(y);
         }
-        tensors
+        Ok(tensors)
+    }
+}
+
+impl Module for Program {
+    /// Runs every layer; returns the last layer's output. Tensors no later layer reads are
+    /// dropped as soon as possible to keep memory flat.
+    fn forward(&self, input: &Tensor) -> CandleResult<Tensor> {
+        self.run(input, &[])?
             .pop()
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("empty program".into()))
@@ -292,7 +328,7 @@ mod tests {
         let dw = conv(&stem, "dw", 1, 2, 8).relu().unwrap();
         let pw = conv(&dw, "pw", 0, 1, 1);
         let up = pw.upsample_nearest2d(8, 12).unwrap();
-        let sum = (stem + up).unwrap().relu().unwrap();
+        let sum = (&stem + up).unwrap().relu().unwrap();
         let want = conv(&sum, "head", 0, 1, 1);
         assert_eq!(got.dims(), &[2, 4, 8, 12]);
         let diff: f32 = (got - want)
@@ -304,6 +340,21 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(diff < 1e-4, "{diff}");
+
+        // Named outputs: an intermediate tensor survives even though later layers consumed it.
+        let outs = program.forward_outputs(&x, &["stem", "head"]).unwrap();
+        let stem_diff: f32 = (&outs[0] - &stem)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(stem_diff < 1e-4, "{stem_diff}");
+        assert_eq!(outs[1].dims(), &[2, 4, 8, 12]);
+        assert!(program.has_output("sum") && !program.has_output("input"));
+        assert!(program.forward_outputs(&x, &["nope"]).is_err());
     }
 
     #[test]

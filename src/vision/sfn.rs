@@ -302,7 +302,7 @@ pub fn crop_batch(
     }
     Tensor::from_vec(data, (crops.len(), 3, n, n), device)
 }
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 

@@ -4,6 +4,7 @@ mod capture_sources;
 mod cli_track;
 mod detector_model;
 mod gpu_rig;
+mod mfn_model;
 mod sfn_model;
 mod support;
 mod window_smoke;

@@ -1,0 +1,251 @@
+//! The multi-face network (MFN): one pass over the letterboxed frame gives every face's box,
+//! 68 landmarks, head rotation and blendshapes, so its cost does not grow with the number of
+//! people (the design of Chaudhuri et al., CVPR 2019). It is the detector's backbone with a
+//! second, stride-8 head; `training/MFN.md` documents the layout, the model file carries the
+//! layer list.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use glam::Vec2;
+
+use super::detect::{Detection, HeatmapLayout, Letterbox};
+use super::detector::{detections_from_heatmap, letterboxed_input};
+use super::face::tight_box;
+use super::model_file::{ModelError, ModelFile};
+use super::program::{LayerSpec, Program};
+use super::sfn::{rotation_from_6d, sigmoid};
+use super::FaceObservation;
+
+/// Channels of the face head: 68 landmark offsets (x, y), a 6D rotation, 51 blendshape logits.
+pub const FACE_CHANNELS: usize = 136 + 6 + 51;
+const POSE: std::ops::Range<usize> = 136..142;
+const BLENDSHAPES: std::ops::Range<usize> = 142..193;
+const DETECTION_OUTPUT: &str = "head.out";
+const FACE_OUTPUT: &str = "face.out";
+
+pub struct Mfn {
+    program: Program,
+    input_width: usize,
+    input_height: usize,
+    stride: usize,
+    face_stride: usize,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+    device: Device,
+}
+
+/// The two raw outputs of one pass.
+pub struct MfnOutput {
+    pub detection: Tensor,
+    pub face: Tensor,
+}
+
+impl Mfn {
+    pub fn load(path: &Path, device: &Device) -> Result<Mfn, ModelError> {
+        let file = ModelFile::open(path, device)?;
+        let bad = |key: &str, problem: String| ModelError::Metadata {
+            path: file.path.clone(),
+            key: key.into(),
+            problem,
+        };
+        if let Some(format) = file.metadata.get("format") {
+            if format != "polyface-mfn" {
+                return Err(bad(
+                    "format",
+                    format!("{format:?} is not a multi-face network (polyface-mfn)"),
+                ));
+            }
+        }
+        let specs: Vec<LayerSpec> = file.meta_json("layers")?;
+        let [_, _, input_height, input_width]: [usize; 4] = file.meta_json("input_size")?;
+        let stride: usize = file.meta_json("stride")?;
+        let face_stride: usize = file.meta_json("face_stride")?;
+        for s in [stride, face_stride] {
+            if s == 0 || input_width % s != 0 || input_height % s != 0 {
+                return Err(bad("stride", format!("{s} must divide the input size")));
+            }
+        }
+        let channels = |name: &str| {
+            specs
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.out_channels)
+        };
+        if channels(DETECTION_OUTPUT) != Some(15) {
+            return Err(bad(
+                "layers",
+                format!("{DETECTION_OUTPUT} must have 15 channels"),
+            ));
+        }
+        if channels(FACE_OUTPUT) != Some(FACE_CHANNELS) {
+            return Err(bad(
+                "layers",
+                format!("{FACE_OUTPUT} must have {FACE_CHANNELS} channels"),
+            ));
+        }
+        let number = |key: &str, default: f32| {
+            file.metadata
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Ok(Mfn {
+            program: Program::new(&specs, &file)?,
+            input_width,
+            input_height,
+            stride,
+            face_stride,
+            score_threshold: number("score_threshold", super::detector::DEFAULT_SCORE_THRESHOLD),
+            nms_iou: number("nms_iou", super::detector::DEFAULT_NMS_IOU),
+            device: device.clone(),
+        })
+    }
+
+    pub fn input_size(&self) -> (usize, usize) {
+        (self.input_width, self.input_height)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The letterboxed, normalised network input for `frame` (1, 3, H, W).
+    pub fn prepare(&self, frame: &image::RgbImage) -> candle_core::Result<(Tensor, Letterbox)> {
+        letterboxed_input(frame, self.input_width, self.input_height, &self.device)
+    }
+
+    pub fn forward(&self, input: &Tensor) -> candle_core::Result<MfnOutput> {
+        let mut outputs = self
+            .program
+            .forward_outputs(input, &[DETECTION_OUTPUT, FACE_OUTPUT])?;
+        let face = outputs.pop().expect("two outputs");
+        let detection = outputs.pop().expect("two outputs");
+        Ok(MfnOutput { detection, face })
+    }
+
+    /// Every face in frame coordinates: detections from the centre heatmap, then the face head
+    /// sampled at each face centre. O(faces) work on top of the network pass.
+    pub fn decode(
+        &self,
+        output: &MfnOutput,
+        letterbox: &Letterbox,
+    ) -> candle_core::Result<Vec<FaceObservation>> {
+        let heat: Vec<f32> = output
+            .detection
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let layout = HeatmapLayout {
+            stride: self.stride as f32,
+            rows: self.input_height / self.stride,
+            columns: self.input_width / self.stride,
+        };
+        let detections =
+            detections_from_heatmap(&heat, layout, letterbox, self.score_threshold, self.nms_iou);
+        if detections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let face: Vec<f32> = output
+            .face
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let map = FaceMap {
+            values: &face,
+            rows: self.input_height / self.face_stride,
+            columns: self.input_width / self.face_stride,
+            stride: self.face_stride as f32,
+        };
+        Ok(detections
+            .iter()
+            .map(|d| map.observe(d, letterbox))
+            .collect())
+    }
+
+    /// Every face in `frame`.
+    pub fn detect(&self, frame: &image::RgbImage) -> candle_core::Result<Vec<FaceObservation>> {
+        let (input, letterbox) = self.prepare(frame)?;
+        let output = self.forward(&input)?;
+        self.decode(&output, &letterbox)
+    }
+}
+
+/// The stride-8 face head output of one image, channel-major.
+struct FaceMap<'a> {
+    values: &'a [f32],
+    rows: usize,
+    columns: usize,
+    stride: f32,
+}
+
+impl FaceMap<'_> {
+    /// Bilinear sample of every channel at input position `p` (cell centres at +0.5 cells),
+    /// clamped to the map border: what the training code's grid_sample does.
+    fn sample(&self, p: Vec2) -> Vec<f32> {
+        let u = (p.x / self.stride - 0.5).clamp(0.0, (self.columns - 1) as f32);
+        let v = (p.y / self.stride - 0.5).clamp(0.0, (self.rows - 1) as f32);
+        let (x0, y0) = (u.floor() as usize, v.floor() as usize);
+        let (x1, y1) = ((x0 + 1).min(self.columns - 1), (y0 + 1).min(self.rows - 1));
+        let (fx, fy) = (u - x0 as f32, v - y0 as f32);
+        let plane = self.rows * self.columns;
+        (0..FACE_CHANNELS)
+            .map(|c| {
+                let at = |x: usize, y: usize| self.values[c * plane + y * self.columns + x];
+                let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+                let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+                top * (1.0 - fy) + bottom * fy
+            })
+            .collect()
+    }
+
+    fn observe(&self, detection: &Detection, letterbox: &Letterbox) -> FaceObservation {
+        let center = detection.center() * letterbox.scale;
+        let size = detection.width().max(detection.height()) * letterbox.scale;
+        let v = self.sample(center);
+        let landmarks: Vec<Vec2> = v[..136]
+            .chunks_exact(2)
+            .map(|d| letterbox.to_frame(center + Vec2::new(d[0], d[1]) * size))
+            .collect();
+        FaceObservation {
+            bbox: tight_box(&landmarks).unwrap_or(detection.bbox),
+            score: detection.score,
+            landmarks,
+            rotation: rotation_from_6d(&v[POSE]),
+            blendshapes: v[BLENDSHAPES].iter().map(|&x| sigmoid(x)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn face_map_sampling_is_bilinear_and_clamped() {
+        let (rows, columns) = (2, 3);
+        let plane = rows * columns;
+        // channel c at cell (y, x) = 100 c + 10 y + x
+        let mut values = vec![0f32; FACE_CHANNELS * plane];
+        for c in 0..FACE_CHANNELS {
+            for y in 0..rows {
+                for x in 0..columns {
+                    values[c * plane + y * columns + x] = (100 * c + 10 * y + x) as f32;
+                }
+            }
+        }
+        let map = FaceMap {
+            values: &values,
+            rows,
+            columns,
+            stride: 8.0,
+        };
+        // cell (0, 1) centre = input (12, 4)
+        assert_eq!(map.sample(Vec2::new(12.0, 4.0))[2], 201.0);
+        // halfway between columns 1 and 2, rows 0 and 1
+        let s = map.sample(Vec2::new(16.0, 8.0));
+        assert!((s[0] - 6.5).abs() < 1e-5, "{}", s[0]);
+        // outside the map: the border value
+        assert_eq!(map.sample(Vec2::new(-50.0, 500.0))[0], 10.0);
+    }
+}

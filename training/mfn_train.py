@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""Train the multi-face network (MFN) on CPU or GPU, starting from the trained detector.
+
+    nice -n 19 python training/mfn_train.py --det-cache training/cache/det --sfn-cache training/cache \
+        --init models/checkpoints/detector_last.pt --out training/runs/mfn [--epochs N] [--resume]
+
+Per epoch: `--samples` freshly generated images (scenes + composites with 1-20 labelled faces, deterministic per
+seed/epoch), then validation: HELEN test crops used as the whole frame (NME, pose error, blendshape MAE against
+human landmarks / teacher labels), HELEN-test scenes and 300 fixed composites (AP50). Logs <out>/log.csv,
+checkpoints <out>/last.pt every epoch (resumable) and <out>/best.pt; on improvement the EMA weights are exported
+to --export (models/mfn.safetensors) and --fixture (tests/fixtures/mfn_parity.safetensors).
+"""
+import argparse
+import copy
+import csv
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import det_data as D  # noqa: E402
+import det_model as DM  # noqa: E402
+import mfn_data as MD  # noqa: E402
+import mfn_model as M  # noqa: E402
+from det_train import focal_loss, reg_losses, evaluate as det_evaluate, atomic_torch_save, worker_init  # noqa: E402
+from det_export import _atomic_save, git_commit, LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT, DECODING  # noqa: E402
+from sfn_model import rot6d_to_matrix  # noqa: E402
+
+W_LMK, W_POSE, W_BLEND = 10.0, 1.0, 2.0
+
+
+def face_losses(face_out, t):
+    v = M.sample_face(face_out, t["fcen"])  # B,N,193
+    w = t["fw"]
+    tg = t["ftgt"]
+    n_l = w[..., 0].sum().clamp(min=1.0)
+    n_p = w[..., 1].sum().clamp(min=1.0)
+    n_b = w[..., 2].sum().clamp(min=1.0)
+    l_lmk = ((v[..., :136] - tg[..., :136]).abs().mean(-1) * w[..., 0]).sum() / n_l
+    l_pose = ((v[..., 136:142] - tg[..., 136:142]).abs().mean(-1) * w[..., 1]).sum() / n_p
+    l_blend = ((torch.sigmoid(v[..., 142:]) - tg[..., 142:]).abs().mean(-1) * w[..., 2]).sum() / n_b
+    return l_lmk, l_pose, l_blend
+
+
+class EMA:
+    def __init__(self, model, decay=0.998):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model, step):
+        d = min(self.decay, (1 + step) / (10 + step))
+        msd = model.state_dict()
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(msd[k])
+
+
+def rot_angle_deg(Ra, Rb):
+    c = ((np.trace(Ra.T @ Rb) - 1) / 2).clip(-1, 1)
+    return math.degrees(math.acos(c))
+
+
+@torch.no_grad()
+def eval_helen_frames(model, data, device, limit=None, batch=30):
+    """HELEN test crops as the whole frame: the best-IoU detection is the face."""
+    model.eval()
+    n = len(data.val_imgs) if limit is None else min(limit, len(data.val_imgs))
+    nmes, poses, blends, missed = [], [], [], 0
+    for a in range(0, n, batch):
+        idx = list(range(a, min(n, a + batch)))
+        frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
+        x = D.normalize(np.stack([f[0] for f in frames])).to(device)
+        det, face = model(x)
+        res = M.decode_faces(det.float().cpu(), face.float().cpu(), threshold=0.2)
+        for k, i in enumerate(idx):
+            gt = frames[k][1]
+            r = res[k]
+            if len(r["scores"]) == 0:
+                missed += 1
+                continue
+            gb = D.box_of(gt)
+            ious = [D._iou(np.asarray(b, np.float64), gb)[0] for b in r["boxes"].numpy()]
+            j = int(np.argmax(ious))
+            if ious[j] < 0.3:
+                missed += 1
+                continue
+            p = r["lmk"][j].numpy()
+            iod = np.linalg.norm(gt[36] - gt[45])
+            nmes.append(np.linalg.norm(p - gt, axis=1).mean() / iod * 100)
+            if data.val_has_pose[i]:
+                poses.append(rot_angle_deg(r["R"][j].numpy().astype(np.float64), data.val_R[i]))
+            if data.val_has_blend[i]:
+                blends.append(np.abs(r["blend"][j].numpy() - data.val_blend[i]).mean())
+    nm = np.array(nmes) if nmes else np.array([100.0])
+    return {"helen_nme": float(nm.mean()), "helen_nme_median": float(np.median(nm)),
+            "helen_fail10": float((nm > 10).mean() * 100), "helen_missed": missed,
+            "pose_deg": float(np.mean(poses)) if poses else 180.0,
+            "blend_mae": float(np.mean(blends)) if blends else 1.0}
+
+
+def validate(model, data, device, limit=None):
+    m = eval_helen_frames(model, data, device, limit)
+    dv = M.DetView(model)
+    c = data.det
+    sc = det_evaluate(dv, c.test_jpeg, c.test_faces, c.test_scale, 30.0, DM.DEFAULT_SCORE_THRESHOLD,
+                      device=device, limit=limit)
+    vc = det_evaluate(dv, c.vc_jpeg, c.vc_faces, np.ones(len(c.vc_jpeg)), 12.0, DM.DEFAULT_SCORE_THRESHOLD,
+                      device=device, limit=limit)
+    m.update(scene_recall=sc["recall"], scene_precision=sc["precision"], scene_ap50=sc["ap50"],
+             comp_recall=vc["recall"], comp_ap50=vc["ap50"])
+    # one number to pick the exported epoch: detection quality and landmark accuracy, equally weighted
+    m["score"] = 0.5 * (0.5 * (m["scene_ap50"] + m["comp_ap50"])) + 0.5 * max(0.0, 1.0 - m["helen_nme"] / 20.0)
+    return {k: round(float(v), 5) for k, v in m.items()}
+
+
+# ---------------------------------------------------------------- export
+
+FACE_OUTPUT_LAYOUT = (
+    "face.out [N,193,30,40] (stride 8: cell (row j, col i) centre is input pixel ((i+0.5)*8, (j+0.5)*8)). "
+    "ch 0..135: landmarks k=0..67 as (dx_k, dy_k) pairs (ch 2k, 2k+1) relative to the face centre, in units of the "
+    "face size; ch 136..141: first two columns of the head rotation R (canonical face -> camera, the SFN's "
+    "convention): R00,R10,R20,R01,R11,R21 (Gram-Schmidt them); ch 142..192: blendshape logits (sigmoid -> [0,1]) "
+    "in the SFN's BLENDSHAPE_NAMES order."
+)
+FACE_DECODING = (
+    "For each detection from head.out (decoded exactly as the detector, see DETECTOR.md): centre c = box centre, "
+    "size = max(box w, box h). Sample face.out bilinearly at map position (cx/8 - 0.5, cy/8 - 0.5), neighbours "
+    "clamped to the map border. Landmark k = c + (ch 2k, ch 2k+1) * size; R from ch 136..141; blendshapes = "
+    "sigmoid(ch 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels."
+)
+
+
+def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
+    model = model.eval()
+    tensors = DM.folded_tensors(model)
+    c = model.config
+    md = {
+        "format": "polyface-mfn", "format_version": "1",
+        "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
+        "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
+        "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
+        "outputs": json.dumps(M.OUTPUTS),
+        "output_layout": "head.out: " + OUTPUT_LAYOUT, "face_output_layout": FACE_OUTPUT_LAYOUT,
+        "decoding": DECODING, "face_decoding": FACE_DECODING,
+        "blendshape_names": json.dumps(blend_names),
+        "score_threshold": str(DM.DEFAULT_SCORE_THRESHOLD), "nms_iou": str(DM.DEFAULT_NMS_IOU),
+        "max_detections": str(DM.MAX_DETECTIONS), "activation": "relu",
+        "batchnorm": "folded into the preceding conv (weight, bias); every conv has a bias",
+        "architecture": json.dumps(c), "layers": json.dumps(model.program),
+        "layers_note": "evaluate `layers` in order (see DETECTOR.md); outputs are the tensors named in `outputs`",
+        "params": str(DM.count_params(model)), "macs": str(DM.count_macs(model.program)),
+        "training_data": "see training/MFN.md", "git_commit": git_commit(),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "validation_metrics": json.dumps(metrics),
+    }
+    md.update({k: str(v) for k, v in extra.items()})
+    _atomic_save(tensors, out_path, md)
+    if fixture_path:
+        i = int(np.argmax([len(f["box"]) for f in cache.vc_faces]))
+        u8 = D.dec_jpeg(cache.vc_jpeg[i])
+        inp = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].contiguous()
+        x = (inp.float() / 255.0 - 0.5) / 0.5
+        with torch.no_grad():
+            y = M.folded_outputs(tensors, model.program, x)
+            ref = model(x)
+        err = max((y["head.out"] - ref[0]).abs().max().item(), (y["face.out"] - ref[1]).abs().max().item())
+        assert err < 1e-3, f"folded/unfolded mismatch {err}"
+        d = M.decode_faces(y["head.out"], y["face.out"])[0]
+        k = len(d["scores"])
+        fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_out": y["face.out"].contiguous(),
+               "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
+               "landmarks": d["lmk"].reshape(-1, 68, 2).contiguous(), "rotation": d["R"].reshape(-1, 3, 3).contiguous(),
+               "blendshapes": d["blend"].reshape(-1, 51).contiguous()}
+        if k == 0:
+            fix.update(boxes=torch.zeros(1, 4), scores=torch.zeros(1), landmarks=torch.zeros(1, 68, 2),
+                       rotation=torch.zeros(1, 3, 3), blendshapes=torch.zeros(1, 51))
+        _atomic_save(fix, fixture_path, {
+            "description": "MFN parity fixture: input_u8 [1,3,240,320] (already letterboxed); head_out / face_out = "
+                           "raw outputs of the folded weights in the mfn.safetensors exported together with this "
+                           "file; boxes/scores/landmarks/rotation/blendshapes = decoded (score_threshold, nms_iou "
+                           "of the model). Tolerance: outputs 1e-3 abs.",
+            "n_detections": str(k), "model_exported_at": md["exported_at"],
+            "folded_vs_bn_max_abs_diff": f"{err:.3e}"})
+    return md
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--det-cache", default="training/cache/det")
+    ap.add_argument("--sfn-cache", default="training/cache")
+    ap.add_argument("--init", default="models/checkpoints/detector_last.pt",
+                    help="detector checkpoint to start from (its EMA weights); '' = from scratch")
+    ap.add_argument("--out", default="training/runs/mfn")
+    ap.add_argument("--epochs", type=int, default=40, help="total epochs (cosine LR schedule spans them)")
+    ap.add_argument("--samples", type=int, default=3200, help="training images per epoch")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--wd", type=float, default=5e-5)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
+    ap.add_argument("--export", default="models/mfn.safetensors", help="'' to skip")
+    ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors", help="'' to skip")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    data = MD.MFNData(args.det_cache, args.sfn_cache)
+    model = M.MFN()
+    if args.init and not args.resume:
+        ck = torch.load(args.init, map_location="cpu", weights_only=False)
+        model.load_detector(ck.get("ema", ck.get("model")))
+        print(f"initialised from detector {args.init} (epoch {ck.get('epoch')})", flush=True)
+    model.to(dev)
+    ema = EMA(model)
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
+                            lr=args.lr)
+    it_per_epoch = args.samples // args.batch
+    total = it_per_epoch * args.epochs
+    warm = min(200, total // 10 + 1)
+
+    def lr_lambda(it):
+        if it < warm:
+            return (it + 1) / warm
+        t = min(1.0, (it - warm) / max(1, total - warm))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    start_epoch, step, best = 0, 0, -1.0
+    last_p, best_p = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
+    if args.resume and os.path.exists(last_p):
+        ck = torch.load(last_p, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        ema.model.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
+        random.setstate(ck["rng"]["python"])
+        np.random.set_state(ck["rng"]["numpy"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        print(f"resumed from {last_p}: epoch {ck['epoch']}, best {best}", flush=True)
+    print(f"params {DM.count_params(model)}, MACs {DM.count_macs(model.program) / 1e6:.2f} M, "
+          f"{it_per_epoch} it/epoch, device {dev}", flush=True)
+    log_p = os.path.join(args.out, "log.csv")
+    mkeys = ["helen_nme", "helen_nme_median", "helen_fail10", "helen_missed", "pose_deg", "blend_mae",
+             "scene_recall", "scene_precision", "scene_ap50", "comp_recall", "comp_ap50", "score"]
+    fields = ["epoch", "step", "lr", "time_s", "loss", "hm", "off", "size", "kps", "lmk", "pose", "blend"] + mkeys \
+        + ["best"]
+    if not os.path.exists(log_p):
+        with open(log_p, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.time()
+        model.train()
+        ds = MD.MFNTrainSet(data, args.samples, args.seed, epoch)
+        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, num_workers=args.workers,
+                                         worker_init_fn=worker_init, drop_last=True,
+                                         prefetch_factor=4 if args.workers else None)
+        sums = np.zeros(8)
+        nb = 0
+        for x, t in dl:
+            x = x.to(dev, non_blocking=True)
+            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
+            det, face = model(x)
+            l_hm = focal_loss(det[:, 0], t["hm"], t["ign"])
+            l_off, l_size, l_kps = reg_losses(det, t["ind"], t["msk"], t["reg"])
+            l_lmk, l_pose, l_blend = face_losses(face, t)
+            loss = l_hm + l_off + l_size + l_kps + W_LMK * l_lmk + W_POSE * l_pose + W_BLEND * l_blend
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            sched.step()
+            ema.update(model, step)
+            step += 1
+            sums += [v.item() for v in (loss, l_hm, l_off, l_size, l_kps, l_lmk, l_pose, l_blend)]
+            nb += 1
+            if nb % 25 == 0:
+                a = sums / nb
+                print(f"ep {epoch} it {nb}/{it_per_epoch} loss {a[0]:.4f} hm {a[1]:.4f} size {a[3]:.4f} "
+                      f"lmk {a[5]:.4f} pose {a[6]:.4f} blend {a[7]:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                      f"{(time.time() - t0) / nb:.2f}s/it", flush=True)
+        tv = time.time()
+        metrics = validate(ema.model, data, dev, args.val_limit)
+        a = sums / max(nb, 1)
+        improved = metrics["score"] > best
+        if improved:
+            best = metrics["score"]
+        print(f"epoch {epoch} done in {tv - t0:.0f}s (+{time.time() - tv:.0f}s val): {json.dumps(metrics)}"
+              f"{' *best*' if improved else ''}", flush=True)
+        with open(log_p, "a", newline="") as f:
+            csv.writer(f).writerow([epoch, step, f"{sched.get_last_lr()[0]:.3e}", round(time.time() - t0, 1)]
+                                   + [round(float(v), 5) for v in a] + [metrics[k] for k in mkeys] + [int(improved)])
+        ck = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
+              "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best": best, "metrics": metrics,
+              "config": model.config, "args": vars(args),
+              "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
+        atomic_torch_save(ck, last_p)
+        if improved:
+            atomic_torch_save(ck, best_p)
+            if args.export:
+                em = M.MFN(model.config)
+                em.load_state_dict(ema.model.state_dict())
+                export(em, args.export, args.fixture or None, dict(metrics, epoch=epoch), data.det,
+                       data.blend_names, {"epoch": epoch})
+                print(f"exported {args.export}" + (f" + {args.fixture}" if args.fixture else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
