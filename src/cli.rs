@@ -40,6 +40,54 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure pipeline latency per stage against the number of faces in the frame.
     Bench(BenchArgs),
+    /// Render avatars headless into a PNG, with expression weights and a head pose.
+    Render(RenderArgs),
+    /// Write the project's default avatars (deterministic) into a folder.
+    #[command(hide = true)]
+    MakeAvatars {
+        #[arg(long, value_name = "DIR", default_value = "assets/avatars")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// Avatar file (.glb, .gltf, .vrm); repeat to show several side by side.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub avatar: Vec<PathBuf>,
+    /// Expression weights, e.g. `--weights jawOpen=1,eyeBlinkLeft=0.5` (ARKit names, the
+    /// avatar's morph target names or its VRM expressions).
+    #[arg(long, value_name = "NAME=VALUE", value_delimiter = ',', value_parser = parse_weight)]
+    pub weights: Vec<(String, f32)>,
+    /// Head turn to the image right, degrees.
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub yaw: f32,
+    /// Head tilt down, degrees.
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub pitch: f32,
+    /// Head tilt counter-clockwise in the image, degrees.
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub roll: f32,
+    /// PNG file to write.
+    #[arg(long, value_name = "FILE.png")]
+    pub out: PathBuf,
+    /// Image size.
+    #[arg(long, value_name = "WxH", value_parser = parse_resolution, default_value = "512x512")]
+    pub size: (u32, u32),
+}
+
+fn parse_weight(text: &str) -> Result<(String, f32), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=VALUE"))?;
+    let value: f32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {value:?} is not a number"))?;
+    if !value.is_finite() {
+        return Err(format!("{text:?}: the value must be finite"));
+    }
+    Ok((name.trim().to_string(), value))
 }
 
 #[derive(Debug, Clone, Args)]

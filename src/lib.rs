@@ -25,6 +25,7 @@
 //! re-identification in `track`, glTF takes in `record`.
 
 pub mod app;
+pub mod avatar;
 pub mod bench;
 pub mod capture;
 pub mod cli;

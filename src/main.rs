@@ -74,6 +74,28 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Render(args) => {
+            let avatars = args
+                .avatar
+                .iter()
+                .map(|p| polyface::avatar::Avatar::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let head =
+                polyface::render::snapshot::head_from_degrees(args.yaw, args.pitch, args.roll);
+            let image =
+                polyface::render::snapshot::render(&avatars, &args.weights, head, args.size)?;
+            image
+                .save(&args.out)
+                .with_context(|| format!("{}: cannot write the image", args.out.display()))?;
+            println!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::MakeAvatars { out } => {
+            for path in polyface::avatar::generate::write_all(&out)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Cameras => {
             let cameras = polyface::capture::list_cameras()?;
             if cameras.is_empty() {

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (linking this stack is slow), one module per area.
 
+mod avatars;
 mod capture_sources;
 mod cli_track;
 mod detector_model;
