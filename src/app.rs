@@ -15,12 +15,12 @@ use winit::window::{Window, WindowId};
 use crate::capture::{self, CaptureStatus, LatestFrame, SourceOptions, SourceSpec};
 use crate::cli::RunArgs;
 use crate::inference::InferenceWorker;
-use crate::render::{rgb_to_rgba, FrameView, Gpu, Overlay, PixelRect};
+use crate::render::{rgb_to_rgba, AvatarStage, FrameView, Gpu, Overlay, PixelRect};
 use crate::settings::Settings;
 use crate::timing::{Stage, TimingRing};
 use crate::track::{Person, TrackState};
-use crate::ui::{PeoplePanel, SourceAction, SourcePanel, TimingsPanel};
-use crate::vision::{FacePipeline, SfnPipeline};
+use crate::ui::{AvatarSlots, PeoplePanel, SourceAction, SourcePanel, TimingsPanel};
+use crate::vision::FacePipeline;
 
 /// Redraw at most this often when nothing else asks for it.
 const FRAME_INTERVAL: Duration = Duration::from_millis(16);
@@ -57,6 +57,43 @@ struct WindowState {
     egui_ctx: egui::Context,
     egui_state: egui_winit::State,
     egui_renderer: egui_wgpu::Renderer,
+    /// The avatars, drawn offscreen and shown as an egui image.
+    stage: AvatarStage,
+    stage_texture: egui::TextureId,
+}
+
+/// What the main area shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewMode {
+    Both,
+    Camera,
+    Avatars,
+}
+
+impl ViewMode {
+    pub fn parse(text: &str) -> ViewMode {
+        match text {
+            "camera" => ViewMode::Camera,
+            "avatars" => ViewMode::Avatars,
+            _ => ViewMode::Both,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewMode::Both => "both",
+            ViewMode::Camera => "camera",
+            ViewMode::Avatars => "avatars",
+        }
+    }
+
+    fn next(self) -> ViewMode {
+        match self {
+            ViewMode::Both => ViewMode::Camera,
+            ViewMode::Camera => ViewMode::Avatars,
+            ViewMode::Avatars => ViewMode::Both,
+        }
+    }
 }
 
 /// Per-frame facts the overlay shows besides stage timings.
@@ -99,6 +136,13 @@ struct App {
     timings_panel: TimingsPanel,
     source_panel: SourcePanel,
     people_panel: PeoplePanel,
+    avatar_slots: AvatarSlots,
+    avatar_path_text: std::collections::HashMap<u32, String>,
+    /// Where the avatar image went last frame (sizes the stage for the next one).
+    avatar_rect: egui::Rect,
+    view: ViewMode,
+    /// The pipeline asked for ("sfn" / "mfn"); the worker reports the one running.
+    pipeline_choice: String,
     overlay_options: OverlayOptions,
     show_help: bool,
     settings: Settings,
@@ -114,13 +158,14 @@ fn start_capture(spec: SourceSpec, options: SourceOptions) -> LatestFrame {
     LatestFrame::spawn(capture::opener(spec, options), true, true)
 }
 
-/// The face pipeline, or why there is none (the app still shows frames without one).
-fn load_pipeline() -> (Option<Box<dyn FacePipeline>>, Option<String>) {
+/// The face pipeline called `name`, or why there is none (the app still shows frames without
+/// one).
+fn load_pipeline(name: &str) -> (Option<Box<dyn FacePipeline>>, Option<String>) {
     let models = crate::vision::models_dir(None);
-    match SfnPipeline::load(&models, &candle_core::Device::Cpu) {
-        Ok(pipeline) => (Some(Box::new(pipeline)), None),
+    match crate::vision::load_pipeline(name, &models, &candle_core::Device::Cpu) {
+        Ok(pipeline) => (Some(pipeline), None),
         Err(e) => {
-            let problem = format!("no face tracking: {e:#}");
+            let problem = format!("no face tracking ({}): {e:#}", name.to_uppercase());
             log::warn!("{problem}");
             (None, Some(problem))
         }
@@ -132,7 +177,7 @@ fn start_worker(
     options: SourceOptions,
     settings: &Settings,
 ) -> (InferenceWorker, Option<String>) {
-    let (pipeline, problem) = load_pipeline();
+    let (pipeline, problem) = load_pipeline(&settings.pipeline);
     let worker = InferenceWorker::spawn(start_capture(spec, options), pipeline, settings.smoothing);
     (worker, problem)
 }
@@ -174,12 +219,15 @@ impl Default for OverlayOptions {
 }
 
 /// Keyboard shortcuts, as the help window lists them.
-const SHORTCUTS: [(&str, &str); 6] = [
+const SHORTCUTS: [(&str, &str); 9] = [
     ("B", "face boxes on / off"),
     ("I", "person IDs on / off"),
     ("L", "landmarks on / off"),
     ("A", "head pose axes on / off"),
     ("C", "calibrate neutral: everyone's current face"),
+    ("P", "switch the face pipeline: SFN <-> MFN"),
+    ("V", "view: camera + avatars / camera / avatars"),
+    ("M", "mirror the avatars on / off"),
     ("F1 or H", "this help"),
 ];
 
@@ -255,6 +303,13 @@ impl App {
         };
         let mut timings_panel = TimingsPanel::new();
         timings_panel.show_plot = settings.show_timing_plot;
+        let mut avatar_slots = AvatarSlots::new(&crate::avatar::default_avatar_dir());
+        avatar_slots.mirror = settings.mirror;
+        for (slot, path) in settings.avatars.iter().enumerate() {
+            if let Some(path) = path {
+                avatar_slots.choose(slot as u32 + 1, path.clone());
+            }
+        }
         App {
             args,
             source_name,
@@ -268,6 +323,11 @@ impl App {
             timings_panel,
             source_panel: SourcePanel::default(),
             people_panel: PeoplePanel::default(),
+            avatar_slots,
+            avatar_path_text: Default::default(),
+            avatar_rect: egui::Rect::NOTHING,
+            view: ViewMode::parse(&settings.view),
+            pipeline_choice: settings.pipeline.clone(),
             overlay_options,
             show_help: false,
             settings,
@@ -277,6 +337,20 @@ impl App {
             started: Instant::now(),
             last_redraw: Instant::now(),
             fatal: None,
+        }
+    }
+
+    /// Switches the face pipeline live: capture, tracking and the window keep running.
+    fn switch_pipeline(&mut self, name: &str) {
+        self.pipeline_choice = name.to_string();
+        self.settings.pipeline = name.to_string();
+        match load_pipeline(name) {
+            (Some(pipeline), _) => {
+                self.worker.switch_pipeline(pipeline);
+                self.pipeline_problem = None;
+            }
+            (None, Some(problem)) => self.warnings.push(problem),
+            (None, None) => {}
         }
     }
 
@@ -338,8 +412,14 @@ impl App {
             None,
             Some(gpu.device.limits().max_texture_dimension_2d as usize),
         );
-        let egui_renderer =
+        let mut egui_renderer =
             egui_wgpu::Renderer::new(&gpu.device, config.format, Default::default());
+        let stage = AvatarStage::new(&gpu.device, &gpu.queue, 640, 480);
+        let stage_texture = egui_renderer.register_native_texture(
+            &gpu.device,
+            &stage.target.gamma_view,
+            wgpu::FilterMode::Linear,
+        );
         Ok(WindowState {
             window,
             surface,
@@ -350,6 +430,8 @@ impl App {
             egui_ctx,
             egui_state,
             egui_renderer,
+            stage,
+            stage_texture,
         })
     }
 
@@ -384,6 +466,49 @@ impl App {
             self.frame_size = frame.image.dimensions();
             frame_timings = Some((timings, frame.captured_at));
         }
+        // The avatars: one per person, sized to where they were shown last frame.
+        if self.view != ViewMode::Camera {
+            let ppp = state.window.scale_factor() as f32;
+            let (w, h) = (
+                (self.avatar_rect.width() * ppp).round().max(16.0) as u32,
+                (self.avatar_rect.height() * ppp).round().max(16.0) as u32,
+            );
+            if self.avatar_rect.is_positive()
+                && (w, h) != (state.stage.target.width, state.stage.target.height)
+            {
+                state
+                    .stage
+                    .resize(&state.gpu.device, w.min(4096), h.min(4096));
+                state.egui_renderer.update_egui_texture_from_wgpu_texture(
+                    &state.gpu.device,
+                    &state.stage.target.gamma_view,
+                    wgpu::FilterMode::Linear,
+                    state.stage_texture,
+                );
+            }
+            let panel = &self.people_panel;
+            let t = Instant::now();
+            self.avatar_slots.render(
+                &state.stage,
+                &state.gpu.device,
+                &state.gpu.queue,
+                &self.people,
+                |person| {
+                    let named = panel.weights(person);
+                    let mut w = [0f32; 52];
+                    for (name, value) in named {
+                        if let Some(i) = crate::retarget::ARKIT_52.iter().position(|n| *n == name) {
+                            w[i] = value;
+                        }
+                    }
+                    w
+                },
+            );
+            if let Some((timings, _)) = frame_timings.as_mut() {
+                timings.add(Stage::Retarget, t.elapsed());
+            }
+        }
+        self.warnings.append(&mut self.avatar_slots.warnings);
         self.warnings.extend(self.worker.capture().take_warnings());
         if self.warnings.len() > 5 {
             self.warnings.drain(..self.warnings.len() - 5);
@@ -420,6 +545,13 @@ impl App {
         let show_ids = self.overlay_options.ids;
 
         let latency = self.meters.latency_ms;
+        let medians = self.worker.pipeline_medians();
+        let mut pipeline_request: Option<&'static str> = None;
+        let view = &mut self.view;
+        let stage_texture = state.stage_texture;
+        let mut avatar_rect = egui::Rect::NOTHING;
+        let slots = &mut self.avatar_slots;
+        let path_texts = &mut self.avatar_path_text;
         let output = state.egui_ctx.run_ui(raw_input, |ui| {
             egui::Panel::right("overlay").default_size(330.0).show(ui, |ui| {
                 ui.heading("polyface");
@@ -429,6 +561,28 @@ impl App {
                 }
                 ui.label(format!("device: {device}"));
                 ui.label(&pipeline_line);
+                ui.horizontal(|ui| {
+                    ui.label("pipeline:");
+                    for (name, label) in [("sfn", "SFN (detector + per face)"), ("mfn", "MFN (one pass)")] {
+                        if ui.selectable_label(self.pipeline_choice == name, label).clicked() && self.pipeline_choice != name {
+                            pipeline_request = Some(name);
+                        }
+                    }
+                });
+                if !medians.is_empty() {
+                    let text: Vec<String> = medians
+                        .iter()
+                        .map(|(n, ms)| format!("{} {ms:.1} ms", n.to_uppercase()))
+                        .collect();
+                    ui.label(format!("face stages, recent median: {}", text.join(" · ")));
+                }
+                ui.horizontal(|ui| {
+                    ui.label("view:");
+                    for mode in [ViewMode::Both, ViewMode::Camera, ViewMode::Avatars] {
+                        ui.selectable_value(view, mode, mode.name());
+                    }
+                    ui.checkbox(&mut slots.mirror, "mirror");
+                });
                 ui.separator();
                 action = self.source_panel.ui(ui, &status, dropped);
                 ui.separator();
@@ -445,7 +599,23 @@ impl App {
                     }
                 });
                 ui.separator();
-                egui::ScrollArea::vertical().show(ui, |ui| self.people_panel.ui(ui, people));
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    self.people_panel.ui(ui, people);
+                    let confirmed: Vec<u32> = people
+                        .iter()
+                        .filter(|p| p.state == TrackState::Confirmed)
+                        .map(|p| p.id)
+                        .collect();
+                    if !confirmed.is_empty() {
+                        ui.separator();
+                        ui.label("avatars (or drop a .glb / .vrm on the window):");
+                        for id in confirmed {
+                            ui.label(format!("person #{id}"));
+                            let text = path_texts.entry(id).or_default();
+                            slots.picker(ui, id, text);
+                        }
+                    }
+                });
             });
             if !self.warnings.is_empty() {
                 egui::Panel::bottom("warnings").show(ui, |ui| {
@@ -469,7 +639,25 @@ impl App {
                 });
             self.show_help = show_help;
             egui::CentralPanel::default().frame(egui::Frame::NONE).show(ui, |ui| {
-                view_rect = ui.max_rect();
+                let full = ui.max_rect();
+                match *view {
+                    ViewMode::Both => {
+                        let (left, right) = full.split_left_right_at_fraction(0.5);
+                        view_rect = left;
+                        avatar_rect = right;
+                    }
+                    ViewMode::Camera => view_rect = full,
+                    ViewMode::Avatars => {
+                        view_rect = egui::Rect::NOTHING;
+                        avatar_rect = full;
+                    }
+                }
+                if avatar_rect.is_positive() {
+                    ui.put(
+                        avatar_rect,
+                        egui::Image::new((stage_texture, avatar_rect.size())),
+                    );
+                }
                 // Person IDs above their boxes, mapped from frame pixels to the letterboxed view.
                 let (fw, fh) = frame_size;
                 if fw > 0 && fh > 0 {
@@ -516,6 +704,7 @@ impl App {
         state
             .egui_state
             .handle_platform_output(&state.window, output.platform_output);
+        self.avatar_rect = avatar_rect;
 
         // Draw: camera view, then the overlay on top.
         let render_start = Instant::now();
@@ -617,6 +806,9 @@ impl App {
             self.ring.push(timings);
         }
 
+        if let Some(name) = pipeline_request {
+            self.switch_pipeline(name);
+        }
         match action {
             Some(SourceAction::OpenPath(path)) => self.switch_source(SourceSpec::Path(path)),
             Some(SourceAction::OpenCamera) => {
@@ -628,6 +820,35 @@ impl App {
 }
 
 impl App {
+    /// A file dropped on the window: an avatar goes to the first person without a chosen one
+    /// (else person #1 / the lowest ID); anything else is opened as the source.
+    fn dropped(&mut self, path: std::path::PathBuf) {
+        let is_avatar = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "glb" | "gltf" | "vrm"));
+        if !is_avatar {
+            self.switch_source(SourceSpec::Path(path));
+            return;
+        }
+        let mut ids: Vec<u32> = self
+            .people
+            .iter()
+            .filter(|p| p.state == TrackState::Confirmed)
+            .map(|p| p.id)
+            .collect();
+        ids.sort_unstable();
+        let id = ids
+            .iter()
+            .copied()
+            .find(|id| !self.avatar_slots.chosen.contains_key(id))
+            .or(ids.first().copied())
+            .unwrap_or(1);
+        self.warnings
+            .push(format!("{} → person #{id}", path.display()));
+        self.avatar_slots.choose(id, path);
+    }
+
     /// Writes the current settings; a failure is logged, never fatal.
     fn save_settings(&mut self) {
         let o = self.overlay_options;
@@ -636,6 +857,13 @@ impl App {
         self.settings.show_landmarks = o.landmarks;
         self.settings.show_axes = o.axes;
         self.settings.show_timing_plot = self.timings_panel.show_plot;
+        self.settings.view = self.view.name().to_string();
+        self.settings.mirror = self.avatar_slots.mirror;
+        self.settings.pipeline = self.pipeline_choice.clone();
+        let slots = self.avatar_slots.chosen.keys().copied().max().unwrap_or(0) as usize;
+        self.settings.avatars = (1..=slots as u32)
+            .map(|id| self.avatar_slots.chosen.get(&id).cloned())
+            .collect();
         if let Some(camera) = &self.args.input.camera {
             self.settings.camera = Some(camera.clone());
         }
@@ -658,6 +886,16 @@ impl App {
                 "l" => o.landmarks = !o.landmarks,
                 "a" => o.axes = !o.axes,
                 "h" => self.show_help = !self.show_help,
+                "v" => self.view = self.view.next(),
+                "m" => self.avatar_slots.mirror = !self.avatar_slots.mirror,
+                "p" => {
+                    let next = if self.pipeline_choice == "mfn" {
+                        "sfn"
+                    } else {
+                        "mfn"
+                    };
+                    self.switch_pipeline(next);
+                }
                 "c" => {
                     for person in self
                         .people
@@ -705,6 +943,7 @@ impl ApplicationHandler for App {
                 state.window.request_redraw();
             }
             WindowEvent::RedrawRequested => self.redraw(),
+            WindowEvent::DroppedFile(path) => self.dropped(path),
             WindowEvent::KeyboardInput { event: key, .. }
                 if !response.consumed && key.state == winit::event::ElementState::Pressed =>
             {

@@ -17,12 +17,22 @@ pub struct Processed {
     pub frame: Frame,
     pub people: Vec<Person>,
     pub timings: FrameTimings,
+    /// The pipeline that produced `people` ("sfn", "mfn"), if any.
+    pub pipeline: Option<&'static str>,
 }
+
+/// How many recent frames the per-pipeline medians cover.
+const RECENT: usize = 120;
 
 #[derive(Default)]
 struct Shared {
     latest: Mutex<Option<Processed>>,
     error: Mutex<Option<String>>,
+    /// A pipeline to switch to before the next frame (the UI never waits for the swap).
+    next_pipeline: Mutex<Option<Box<dyn FacePipeline>>>,
+    pipeline_name: Mutex<Option<&'static str>>,
+    /// Per pipeline: its recent face-stage times (preprocess + network + postprocess), ms.
+    recent: Mutex<Vec<(&'static str, std::collections::VecDeque<f32>)>>,
     stop: AtomicBool,
 }
 
@@ -30,7 +40,6 @@ pub struct InferenceWorker {
     capture: Arc<LatestFrame>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    pipeline_name: Option<&'static str>,
 }
 
 impl InferenceWorker {
@@ -42,7 +51,7 @@ impl InferenceWorker {
     ) -> InferenceWorker {
         let capture = Arc::new(capture);
         let shared = Arc::new(Shared::default());
-        let pipeline_name = pipeline.as_ref().map(|p| p.name());
+        *lock(&shared.pipeline_name) = pipeline.as_ref().map(|p| p.name());
         let (thread_capture, thread_shared) = (Arc::clone(&capture), Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name("inference".into())
@@ -53,6 +62,10 @@ impl InferenceWorker {
                     let Some(frame) = thread_capture.wait(Duration::from_millis(50)) else {
                         continue;
                     };
+                    if let Some(next) = lock(&thread_shared.next_pipeline).take() {
+                        *lock(&thread_shared.pipeline_name) = Some(next.name());
+                        pipeline = Some(next);
+                    }
                     let mut timings = FrameTimings::new(frame.seq);
                     timings.add(Stage::Capture, frame.decode_time);
                     let faces: Vec<FaceObservation> = match pipeline.as_mut() {
@@ -69,6 +82,26 @@ impl InferenceWorker {
                         },
                         None => Vec::new(),
                     };
+                    let name = pipeline.as_ref().map(|p| p.name());
+                    if let Some(name) = name {
+                        let face_ms = [Stage::Preprocess, Stage::Network, Stage::Postprocess]
+                            .iter()
+                            .filter_map(|s| timings.get(*s))
+                            .sum::<f32>();
+                        let mut recent = lock(&thread_shared.recent);
+                        let index = match recent.iter().position(|(n, _)| *n == name) {
+                            Some(i) => i,
+                            None => {
+                                recent.push((name, Default::default()));
+                                recent.len() - 1
+                            }
+                        };
+                        let ring = &mut recent[index].1;
+                        ring.push_back(face_ms);
+                        while ring.len() > RECENT {
+                            ring.pop_front();
+                        }
+                    }
                     let time_s = frame.timestamp.as_secs_f64();
                     let people =
                         people.update(frame.image.dimensions(), faces, time_s, &mut timings);
@@ -76,6 +109,7 @@ impl InferenceWorker {
                         frame,
                         people,
                         timings,
+                        pipeline: name,
                     });
                 }
             })
@@ -84,7 +118,6 @@ impl InferenceWorker {
             capture,
             shared,
             thread: Some(thread),
-            pipeline_name,
         }
     }
 
@@ -102,8 +135,27 @@ impl InferenceWorker {
         lock(&self.shared.error).clone()
     }
 
+    /// The pipeline in use (after a switch: once the worker has picked it up).
     pub fn pipeline_name(&self) -> Option<&'static str> {
-        self.pipeline_name
+        *lock(&self.shared.pipeline_name)
+    }
+
+    /// Switches to `pipeline` from the next frame on, without stopping capture or tracking.
+    pub fn switch_pipeline(&self, pipeline: Box<dyn FacePipeline>) {
+        *lock(&self.shared.next_pipeline) = Some(pipeline);
+    }
+
+    /// Median face-stage time (preprocess + network + postprocess, ms) of every pipeline that
+    /// ran recently, in the order they were first used: the live SFN/MFN comparison.
+    pub fn pipeline_medians(&self) -> Vec<(&'static str, f32)> {
+        lock(&self.shared.recent)
+            .iter()
+            .map(|(name, ring)| {
+                let mut v: Vec<f32> = ring.iter().copied().collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                (*name, crate::timing::percentile(&v, 0.5))
+            })
+            .collect()
     }
 }
 

@@ -19,6 +19,14 @@ pub struct Settings {
     pub show_axes: bool,
     pub show_timing_plot: bool,
     pub smoothing: Smoothing,
+    /// Face pipeline: "sfn" or "mfn".
+    pub pipeline: String,
+    /// What the main area shows: "both", "camera" or "avatars".
+    pub view: String,
+    /// Avatar file per person slot (person ID 1, 2, ...); empty = the default character.
+    pub avatars: Vec<Option<PathBuf>>,
+    /// Mirror the puppets (head turns and left/right expressions), like a mirror image.
+    pub mirror: bool,
 }
 
 impl Default for Settings {
@@ -31,6 +39,10 @@ impl Default for Settings {
             show_axes: true,
             show_timing_plot: true,
             smoothing: Smoothing::default(),
+            pipeline: "sfn".into(),
+            view: "both".into(),
+            avatars: Vec::new(),
+            mirror: true,
         }
     }
 }

@@ -585,8 +585,11 @@ impl<'a> Face<'a> {
         // lips: a ring around the opening, bulging forward in the middle
         let (rw, uw) = (w.get("mouthRollUpper"), w.get("mouthRollLower"));
         // mouthClose on its own presses the lips together and forward
-        let press = 0.5 * (w.get("mouthPressLeft") + w.get("mouthPressRight")) + 0.3 * w.get("mouthClose");
-        let pout = 0.008 * w.get("mouthPucker") + 0.004 * w.get("mouthFunnel") + 0.0015 * w.get("mouthClose");
+        let press =
+            0.5 * (w.get("mouthPressLeft") + w.get("mouthPressRight")) + 0.3 * w.get("mouthClose");
+        let pout = 0.008 * w.get("mouthPucker")
+            + 0.004 * w.get("mouthFunnel")
+            + 0.0015 * w.get("mouthClose");
         parts.push(grid(
             Mat::Lips,
             Outward::Toward(Vec3::Z),

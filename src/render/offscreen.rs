@@ -6,6 +6,9 @@ use anyhow::{Context, Result};
 pub struct OffscreenTarget {
     pub texture: wgpu::Texture,
     pub view: wgpu::TextureView,
+    /// The same pixels viewed without sRGB decoding: egui treats texture values as gamma-encoded,
+    /// so this is the view to show the target in egui with.
+    pub gamma_view: wgpu::TextureView,
     pub width: u32,
     pub height: u32,
 }
@@ -28,12 +31,17 @@ impl OffscreenTarget {
             usage: wgpu::TextureUsages::RENDER_ATTACHMENT
                 | wgpu::TextureUsages::COPY_SRC
                 | wgpu::TextureUsages::TEXTURE_BINDING,
-            view_formats: &[],
+            view_formats: &[wgpu::TextureFormat::Rgba8Unorm],
         });
         let view = texture.create_view(&Default::default());
+        let gamma_view = texture.create_view(&wgpu::TextureViewDescriptor {
+            format: Some(wgpu::TextureFormat::Rgba8Unorm),
+            ..Default::default()
+        });
         OffscreenTarget {
             texture,
             view,
+            gamma_view,
             width,
             height,
         }

@@ -1,9 +1,11 @@
 //! UI: egui panels, one struct per panel with `fn ui(&mut self, ui, ...)`.
 
+mod avatar_slots;
 mod people_panel;
 mod source_panel;
 mod timings_panel;
 
+pub use avatar_slots::{mirror_sides, AvatarSlots};
 pub use people_panel::PeoplePanel;
 pub use source_panel::{SourceAction, SourcePanel};
 pub use timings_panel::TimingsPanel;

@@ -1,5 +1,6 @@
 //! Integration tests: one binary (linking this stack is slow), one module per area.
 
+mod app_state;
 mod avatars;
 mod capture_sources;
 mod cli_track;

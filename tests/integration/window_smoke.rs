@@ -129,6 +129,84 @@ fn app_shows_frames_and_the_timing_overlay_in_a_window() {
     let _ = app.wait();
 }
 
+/// Colours of the first person IDs' boxes (the app's palette).
+const PERSON_COLOURS: [[u8; 3]; 3] = [[77, 217, 115], [89, 166, 255], [255, 153, 64]];
+
+#[test]
+fn app_puppets_every_person_in_a_multi_face_folder() {
+    if !have_tool("Xvfb") || !have_tool("import") {
+        return;
+    }
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    // two photos of several people each: the puppets change between them
+    for (i, name) in ["helen_3187824420_2.jpg", "helen_2988554491_1.jpg"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(
+            data.join("scenes").join(name),
+            frames.join(format!("{i}.jpg")),
+        )
+        .unwrap();
+    }
+    let xvfb = Xvfb::start();
+    let mut app = polyface()
+        .args(["run", "--fps", "1", "--exit-after", "60", "--input"])
+        .arg(&frames)
+        .env("DISPLAY", &xvfb.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("POLYFACE_CONFIG", dir.path().join("settings.json"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // the central area: camera view on the left half, avatars on the right half
+    let (camera, avatars, overlay) = ((0, 0, 460, 720), (475, 0, 925, 720), (940, 0, 1280, 560));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut shots: Vec<image::RgbImage> = Vec::new();
+    let shot = screenshots_dir().join("app_multi_face.png");
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        if let Some(status) = app.try_wait().unwrap() {
+            panic!("the app exited early with {status}");
+        }
+        let image = xvfb.screenshot(&shot);
+        let boxes: usize = PERSON_COLOURS
+            .iter()
+            .map(|c| count_near(&image, camera, *c))
+            .sum();
+        let puppets = distinct_colours(&image, avatars);
+        let panel = distinct_colours(&image, overlay);
+        if boxes > 100 && puppets > 300 && panel > 30 {
+            shots.push(image);
+        }
+        // two good screenshots whose avatars differ: the puppets move with the people
+        if shots.len() >= 2 {
+            let (a, b) = (&shots[0], shots.last().unwrap());
+            let (x0, y0, x1, y1) = avatars;
+            let changed = (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| colour_distance(a.get_pixel(x, y).0, b.get_pixel(x, y).0) > 30.0)
+                .count();
+            if changed > 500 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw boxes, avatars and the overlay change together ({} good screenshots); see {}",
+            shots.len(),
+            shot.display()
+        );
+    }
+    let _ = app.kill();
+    let _ = app.wait();
+}
+
 #[test]
 fn app_without_a_camera_opens_and_stays_up() {
     if !have_tool("Xvfb") || !have_tool("import") {
