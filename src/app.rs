@@ -143,6 +143,15 @@ struct App {
     view: ViewMode,
     /// The pipeline asked for ("sfn" / "mfn"); the worker reports the one running.
     pipeline_choice: String,
+    /// Playing a recorded take (`--play`): its clock drives the timeline.
+    playback: Option<(Arc<crate::record::playback::PlaybackClock>, f64)>,
+    /// The take being recorded, if any.
+    take: Option<crate::record::Take>,
+    /// Streaming every person over VMC, if on; and the target to stream to.
+    streamer: Option<crate::stream::VmcStreamer>,
+    stream_target: String,
+    /// The last thing recording / streaming said (shown under their buttons).
+    record_status: String,
     overlay_options: OverlayOptions,
     show_help: bool,
     settings: Settings,
@@ -219,7 +228,7 @@ impl Default for OverlayOptions {
 }
 
 /// Keyboard shortcuts, as the help window lists them.
-const SHORTCUTS: [(&str, &str); 9] = [
+const SHORTCUTS: [(&str, &str); 10] = [
     ("B", "face boxes on / off"),
     ("I", "person IDs on / off"),
     ("L", "landmarks on / off"),
@@ -228,6 +237,7 @@ const SHORTCUTS: [(&str, &str); 9] = [
     ("P", "switch the face pipeline: SFN <-> MFN"),
     ("V", "view: camera + avatars / camera / avatars"),
     ("M", "mirror the avatars on / off"),
+    ("R", "start / stop recording a take"),
     ("F1 or H", "this help"),
 ];
 
@@ -292,9 +302,35 @@ impl App {
             args.input.camera = settings.camera.clone();
         }
         let spec = args.input.spec();
-        let source_name = describe(&spec);
+        let mut source_name = describe(&spec);
+        let mut warnings = Vec::new();
+        let mut playback = None;
         let (worker, pipeline_problem) =
-            start_worker(spec, args.input.options(!args.no_loop), &settings);
+            match args.play.as_deref().map(crate::record::playback::open) {
+                Some(Ok((recording, clock))) => {
+                    source_name = format!("take {}", recording.name);
+                    playback = Some((Arc::clone(&clock), recording.duration_s()));
+                    let (r, c) = (Arc::clone(&recording), Arc::clone(&clock));
+                    let opener: capture::SourceOpener = Box::new(move || {
+                        Ok(Box::new(crate::record::playback::PlaybackSource::new(
+                            Arc::clone(&r),
+                            Arc::clone(&c),
+                        )) as Box<dyn capture::FrameSource>)
+                    });
+                    let pipeline = crate::record::playback::PlaybackPipeline::new(recording, clock);
+                    let worker = InferenceWorker::spawn(
+                        LatestFrame::spawn(opener, false, false),
+                        Some(Box::new(pipeline)),
+                        settings.smoothing,
+                    );
+                    (worker, None)
+                }
+                Some(Err(e)) => {
+                    warnings.push(format!("cannot play the take: {e:#}"));
+                    start_worker(spec, args.input.options(!args.no_loop), &settings)
+                }
+                None => start_worker(spec, args.input.options(!args.no_loop), &settings),
+            };
         let overlay_options = OverlayOptions {
             boxes: settings.show_boxes,
             ids: settings.show_ids,
@@ -310,7 +346,7 @@ impl App {
                 avatar_slots.choose(slot as u32 + 1, path.clone());
             }
         }
-        App {
+        let mut app = App {
             args,
             source_name,
             worker,
@@ -328,16 +364,25 @@ impl App {
             avatar_rect: egui::Rect::NOTHING,
             view: ViewMode::parse(&settings.view),
             pipeline_choice: settings.pipeline.clone(),
+            playback,
+            take: None,
+            streamer: None,
+            stream_target: "127.0.0.1:39539".into(),
+            record_status: String::new(),
             overlay_options,
             show_help: false,
             settings,
             settings_path,
             rgba: image::RgbaImage::new(0, 0),
-            warnings: Vec::new(),
+            warnings,
             started: Instant::now(),
             last_redraw: Instant::now(),
             fatal: None,
+        };
+        if app.args.record.is_some() {
+            app.toggle_recording();
         }
+        app
     }
 
     /// Switches the face pipeline live: capture, tracking and the window keep running.
@@ -437,13 +482,20 @@ impl App {
 
     fn redraw(&mut self) {
         self.last_redraw = Instant::now();
+        if self.window.is_none() {
+            return;
+        }
+        let processed = self.worker.take();
+        if let Some(p) = &processed {
+            self.record_and_stream(&p.frame, &p.people);
+        }
         let Some(state) = self.window.as_mut() else {
             return;
         };
 
         // Newest processed frame, if one arrived since the last redraw.
         let mut frame_timings = None;
-        if let Some(processed) = self.worker.take() {
+        if let Some(processed) = processed {
             let (frame, mut timings) = (processed.frame, processed.timings);
             timings.time(Stage::Convert, || rgb_to_rgba(&frame.image, &mut self.rgba));
             timings.time(Stage::Render, || {
@@ -545,7 +597,15 @@ impl App {
         let show_ids = self.overlay_options.ids;
 
         let latency = self.meters.latency_ms;
-        let medians = self.worker.pipeline_medians();
+        let mut medians = self.worker.pipeline_medians();
+        medians.retain(|(name, _)| *name != "playback");
+        let mut record_toggle = false;
+        let mut stream_toggle = false;
+        let recording = self.take.as_ref().map(|t| t.dir().display().to_string());
+        let streaming = self.streamer.is_some();
+        let record_status = self.record_status.clone();
+        let stream_target = &mut self.stream_target;
+        let playback = self.playback.clone();
         let mut pipeline_request: Option<&'static str> = None;
         let view = &mut self.view;
         let stage_texture = state.stage_texture;
@@ -575,6 +635,39 @@ impl App {
                         .map(|(n, ms)| format!("{} {ms:.1} ms", n.to_uppercase()))
                         .collect();
                     ui.label(format!("face stages, recent median: {}", text.join(" · ")));
+                }
+                ui.horizontal(|ui| {
+                    let label = if recording.is_some() { "stop recording (R)" } else { "record (R)" };
+                    record_toggle = ui.button(label).clicked();
+                    let label = if streaming { "stop VMC stream" } else { "stream VMC to" };
+                    stream_toggle = ui.button(label).clicked();
+                    ui.add_enabled(
+                        !streaming,
+                        egui::TextEdit::singleline(stream_target).desired_width(120.0),
+                    );
+                });
+                if let Some(dir) = &recording {
+                    ui.colored_label(egui::Color32::from_rgb(255, 90, 90), format!("recording into {dir}"));
+                }
+                if !record_status.is_empty() {
+                    ui.label(&record_status);
+                }
+                if let Some((clock, duration)) = &playback {
+                    use std::sync::atomic::Ordering;
+                    let count = clock.frame_count.max(1);
+                    let mut at = clock.position.load(Ordering::SeqCst);
+                    ui.horizontal(|ui| {
+                        let paused = clock.paused.load(Ordering::SeqCst);
+                        if ui.button(if paused { "play" } else { "pause" }).clicked() {
+                            clock.paused.store(!paused, Ordering::SeqCst);
+                        }
+                        let slider = egui::Slider::new(&mut at, 0..=count - 1).text(format!(
+                            "frame of {count} ({duration:.1} s)"
+                        ));
+                        if ui.add(slider).changed() {
+                            clock.seek(at);
+                        }
+                    });
                 }
                 ui.horizontal(|ui| {
                     ui.label("view:");
@@ -807,7 +900,18 @@ impl App {
         }
 
         if let Some(name) = pipeline_request {
-            self.switch_pipeline(name);
+            if self.playback.is_some() {
+                self.warnings
+                    .push("playing a take: the recorded faces drive the avatars".into());
+            } else {
+                self.switch_pipeline(name);
+            }
+        }
+        if record_toggle {
+            self.toggle_recording();
+        }
+        if stream_toggle {
+            self.toggle_streaming();
         }
         match action {
             Some(SourceAction::OpenPath(path)) => self.switch_source(SourceSpec::Path(path)),
@@ -820,6 +924,85 @@ impl App {
 }
 
 impl App {
+    /// Starts a take (into `--record DIR`, else a new folder under ~/polyface-takes) or stops
+    /// the one running and writes its animation files. Failures are reported, never fatal.
+    fn toggle_recording(&mut self) {
+        if let Some(take) = self.take.take() {
+            let dir = take.dir().display().to_string();
+            self.record_status = match take.finish() {
+                Ok(files) => format!(
+                    "saved {} animation file(s) and the CSVs in {dir}",
+                    files.len()
+                ),
+                Err(e) => {
+                    format!("{e:#} (the CSVs and session.jsonl are kept; `polyface recover {dir}`)")
+                }
+            };
+            return;
+        }
+        let dir = self.args.record.clone().unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            home.join("polyface-takes").join(format!("take-{stamp}"))
+        });
+        match crate::record::Take::create(&dir) {
+            Ok(take) => {
+                self.record_status.clear();
+                self.take = Some(take);
+            }
+            Err(e) => self.record_status = format!("cannot record: {e:#}"),
+        }
+    }
+
+    fn toggle_streaming(&mut self) {
+        if self.streamer.take().is_some() {
+            self.record_status = "VMC stream stopped".into();
+            return;
+        }
+        match crate::stream::VmcStreamer::new(&self.stream_target, crate::stream::BlendNames::Vrm) {
+            Ok(s) => {
+                self.record_status = format!(
+                    "streaming VMC to {} (+1 port per person)",
+                    self.stream_target
+                );
+                self.streamer = Some(s);
+            }
+            Err(e) => self.record_status = format!("cannot stream: {e:#}"),
+        }
+    }
+
+    /// Feeds a processed frame to the take and the stream; their failures stop them with a
+    /// message while tracking goes on.
+    fn record_and_stream(&mut self, frame: &capture::Frame, people: &[Person]) {
+        let time_s = frame.timestamp.as_secs_f64();
+        if let Some(take) = self.take.as_mut() {
+            let record = serde_json::json!({
+                "frame": frame.seq,
+                "time_s": time_s,
+                "width": frame.width(),
+                "height": frame.height(),
+                "people": people.iter().map(crate::headless::person_json).collect::<Vec<_>>(),
+            });
+            if let Err(e) = take.write(&record) {
+                let dir = take.dir().display().to_string();
+                self.record_status =
+                    format!("recording stopped: {e:#}; what was written in {dir} stays valid");
+                self.warnings.push(self.record_status.clone());
+                // keep the files as they are; the glb files can be rebuilt with `recover`
+                self.take = None;
+            }
+        }
+        if let Some(streamer) = self.streamer.as_mut() {
+            if let Err(e) = streamer.send(people, time_s) {
+                self.record_status = format!("VMC: {e:#}");
+            }
+        }
+    }
+
     /// A file dropped on the window: an avatar goes to the first person without a chosen one
     /// (else person #1 / the lowest ID); anything else is opened as the source.
     fn dropped(&mut self, path: std::path::PathBuf) {
@@ -887,6 +1070,7 @@ impl App {
                 "a" => o.axes = !o.axes,
                 "h" => self.show_help = !self.show_help,
                 "v" => self.view = self.view.next(),
+                "r" => self.toggle_recording(),
                 "m" => self.avatar_slots.mirror = !self.avatar_slots.mirror,
                 "p" => {
                     let next = if self.pipeline_choice == "mfn" {
@@ -958,6 +1142,9 @@ impl ApplicationHandler for App {
     }
 
     fn exiting(&mut self, _event_loop: &ActiveEventLoop) {
+        if self.take.is_some() {
+            self.toggle_recording();
+        }
         self.save_settings();
     }
 

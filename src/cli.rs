@@ -42,6 +42,11 @@ pub enum Command {
     Bench(BenchArgs),
     /// Render avatars headless into a PNG, with expression weights and a head pose.
     Render(RenderArgs),
+    /// Rebuild the animated personN.glb files of a take from its session.jsonl (after a crash).
+    Recover {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Write the project's default avatars (deterministic) into a folder.
     #[command(hide = true)]
     MakeAvatars {
@@ -207,6 +212,13 @@ pub struct RunArgs {
     /// Close the app after this many seconds (demos, tests).
     #[arg(long, value_name = "SECONDS", hide = true)]
     pub exit_after: Option<f64>,
+    /// Play a recorded take (a folder written by recording) instead of a camera: the avatars
+    /// move as recorded, with a timeline.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["camera", "input"])]
+    pub play: Option<PathBuf>,
+    /// Start recording at once into this folder (the record button does the same).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 impl Default for RunArgs {
@@ -216,6 +228,8 @@ impl Default for RunArgs {
             no_loop: false,
             window_size: (1280, 720),
             exit_after: None,
+            play: None,
+            record: None,
         }
     }
 }

@@ -88,7 +88,7 @@ pub fn track(
         record,
         mut stream,
     } = job;
-    let mut recorder = record.map(Recorder::create).transpose()?;
+    let mut recorder = record.map(crate::record::Take::create).transpose()?;
     let mut source = capture::open(spec, options)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
@@ -142,8 +142,13 @@ pub fn track(
             "people": persons.iter().map(person_json).collect::<Vec<_>>(),
         });
         writeln!(faces_file, "{record}").with_context(|| write_error(&faces_jsonl))?;
-        if let Some(recorder) = recorder.as_mut() {
-            recorder.write(time_s, &persons, &record)?;
+        if let Some(take) = recorder.as_mut().filter(|t| t.failed().is_none()) {
+            if let Err(e) = take.write(&record) {
+                // Tracking goes on; what the take holds so far stays valid.
+                let warning = format!("recording stopped: {e:#}");
+                progress.suspend(|| log::warn!("{warning}"));
+                warnings.push(warning);
+            }
         }
         if let Some(streamer) = stream.as_deref_mut() {
             if let Err(e) = streamer.send(&persons, time_s) {
@@ -164,6 +169,12 @@ pub fn track(
         .flush()
         .with_context(|| write_error(&faces_jsonl))?;
     progress.finish_and_clear();
+    if let Some(take) = recorder {
+        match take.finish() {
+            Ok(files) => log::info!("take: {} animation file(s)", files.len()),
+            Err(e) => warnings.push(format!("{e:#}")),
+        }
+    }
     if frames == 0 {
         anyhow::bail!("{}: no frames could be read", source.name());
     }
@@ -221,50 +232,4 @@ fn progress_bar(
     bar.set_style(style);
     bar.set_message(source.name().to_string());
     bar
-}
-
-/// A take on disk: one Live Link Face CSV per person, and every frame in `session.jsonl`.
-struct Recorder {
-    dir: PathBuf,
-    session: BufWriter<File>,
-    people: std::collections::BTreeMap<u32, crate::record::LiveLinkWriter>,
-}
-
-impl Recorder {
-    fn create(dir: &Path) -> Result<Recorder> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create the recording folder", dir.display()))?;
-        Ok(Recorder {
-            dir: dir.to_path_buf(),
-            session: create(&dir.join("session.jsonl"))?,
-            people: Default::default(),
-        })
-    }
-
-    fn write(&mut self, time_s: f64, persons: &[Person], record: &serde_json::Value) -> Result<()> {
-        let session = self.dir.join("session.jsonl");
-        writeln!(self.session, "{record}")
-            .and_then(|_| self.session.flush())
-            .with_context(|| write_error(&session))?;
-        for person in persons
-            .iter()
-            .filter(|p| p.state == crate::track::TrackState::Confirmed)
-        {
-            let writer = match self.people.entry(person.id) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let path = self.dir.join(format!("person{}.csv", person.id));
-                    e.insert(crate::record::LiveLinkWriter::create(&path, 60.0)?)
-                }
-            };
-            let arkit = crate::retarget::arkit_weights(&person.smoothed.blendshapes);
-            let (yaw, pitch, roll) = person.smoothed.yaw_pitch_roll();
-            writer.write(
-                time_s,
-                &arkit,
-                [yaw.to_radians(), pitch.to_radians(), roll.to_radians()],
-            )?;
-        }
-        Ok(())
-    }
 }

@@ -90,6 +90,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("wrote {}", args.out.display());
             Ok(())
         }
+        Command::Recover { dir } => {
+            let files = polyface::record::recover(&dir)?;
+            for path in &files {
+                println!("wrote {}", path.display());
+            }
+            if files.is_empty() {
+                println!("the take holds no confirmed people: nothing to rebuild");
+            }
+            Ok(())
+        }
         Command::MakeAvatars { out } => {
             for path in polyface::avatar::generate::write_all(&out)? {
                 println!("wrote {}", path.display());

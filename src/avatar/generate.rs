@@ -718,6 +718,12 @@ fn round_delta(d: Vec3) -> [f32; 3] {
 /// One default avatar as .glb bytes: a `Body` mesh and a `Head` node whose mesh carries the 52
 /// ARKit morph targets (names in `mesh.extras.targetNames`).
 pub fn build_glb(style: &Style) -> Vec<u8> {
+    build(style).0.to_glb()
+}
+
+/// The avatar document before it is written, and the index of its `Head` node (recorded takes
+/// add an animation to it).
+pub fn build(style: &Style) -> (GlbBuilder, usize) {
     let face = Face::new(style);
     let mut neutral = face.parts(&Weights::neutral());
     neutral.iter_mut().for_each(orient);
@@ -774,7 +780,7 @@ pub fn build_glb(style: &Style) -> Vec<u8> {
         json!({"name": format!("polyface_{}", style.name), "children": [body_node, head_node]}),
     );
     b.scene_nodes.push(root);
-    b.to_glb()
+    (b, head_node)
 }
 
 /// Writes every default avatar into `dir` as `<name>.glb`; returns the paths.

@@ -73,7 +73,7 @@ fn default_avatars_carry_all_52_arkit_targets_with_a_head_node() {
 }
 
 /// Runs the Khronos glTF validator (npm `gltf-validator`, installed by .ci/run) on `path`.
-fn khronos_validator(path: &Path) -> Option<serde_json::Value> {
+pub(crate) fn khronos_validator(path: &Path) -> Option<serde_json::Value> {
     let dir = std::env::var("GLTF_VALIDATOR_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target/gltf-validator"));

@@ -9,4 +9,5 @@ mod gpu_rig;
 mod mfn_model;
 mod sfn_model;
 mod support;
+mod takes;
 mod window_smoke;

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use crate::support::{colour_distance, frame_folder, have_tool, polyface};
 
 /// An Xvfb server on a free display number, stopped on drop.
-struct Xvfb {
+pub(crate) struct Xvfb {
     child: Child,
-    display: String,
+    pub(crate) display: String,
 }
 
 impl Xvfb {
-    fn start() -> Xvfb {
+    pub(crate) fn start() -> Xvfb {
         let mut child = Command::new("Xvfb")
             .args([
                 "-displayfd",
@@ -41,7 +41,7 @@ impl Xvfb {
         Xvfb { child, display }
     }
 
-    fn screenshot(&self, out: &Path) -> image::RgbImage {
+    pub(crate) fn screenshot(&self, out: &Path) -> image::RgbImage {
         let status = Command::new("import")
             .args(["-display", &self.display, "-window", "root"])
             .arg(out)
@@ -67,7 +67,7 @@ fn count_near(image: &image::RgbImage, region: (u32, u32, u32, u32), colour: [u8
         .count()
 }
 
-fn distinct_colours(image: &image::RgbImage, region: (u32, u32, u32, u32)) -> usize {
+pub(crate) fn distinct_colours(image: &image::RgbImage, region: (u32, u32, u32, u32)) -> usize {
     let (x0, y0, x1, y1) = region;
     let mut seen = std::collections::HashSet::new();
     for y in y0..y1.min(image.height()) {
@@ -78,7 +78,7 @@ fn distinct_colours(image: &image::RgbImage, region: (u32, u32, u32, u32)) -> us
     seen.len()
 }
 
-fn screenshots_dir() -> std::path::PathBuf {
+pub(crate) fn screenshots_dir() -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
