@@ -109,6 +109,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also draw latency against faces for every pipeline into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Where the networks run: cpu, or cuda / metal in builds with those features.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Measure landmark jitter on still input (and the lag smoothing adds) instead of latency.
     #[arg(long)]
     pub jitter: bool,

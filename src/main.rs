@@ -175,7 +175,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use polyface::vision;
-    let device = candle_core::Device::Cpu;
+    let device = vision::device(&args.device)?;
     let models = vision::models_dir(args.models.as_deref());
     let crops = polyface::bench::load_face_crops(&args.data, 20).with_context(|| {
         format!(
@@ -228,11 +228,18 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let device_name = match args.device.as_str() {
+        "cpu" => format!("cpu ({} threads)", rayon::current_num_threads()),
+        other => other.to_string(),
+    };
+    if let Some(plot) = &args.plot {
+        polyface::bench::plot::write_plot(&results, &device_name, plot)?;
+        eprintln!("wrote {}", plot.display());
+    }
     if args.json {
-        let threads = rayon::current_num_threads();
         println!(
             "{}",
-            serde_json::json!({"device": format!("cpu ({threads} threads)"), "frame": polyface::bench::FRAME_SIZE, "results": results})
+            serde_json::json!({"device": device_name, "frame": polyface::bench::FRAME_SIZE, "results": results})
         );
     } else {
         print!("{}", polyface::bench::table(&results));

@@ -1,11 +1,13 @@
 //! `polyface bench`: per-stage latency of the face pipelines against the number of faces, on
 //! frames composed from real face crops, in the paper's table form.
 
+pub mod plot;
+
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Module};
+use candle_core::Module;
 use glam::Vec2;
 use serde::Serialize;
 
@@ -103,7 +105,7 @@ pub fn bench_sfn(
     warmup: usize,
 ) -> Result<BenchResult> {
     let (frame, boxes) = compose_frame(faces, crops);
-    let device = Device::Cpu;
+    let device = sfn.device().clone();
     let mut people = People::default();
     let (mut det_ms, mut sfn_ms, mut state_ms, mut total_ms) = (vec![], vec![], vec![], vec![]);
     let (mut crop_ms, mut net_ms) = (vec![], vec![]);
@@ -316,7 +318,7 @@ pub fn bench_jitter(
     crops: &[(image::RgbImage, Vec<Vec2>)],
     frames: usize,
 ) -> Result<JitterReport> {
-    let device = Device::Cpu;
+    let device = sfn.device().clone();
     let (mut raw_total, mut smooth_total, mut lag_total) = (0f32, 0f32, 0f32);
     for (index, (image, truth)) in crops.iter().enumerate() {
         let iod = truth[36].distance(truth[45]).max(1.0);
