@@ -55,6 +55,13 @@ pub fn person_json(person: &Person) -> serde_json::Value {
         "fit_rms_px": person.fit_rms_px,
         "blendshapes": named_weights(&face.blendshapes),
         "blendshapes_smoothed": named_weights(&smoothed.blendshapes),
+        // What an avatar receives: the 52 ARKit weights after the expression refinements
+        // (tongueOut is not estimated and stays 0), by ARKit name.
+        "arkit": crate::retarget::ARKIT_52
+            .iter()
+            .zip(crate::retarget::arkit_weights(&smoothed.blendshapes))
+            .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
     })
 }
 

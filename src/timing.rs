@@ -22,6 +22,8 @@ pub enum Stage {
     Fit,
     /// Frame-to-frame association of faces into people.
     Track,
+    /// Face embeddings that give a returning person their old ID (once per new track).
+    ReId,
     /// Mapping expressions onto avatar morph targets.
     Retarget,
     /// Recording GPU commands for the frame.
@@ -31,7 +33,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [Stage; Stage::COUNT] = [
         Stage::Capture,
         Stage::Convert,
@@ -40,6 +42,7 @@ impl Stage {
         Stage::Postprocess,
         Stage::Fit,
         Stage::Track,
+        Stage::ReId,
         Stage::Retarget,
         Stage::Render,
         Stage::Present,
@@ -55,6 +58,7 @@ impl Stage {
             Stage::Postprocess => "postprocess",
             Stage::Fit => "fit",
             Stage::Track => "track",
+            Stage::ReId => "reid",
             Stage::Retarget => "retarget",
             Stage::Render => "render",
             Stage::Present => "present",
@@ -265,6 +269,6 @@ mod tests {
         let row = t.csv_row();
         assert_eq!(header.split(',').count(), row.split(',').count());
         assert!(header.starts_with("frame,capture_ms,convert_ms"));
-        assert_eq!(row, "7,0.250,,,2.000,,,,,,,2.250");
+        assert_eq!(row, "7,0.250,,,2.000,,,,,,,,2.250");
     }
 }

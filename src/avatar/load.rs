@@ -75,7 +75,31 @@ fn format_error(name: &str, problem: impl ToString) -> AvatarError {
     }
 }
 
+/// The GLB header's own sanity (the gltf crate underflows on a declared length below 12).
+fn check_glb_header(bytes: &[u8], name: &str) -> Result<(), AvatarError> {
+    if !bytes.starts_with(b"glTF") {
+        return Ok(());
+    }
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    match word(8) {
+        Some(length) if length >= 20 && length <= bytes.len() => Ok(()),
+        Some(length) => Err(format_error(
+            name,
+            format!(
+                "GLB header says {length} bytes, the file has {}",
+                bytes.len()
+            ),
+        )),
+        None => Err(format_error(name, "GLB header cut short")),
+    }
+}
+
 fn parse(bytes: &[u8], base: Option<&Path>, name: &str) -> Result<Avatar, AvatarError> {
+    check_glb_header(bytes, name)?;
     let gltf = gltf::Gltf::from_slice(bytes).map_err(|e| format_error(name, e))?;
     let raw_json: Value = if bytes.starts_with(b"glTF") {
         let glb = gltf::Glb::from_slice(bytes).map_err(|e| format_error(name, e))?;

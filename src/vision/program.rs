@@ -1,7 +1,8 @@
 //! Networks described as a *program*: an ordered list of layers, each reading named tensors and
 //! writing one. The training code exports the list in the model file's metadata, so the Rust
 //! forward pass is the same program with the same tensor names. Ops: conv3x3, dwconv3x3, conv1x1
-//! (batch norm folded in, every conv has weight and bias), add, upsample2x; activation relu/none.
+//! (batch norm folded in, every conv has weight and bias), add, upsample2x, gap (global average
+//! pool); activation relu/none.
 
 use std::collections::HashMap;
 
@@ -56,6 +57,8 @@ enum Op {
     },
     Add,
     Upsample2x,
+    /// Global average pool over H and W: (N, C, H, W) -> (N, C, 1, 1).
+    GlobalAveragePool,
 }
 
 struct Layer {
@@ -118,6 +121,7 @@ impl Program {
                 },
                 "add" if inputs.len() == 2 => Op::Add,
                 "upsample2x" => Op::Upsample2x,
+                "gap" => Op::GlobalAveragePool,
                 other => {
                     return Err(bad(format!(
                         "layer {}: unsupported op {other:?} as given",
@@ -217,6 +221,9 @@ impl Program {
                         .activation
                         .forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?
                 }
+                Op::GlobalAveragePool => layer
+                    .activation
+                    .forward(&x.mean_keepdim(3)?.mean_keepdim(2)?)?,
             };
             for &slot in &layer.inputs {
                 if last_use[slot] == i {
@@ -355,6 +362,40 @@ mod tests {
         assert_eq!(outs[1].dims(), &[2, 4, 8, 12]);
         assert!(program.has_output("sum") && !program.has_output("input"));
         assert!(program.forward_outputs(&x, &["nope"]).is_err());
+    }
+
+    #[test]
+    fn global_average_pool_then_1x1_is_a_linear_layer_on_the_channel_means() {
+        let specs = vec![
+            spec("pool", "gap", &["input"], 3, 3, 1, "none"),
+            spec("embed", "conv1x1", &["pool"], 3, 2, 1, "none"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.safetensors");
+        let tensors = random_tensors(&specs, 5);
+        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
+        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
+        let program = Program::new(&specs, &file).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 4, 6), &Device::Cpu).unwrap();
+        let got: Vec<f32> = program
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let means: Vec<f32> = x
+            .mean((2, 3))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (w, b) = (&tensors[0].2, &tensors[1].2);
+        for o in 0..2 {
+            let want: f32 = (0..3).map(|c| w[o * 3 + c] * means[c]).sum::<f32>() + b[o];
+            assert!((got[o] - want).abs() < 1e-4, "{} vs {want}", got[o]);
+        }
     }
 
     #[test]
