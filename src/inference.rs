@@ -56,8 +56,9 @@ impl InferenceWorker {
         let thread = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
-                let mut people = People::default();
-                people.tracker.config.smoothing = smoothing;
+                let mut state = People::default()
+                    .with_reid_from(&crate::vision::models_dir(None), &candle_core::Device::Cpu);
+                state.tracker.config.smoothing = smoothing;
                 while !thread_shared.stop.load(Ordering::SeqCst) {
                     let Some(frame) = thread_capture.wait(Duration::from_millis(50)) else {
                         continue;
@@ -103,8 +104,9 @@ impl InferenceWorker {
                         }
                     }
                     let time_s = frame.timestamp.as_secs_f64();
-                    let people =
-                        people.update(frame.image.dimensions(), faces, time_s, &mut timings);
+                    let mut people =
+                        state.update(frame.image.dimensions(), faces, time_s, &mut timings);
+                    state.reidentify(&frame.image, &mut people, &mut timings);
                     *lock(&thread_shared.latest) = Some(Processed {
                         frame,
                         people,

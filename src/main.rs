@@ -47,7 +47,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|target| polyface::stream::VmcStreamer::new(target, args.stream_names))
                 .transpose()?;
-            let mut people = polyface::track::People::default();
+            let mut people = polyface::track::People::default().with_reid_from(&models, &device);
             people.tracker.config.smoothing.landmarks.min_cutoff = args.min_cutoff;
             people.tracker.config.smoothing.landmarks.beta = args.beta;
             let job = polyface::headless::TrackJob {

@@ -271,6 +271,22 @@ impl Tracker {
             .collect()
     }
 
+    /// Gives track `from` the ID `to` (re-identification: a returning person keeps their ID).
+    /// Returns false when `from` does not exist or `to` is in use.
+    pub fn rename(&mut self, from: u32, to: u32) -> bool {
+        if self.tracks.iter().any(|t| t.id == to) {
+            return false;
+        }
+        match self.tracks.iter_mut().find(|t| t.id == from) {
+            Some(track) => {
+                track.id = to;
+                self.tracks.sort_by_key(|t| t.id);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets everyone (new source).
     pub fn reset(&mut self) {
         self.tracks.clear();

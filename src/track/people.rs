@@ -6,7 +6,7 @@ use glam::Vec2;
 use super::{TrackState, Tracker, TrackerConfig};
 use crate::fit::{fit_pose, refine_blendshapes, rotation_in_camera, Camera, FitOptions, HeadPose};
 use crate::timing::{FrameTimings, Stage};
-use crate::vision::FaceObservation;
+use crate::vision::{FaceObservation, ReId};
 
 /// One person this frame.
 #[derive(Clone, Debug)]
@@ -28,6 +28,36 @@ pub struct People {
     pub fit_options: FitOptions,
     /// Vertical field of view assumed for the camera, degrees.
     pub vertical_fov_deg: f32,
+    /// Face embeddings that give returning people their old IDs (when a re-ID model is loaded).
+    pub reid: Option<Reidentifier>,
+}
+
+/// The re-identification state: everyone seen this session, by ID.
+pub struct Reidentifier {
+    net: ReId,
+    /// (ID, embedding) of every person identified so far.
+    gallery: Vec<(u32, Vec<f32>)>,
+    /// Track IDs already embedded (each track is embedded once, when it is confirmed).
+    done: std::collections::HashSet<u32>,
+}
+
+impl Reidentifier {
+    pub fn new(net: ReId) -> Reidentifier {
+        Reidentifier {
+            net,
+            gallery: Vec::new(),
+            done: Default::default(),
+        }
+    }
+
+    /// Best gallery match for `embedding` among IDs not in `present`: (ID, cosine).
+    fn best_match(&self, embedding: &[f32], present: &[u32]) -> Option<(u32, f32)> {
+        self.gallery
+            .iter()
+            .filter(|(id, _)| !present.contains(id))
+            .map(|(id, e)| (*id, crate::vision::reid::cosine(e, embedding)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
 }
 
 impl Default for People {
@@ -36,6 +66,7 @@ impl Default for People {
             tracker: Tracker::new(TrackerConfig::default()),
             fit_options: FitOptions::default(),
             vertical_fov_deg: 63.0,
+            reid: None,
         }
     }
 }
@@ -81,7 +112,83 @@ impl People {
         })
     }
 
+    /// Loads `reid.safetensors` from `models` if it is there (re-ID is optional: without it
+    /// a returning person simply gets a new ID).
+    pub fn with_reid_from(
+        mut self,
+        models: &std::path::Path,
+        device: &candle_core::Device,
+    ) -> People {
+        let path = models.join("reid.safetensors");
+        if path.exists() {
+            match ReId::load(&path, device) {
+                Ok(net) => self.reid = Some(Reidentifier::new(net)),
+                Err(e) => log::warn!("re-identification off: {e}"),
+            }
+        }
+        self
+    }
+
+    /// Embeds people confirmed since the last call and gives each the ID of the best-matching
+    /// person who is not in the frame any more, when similar enough. Once per new track.
+    pub fn reidentify(
+        &mut self,
+        frame: &image::RgbImage,
+        persons: &mut [Person],
+        timings: &mut FrameTimings,
+    ) {
+        let Some(reid) = self.reid.as_mut() else {
+            return;
+        };
+        let fresh: Vec<usize> = persons
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == TrackState::Confirmed && !reid.done.contains(&p.id))
+            .map(|(i, _)| i)
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let mut aligned = Vec::new();
+        let mut which = Vec::new();
+        for &i in &fresh {
+            reid.done.insert(persons[i].id);
+            if let Some(face) = crate::vision::reid::align(frame, &persons[i].smoothed.landmarks) {
+                aligned.push(face);
+                which.push(i);
+            }
+        }
+        let embeddings = match reid.net.embed_aligned(&aligned) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("re-identification failed: {e}");
+                return;
+            }
+        };
+        let mut present: Vec<u32> = persons.iter().map(|p| p.id).collect();
+        for (i, embedding) in which.into_iter().zip(embeddings) {
+            let id = persons[i].id;
+            match reid.best_match(&embedding, &present) {
+                Some((old, similarity))
+                    if similarity >= reid.net.threshold && self.tracker.rename(id, old) =>
+                {
+                    log::info!("person #{id} is #{old} again (similarity {similarity:.2})");
+                    persons[i].id = old;
+                    reid.done.insert(old);
+                    present.push(old);
+                }
+                _ => reid.gallery.push((id, embedding)),
+            }
+        }
+        timings.add(Stage::ReId, start.elapsed());
+    }
+
     pub fn reset(&mut self) {
         self.tracker.reset();
+        if let Some(reid) = self.reid.as_mut() {
+            reid.gallery.clear();
+            reid.done.clear();
+        }
     }
 }

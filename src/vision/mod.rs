@@ -12,6 +12,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod preprocess;
 pub mod program;
+pub mod reid;
 pub mod sfn;
 
 pub use detect::{Detection, Letterbox};
@@ -20,6 +21,7 @@ pub use face::{tight_box, CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTE
 pub use mfn::Mfn;
 pub use model_file::{random_values, write_model, ModelError, ModelFile};
 pub use pipeline::{load_pipeline, FacePipeline, MfnPipeline, SfnPipeline};
+pub use reid::ReId;
 pub use sfn::{Sfn, SfnConfig};
 
 /// The folder model files are read from: `explicit`, else `$POLYFACE_MODELS`, else `./models`,

@@ -1,0 +1,249 @@
+//! Face re-identification: a small embedding network trained with an additive angular margin
+//! (ArcFace) loss on identity-labelled faces (`training/REID.md`). A face is aligned from its 68
+//! landmarks to a 64×64 grayscale crop exactly as the training code does, embedded, and compared
+//! by cosine similarity: a person who comes back gets their old ID.
+
+use std::path::Path;
+
+use candle_core::{Device, Module, Tensor};
+use glam::Vec2;
+
+use super::model_file::{ModelError, ModelFile};
+use super::program::{LayerSpec, Program};
+
+pub const SIZE: usize = 64;
+/// Destination of the five alignment points in the 64×64 crop (pixel-index coordinates).
+pub const TEMPLATE: [[f64; 2]; 5] = [
+    [21.5, 29.5],
+    [41.5, 29.5],
+    [31.5, 41.0],
+    [23.0, 52.5],
+    [40.0, 52.5],
+];
+
+pub struct ReId {
+    program: Program,
+    device: Device,
+    flip_average: bool,
+    /// Cosine similarity above which two faces are the same person (from the held-out pairs).
+    pub threshold: f32,
+}
+
+/// Five points (eye centres, nose tip, mouth corners) from the 68 iBUG landmarks, in OpenCV's
+/// pixel-index convention (the landmarks' continuous convention minus half a pixel).
+fn five_points(landmarks: &[Vec2]) -> Option<[[f64; 2]; 5]> {
+    if landmarks.len() < 68 {
+        return None;
+    }
+    let mean = |r: std::ops::Range<usize>| {
+        let n = r.len() as f32;
+        r.map(|i| landmarks[i]).fold(Vec2::ZERO, |a, b| a + b) / n
+    };
+    let points = [
+        mean(36..42),
+        mean(42..48),
+        landmarks[30],
+        landmarks[48],
+        landmarks[54],
+    ];
+    let mut out = [[0.0; 2]; 5];
+    for (o, p) in out.iter_mut().zip(points) {
+        if !p.is_finite() {
+            return None;
+        }
+        *o = [p.x as f64 - 0.5, p.y as f64 - 0.5];
+    }
+    Some(out)
+}
+
+/// Least-squares similarity (no reflection) mapping `from` onto `to`: (a, e, bx, by) for
+/// x' = a x − e y + bx, y' = e x + a y + by.
+fn similarity(from: &[[f64; 2]; 5], to: &[[f64; 2]; 5]) -> Option<[f64; 4]> {
+    let mean = |p: &[[f64; 2]; 5]| {
+        let s = p.iter().fold([0.0, 0.0], |a, q| [a[0] + q[0], a[1] + q[1]]);
+        [s[0] / 5.0, s[1] / 5.0]
+    };
+    let (ms, mt) = (mean(from), mean(to));
+    let (mut num_a, mut num_e, mut den) = (0.0, 0.0, 0.0);
+    for (s, t) in from.iter().zip(to) {
+        let (sx, sy) = (s[0] - ms[0], s[1] - ms[1]);
+        let (tx, ty) = (t[0] - mt[0], t[1] - mt[1]);
+        num_a += sx * tx + sy * ty;
+        num_e += sx * ty - sy * tx;
+        den += sx * sx + sy * sy;
+    }
+    if den < 1e-9 {
+        return None;
+    }
+    let (a, e) = (num_a / den, num_e / den);
+    Some([
+        a,
+        e,
+        mt[0] - (a * ms[0] - e * ms[1]),
+        mt[1] - (e * ms[0] + a * ms[1]),
+    ])
+}
+
+/// The aligned 64×64 grayscale face (u8), as the training code's cv2.warpAffine (bilinear,
+/// replicated border) of the frame converted to gray first.
+pub fn align(frame: &image::RgbImage, landmarks: &[Vec2]) -> Option<Vec<u8>> {
+    let m = similarity(&five_points(landmarks)?, &TEMPLATE)?;
+    let [a, e, bx, by] = m;
+    let det = a * a + e * e;
+    if det < 1e-12 || frame.width() == 0 || frame.height() == 0 {
+        return None;
+    }
+    let (w, h) = (frame.width() as i64, frame.height() as i64);
+    let gray = |x: i64, y: i64| {
+        let p = frame
+            .get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)
+            .0;
+        ((4899 * p[0] as u32 + 9617 * p[1] as u32 + 1868 * p[2] as u32 + 8192) >> 14) as f64
+    };
+    let mut out = Vec::with_capacity(SIZE * SIZE);
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            // inverse of [[a, -e], [e, a]]: [[a, e], [-e, a]] / det
+            let (dx, dy) = (x as f64 - bx, y as f64 - by);
+            let u = (a * dx + e * dy) / det;
+            let v = (-e * dx + a * dy) / det;
+            let (x0, y0) = (u.floor(), v.floor());
+            let (fx, fy) = (u - x0, v - y0);
+            let (x0, y0) = (x0 as i64, y0 as i64);
+            let top = gray(x0, y0) * (1.0 - fx) + gray(x0 + 1, y0) * fx;
+            let bottom = gray(x0, y0 + 1) * (1.0 - fx) + gray(x0 + 1, y0 + 1) * fx;
+            out.push((top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8);
+        }
+    }
+    Some(out)
+}
+
+impl ReId {
+    pub fn load(path: &Path, device: &Device) -> Result<ReId, ModelError> {
+        let file = ModelFile::open(path, device)?;
+        if let Some(format) = file.metadata.get("format") {
+            if format != "polyface-reid" {
+                return Err(ModelError::Metadata {
+                    path: file.path.clone(),
+                    key: "format".into(),
+                    problem: format!(
+                        "{format:?} is not a re-identification network (polyface-reid)"
+                    ),
+                });
+            }
+        }
+        let specs: Vec<LayerSpec> = file.meta_json("layers")?;
+        let number = |key: &str| file.metadata.get(key).and_then(|v| v.parse::<f32>().ok());
+        Ok(ReId {
+            program: Program::new(&specs, &file)?,
+            device: device.clone(),
+            flip_average: file
+                .metadata
+                .get("flip_average")
+                .is_some_and(|v| v == "true"),
+            threshold: number("threshold").unwrap_or(0.4),
+        })
+    }
+
+    /// L2-normalised embeddings of aligned faces (u8, 64×64 each).
+    pub fn embed_aligned(&self, faces: &[Vec<u8>]) -> candle_core::Result<Vec<Vec<f32>>> {
+        if faces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = faces.len();
+        let mut data = Vec::with_capacity(n * SIZE * SIZE * if self.flip_average { 2 } else { 1 });
+        let norm = |v: u8| (v as f32 / 255.0 - 0.5) / 0.5;
+        for f in faces {
+            data.extend(f.iter().map(|v| norm(*v)));
+        }
+        if self.flip_average {
+            for f in faces {
+                for row in f.chunks_exact(SIZE) {
+                    data.extend(row.iter().rev().map(|v| norm(*v)));
+                }
+            }
+        }
+        let batch = data.len() / (SIZE * SIZE);
+        let input = Tensor::from_vec(data, (batch, 1, SIZE, SIZE), &self.device)?;
+        let out: Vec<Vec<f32>> = self.program.forward(&input)?.flatten_from(1)?.to_vec2()?;
+        Ok((0..n)
+            .map(|i| {
+                let mut v = out[i].clone();
+                if self.flip_average {
+                    for (a, b) in v.iter_mut().zip(&out[n + i]) {
+                        *a += b;
+                    }
+                }
+                normalize(&mut v);
+                v
+            })
+            .collect())
+    }
+
+    /// Raw network outputs (before normalisation) for aligned faces: the parity check.
+    pub fn forward_raw(&self, input: &Tensor) -> candle_core::Result<Tensor> {
+        self.program.forward(input)
+    }
+}
+
+fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+/// Cosine similarity of two L2-normalised embeddings.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_maps_onto_itself_and_a_scaled_rotated_copy_back() {
+        let id = similarity(&TEMPLATE, &TEMPLATE).unwrap();
+        assert!((id[0] - 1.0).abs() < 1e-12 && id[1].abs() < 1e-12 && id[2].abs() < 1e-9);
+        // a face twice as big, turned 30°, shifted
+        let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        let moved: Vec<[f64; 2]> = TEMPLATE
+            .iter()
+            .map(|p| {
+                [
+                    2.0 * (c * p[0] - s * p[1]) + 100.0,
+                    2.0 * (s * p[0] + c * p[1]) + 50.0,
+                ]
+            })
+            .collect();
+        let m = similarity(&moved.try_into().unwrap(), &TEMPLATE).unwrap();
+        assert!((m[0] - 0.5 * c).abs() < 1e-9 && (m[1] + 0.5 * s).abs() < 1e-9);
+    }
+
+    #[test]
+    fn aligning_a_face_drawn_at_the_template_reproduces_it() {
+        // a frame whose 5 points are exactly the template (+0.5: landmarks are continuous)
+        let frame =
+            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 0]));
+        let mut lm = vec![Vec2::ZERO; 68];
+        let at = |p: [f64; 2]| Vec2::new(p[0] as f32 + 0.5, p[1] as f32 + 0.5);
+        for i in 36..42 {
+            lm[i] = at(TEMPLATE[0]);
+        }
+        for i in 42..48 {
+            lm[i] = at(TEMPLATE[1]);
+        }
+        lm[30] = at(TEMPLATE[2]);
+        lm[48] = at(TEMPLATE[3]);
+        lm[54] = at(TEMPLATE[4]);
+        let out = align(&frame, &lm).unwrap();
+        for (y, row) in out.chunks(SIZE).enumerate() {
+            for (x, v) in row.iter().enumerate() {
+                let p = frame.get_pixel(x as u32, y as u32).0;
+                let want =
+                    (4899 * p[0] as u32 + 9617 * p[1] as u32 + 1868 * p[2] as u32 + 8192) >> 14;
+                assert!((*v as i32 - want as i32).abs() <= 1);
+            }
+        }
+        assert!(align(&frame, &lm[..10]).is_none());
+    }
+}
