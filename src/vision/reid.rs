@@ -226,12 +226,8 @@ mod tests {
             image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 0]));
         let mut lm = vec![Vec2::ZERO; 68];
         let at = |p: [f64; 2]| Vec2::new(p[0] as f32 + 0.5, p[1] as f32 + 0.5);
-        for i in 36..42 {
-            lm[i] = at(TEMPLATE[0]);
-        }
-        for i in 42..48 {
-            lm[i] = at(TEMPLATE[1]);
-        }
+        lm[36..42].fill(at(TEMPLATE[0]));
+        lm[42..48].fill(at(TEMPLATE[1]));
         lm[30] = at(TEMPLATE[2]);
         lm[48] = at(TEMPLATE[3]);
         lm[54] = at(TEMPLATE[4]);
