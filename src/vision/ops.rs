@@ -149,7 +149,9 @@ fn depthwise_plane(
 }
 
 /// Depthwise 3×3 convolution (padding 1) + bias + activation, on the fast CPU kernel.
-/// `weight`: (C, 1, 3, 3), `bias`: (C). On other devices it falls back to candle's grouped conv.
+/// `weight`: (C, 1, 3, 3), `bias`: (C). On other devices (CUDA, Metal) it runs as nine shifted
+/// multiply-adds: candle's grouped convolution splits into one convolution per channel, which is
+/// two orders of magnitude slower there (see ../shared/gpu/README.md).
 pub fn depthwise3x3(
     x: &Tensor,
     weight: &Tensor,
@@ -161,9 +163,44 @@ pub fn depthwise3x3(
         let op = Depthwise3x3 { stride, activation };
         return x.contiguous()?.apply_op3_no_bwd(weight, bias, &op);
     }
-    let channels = x.dim(1)?;
-    let y = x.conv2d(weight, 1, stride, 1, channels)?;
-    activation.forward(&y.broadcast_add(&bias.reshape((1, channels, 1, 1))?)?)
+    depthwise3x3_shifted(x, weight, bias, stride, activation)
+}
+
+/// Depthwise 3×3 (padding 1) from whole-tensor ops only: nine shifted slices, each scaled by its
+/// per-channel tap and summed; stride 2 keeps every other row and column.
+pub fn depthwise3x3_shifted(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    activation: Activation,
+) -> Result<Tensor> {
+    let (_, channels, h, w) = x.dims4()?;
+    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    let taps = weight.reshape((channels, 9))?;
+    let mut sum: Option<Tensor> = None;
+    for ky in 0..3 {
+        for kx in 0..3 {
+            let shifted = padded.narrow(2, ky, h)?.narrow(3, kx, w)?;
+            let tap = taps
+                .narrow(1, ky * 3 + kx, 1)?
+                .reshape((1, channels, 1, 1))?;
+            let term = shifted.broadcast_mul(&tap)?;
+            sum = Some(match sum {
+                None => term,
+                Some(s) => (s + term)?,
+            });
+        }
+    }
+    let mut y = sum
+        .expect("nine taps")
+        .broadcast_add(&bias.reshape((1, channels, 1, 1))?)?;
+    if stride == 2 {
+        let rows = Tensor::arange_step(0u32, h as u32, 2, x.device())?;
+        let cols = Tensor::arange_step(0u32, w as u32, 2, x.device())?;
+        y = y.index_select(&rows, 2)?.index_select(&cols, 3)?;
+    }
+    activation.forward(&y)
 }
 
 /// Convolution as matrix multiply (1×1 directly, 3×3 through im2col), bias and activation fused.
@@ -362,6 +399,28 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_depthwise_matches_the_fast_kernel_at_both_strides() {
+        let dev = Device::Cpu;
+        for (stride, h, w) in [(1, 9, 12), (2, 9, 12), (2, 8, 7)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 5, h, w), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (5, 1, 3, 3), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+            let fast = depthwise3x3(&x, &k, &b, stride, Activation::Relu).unwrap();
+            let slow = depthwise3x3_shifted(&x, &k, &b, stride, Activation::Relu).unwrap();
+            assert_eq!(fast.dims(), slow.dims());
+            let diff: f32 = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-4, "stride {stride}: {diff}");
+        }
+    }
     use candle_core::Device;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
