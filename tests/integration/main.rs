@@ -7,6 +7,7 @@ mod cli_track;
 mod detector_model;
 mod gpu_rig;
 mod mfn_model;
+mod reid_model;
 mod sfn_model;
 mod support;
 mod takes;
