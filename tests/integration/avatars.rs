@@ -434,3 +434,46 @@ fn base64_encode(data: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn a_person_whose_avatar_file_is_broken_keeps_a_default_one() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.vrm");
+    std::fs::write(&broken, b"glTF\x02\x00\x00\x00garbage").unwrap();
+    let mut slots = polyface::ui::AvatarSlots::new(&root().join("assets/avatars"));
+    slots.choose(1, broken.clone());
+    let stage = polyface::render::AvatarStage::new(&gpu.device, &gpu.queue, 128, 128);
+    let landmarks: Vec<glam::Vec2> = (0..68)
+        .map(|i| glam::Vec2::new(i as f32, i as f32))
+        .collect();
+    let face = polyface::vision::FaceObservation {
+        bbox: (glam::Vec2::ZERO, glam::Vec2::splat(67.0)),
+        score: 1.0,
+        landmarks,
+        rotation: glam::Mat3::IDENTITY,
+        blendshapes: vec![0.0; 51],
+    };
+    let person = polyface::track::Person {
+        id: 1,
+        state: polyface::track::TrackState::Confirmed,
+        raw: face.clone(),
+        smoothed: face,
+        pose: None,
+        fit_rms_px: 0.0,
+    };
+    slots.render(&stage, &gpu.device, &gpu.queue, &[person], |_| [0.0; 52]);
+    assert_eq!(slots.warnings.len(), 1, "{:?}", slots.warnings);
+    assert!(
+        slots.warnings[0].contains("broken.vrm"),
+        "{:?}",
+        slots.warnings
+    );
+    assert_ne!(slots.path_for(1), Some(broken), "back on a default avatar");
+    // and the default avatar was drawn
+    let pixels = stage.read_pixels(&gpu.device, &gpu.queue).unwrap();
+    let background = *pixels.get_pixel(0, 0);
+    assert!(pixels.pixels().filter(|p| **p != background).count() > 1000);
+}
