@@ -25,7 +25,8 @@ pub struct ReId {
     program: Program,
     device: Device,
     flip_average: bool,
-    /// Cosine similarity above which two faces are the same person (from the held-out pairs).
+    /// Cosine similarity above which two faces are taken for the same person (from the held-out
+    /// pairs, at a false-accept rate of 1 %).
     pub threshold: f32,
 }
 
@@ -141,7 +142,11 @@ impl ReId {
                 .metadata
                 .get("flip_average")
                 .is_some_and(|v| v == "true"),
-            threshold: number("threshold").unwrap_or(0.4),
+            // the strict (low false-accept) threshold when the file has it: merging two people
+            // is worse than giving a returning person a new ID
+            threshold: number("match_threshold")
+                .or_else(|| number("threshold"))
+                .unwrap_or(0.4),
         })
     }
 
