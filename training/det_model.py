@@ -95,6 +95,16 @@ class Detector(nn.Module):
         super().__init__()
         self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
         self.program = build_program(self.config)
+        self.build_layers()
+        with torch.no_grad():
+            out = self.convs["head_out"]
+            nn.init.normal_(out.weight, std=0.01)
+            out.bias.zero_()
+            out.bias[0] = HM_PRIOR_BIAS
+            out.bias[3:5] = 2.0  # log(32 px / 4): a mid-size face
+
+    def build_layers(self):
+        """one Conv2d (+ BatchNorm) per conv layer of self.program (subclasses with other programs reuse it)."""
         self.convs = nn.ModuleDict()
         self.bns = nn.ModuleDict()
         for l in self.program:
@@ -104,14 +114,9 @@ class Detector(nn.Module):
                                             groups=l["groups"], bias=not l["bn"])
                 if l["bn"]:
                     self.bns[key] = nn.BatchNorm2d(l["out"])
-        with torch.no_grad():
-            out = self.convs["head_out"]
-            nn.init.normal_(out.weight, std=0.01)
-            out.bias.zero_()
-            out.bias[0] = HM_PRIOR_BIAS
-            out.bias[3:5] = 2.0  # log(32 px / 4): a mid-size face
 
-    def forward(self, x):
+    def run(self, x):
+        """every tensor of the program, by layer name."""
         t = {"input": x}
         for l in self.program:
             op = l["op"]
@@ -127,7 +132,10 @@ class Detector(nn.Module):
             if l["act"] == "relu":
                 y = F.relu(y)
             t[l["name"]] = y
-        return t[self.program[-1]["name"]]
+        return t
+
+    def forward(self, x):
+        return self.run(x)[self.program[-1]["name"]]
 
 
 def fold_conv_bn(conv, bn):

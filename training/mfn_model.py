@@ -60,15 +60,7 @@ class MFN(DM.Detector):
         nn.Module.__init__(self)
         self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
         self.program = build_program(self.config)
-        self.convs = nn.ModuleDict()
-        self.bns = nn.ModuleDict()
-        for l in self.program:
-            if l["op"] in ("conv3x3", "dwconv3x3", "conv1x1"):
-                key = l["name"].replace(".", "_")
-                self.convs[key] = nn.Conv2d(l["in"], l["out"], l["kernel"], l["stride"], l["pad"],
-                                            groups=l["groups"], bias=not l["bn"])
-                if l["bn"]:
-                    self.bns[key] = nn.BatchNorm2d(l["out"])
+        self.build_layers()
         with torch.no_grad():
             out = self.convs["head_out"]
             nn.init.normal_(out.weight, std=0.01)
@@ -81,21 +73,7 @@ class MFN(DM.Detector):
             fo.bias[142:] = -2.0  # blendshapes start near 0.12 (most are small)
 
     def forward(self, x):
-        t = {"input": x}
-        for l in self.program:
-            op = l["op"]
-            if op == "add":
-                y = t[l["input"][0]] + t[l["input"][1]]
-            elif op == "upsample2x":
-                y = F.interpolate(t[l["input"]], scale_factor=2, mode="nearest")
-            else:
-                key = l["name"].replace(".", "_")
-                y = self.convs[key](t[l["input"]])
-                if l["bn"]:
-                    y = self.bns[key](y)
-            if l["act"] == "relu":
-                y = F.relu(y)
-            t[l["name"]] = y
+        t = self.run(x)
         return t["head.out"], t["face.out"]
 
     def load_detector(self, state_dict):

@@ -242,15 +242,7 @@ def verify(model, data, flip=True, folds=10):
 
 # ---------------------------------------------------------------- export
 
-def git_commit():
-    try:
-        r = subprocess.run(["git", "-C", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
-                            "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip()
-    except Exception:
-        pass
-    return "uncommitted"
+from export_sfn import git_commit  # noqa: E402  (one definition for every exporter)
 
 
 def _atomic_save(tensors, path, metadata=None):
