@@ -95,6 +95,53 @@ fn ms(since: Instant) -> f32 {
     since.elapsed().as_secs_f32() * 1000.0
 }
 
+/// Times `warmup + frames` runs of `step` on `frame` (which reports its own stage times and the
+/// faces it found) followed by fit and tracking; the warm-up runs are not counted.
+fn run_frames(
+    pipeline: &str,
+    faces: usize,
+    frame: &image::RgbImage,
+    frames: usize,
+    warmup: usize,
+    mut step: impl FnMut(&mut Vec<(&'static str, f32)>) -> Result<Vec<crate::vision::FaceObservation>>,
+) -> Result<BenchResult> {
+    let mut people = People::default();
+    let mut stages: std::collections::BTreeMap<&'static str, Vec<f32>> = Default::default();
+    let mut total_ms = Vec::with_capacity(frames);
+    let mut times = Vec::new();
+    for i in 0..warmup + frames {
+        times.clear();
+        let start = Instant::now();
+        let observations = step(&mut times)?;
+        let t = Instant::now();
+        let mut timings = crate::timing::FrameTimings::new(i as u64);
+        let _people = people.update(
+            frame.dimensions(),
+            observations,
+            i as f64 / 30.0,
+            &mut timings,
+        );
+        times.push(("fit_track", ms(t)));
+        if i >= warmup {
+            for (name, value) in &times {
+                stages.entry(name).or_default().push(*value);
+            }
+            total_ms.push(ms(start));
+        }
+    }
+    let total = measured(total_ms);
+    Ok(BenchResult {
+        pipeline: pipeline.into(),
+        faces,
+        median_ms: total.median_ms,
+        p95_ms: total.p95_ms,
+        stages: stages
+            .into_iter()
+            .map(|(name, values)| (name.to_string(), measured(values)))
+            .collect(),
+    })
+}
+
 /// Detector on the whole frame + the SFN on every face in one batch + fit and tracking.
 pub fn bench_sfn(
     detector: &Detector,
@@ -106,57 +153,21 @@ pub fn bench_sfn(
 ) -> Result<BenchResult> {
     let (frame, boxes) = compose_frame(faces, crops);
     let device = sfn.device().clone();
-    let mut people = People::default();
-    let (mut det_ms, mut sfn_ms, mut state_ms, mut total_ms) = (vec![], vec![], vec![], vec![]);
-    let (mut crop_ms, mut net_ms) = (vec![], vec![]);
-    for i in 0..warmup + frames {
-        let start = Instant::now();
+    run_frames("sfn", faces, &frame, frames, warmup, |times| {
         let t = Instant::now();
         let _detections = detector.detect(&frame)?;
-        let detector_time = ms(t);
+        times.push(("detector", ms(t)));
         // The benchmark gives the SFN the known face crops, so its cost is measured for exactly
         // `faces` faces whatever the detector finds.
         let t = Instant::now();
         let input = crop_batch(&frame, &boxes, &device)?;
-        let crop_time = ms(t);
+        times.push(("sfn_crop", ms(t)));
         let t_net = Instant::now();
         let raw = sfn.forward(&input)?;
-        let net_time = ms(t_net);
+        times.push(("sfn_network", ms(t_net)));
         let observations = decode(&raw, &boxes)?;
-        let sfn_time = ms(t);
-        let t = Instant::now();
-        let mut timings = crate::timing::FrameTimings::new(i as u64);
-        let _people = people.update(
-            frame.dimensions(),
-            observations,
-            i as f64 / 30.0,
-            &mut timings,
-        );
-        let state_time = ms(t);
-        if i >= warmup {
-            det_ms.push(detector_time);
-            sfn_ms.push(sfn_time);
-            crop_ms.push(crop_time);
-            net_ms.push(net_time);
-            state_ms.push(state_time);
-            total_ms.push(ms(start));
-        }
-    }
-    let total = measured(total_ms);
-    Ok(BenchResult {
-        pipeline: "sfn".into(),
-        faces,
-        median_ms: total.median_ms,
-        p95_ms: total.p95_ms,
-        stages: [
-            ("detector".to_string(), measured(det_ms)),
-            ("sfn".to_string(), measured(sfn_ms)),
-            ("sfn_crop".to_string(), measured(crop_ms)),
-            ("sfn_network".to_string(), measured(net_ms)),
-            ("fit_track".to_string(), measured(state_ms)),
-        ]
-        .into_iter()
-        .collect(),
+        times.push(("sfn", ms(t)));
+        Ok(observations)
     })
 }
 
@@ -169,53 +180,18 @@ pub fn bench_mfn(
     warmup: usize,
 ) -> Result<BenchResult> {
     let (frame, _) = compose_frame(faces, crops);
-    let mut people = People::default();
-    let (mut prep_ms, mut net_ms, mut decode_ms) = (vec![], vec![], vec![]);
-    let (mut mfn_ms, mut state_ms, mut total_ms) = (vec![], vec![], vec![]);
-    for i in 0..warmup + frames {
+    run_frames("mfn", faces, &frame, frames, warmup, |times| {
         let start = Instant::now();
         let (input, letterbox) = mfn.prepare(&frame)?;
-        let prep_time = ms(start);
+        times.push(("mfn_preprocess", ms(start)));
         let t = Instant::now();
         let output = mfn.forward(&input)?;
-        let net_time = ms(t);
+        times.push(("mfn_network", ms(t)));
         let t = Instant::now();
         let observations = mfn.decode(&output, &letterbox)?;
-        let decode_time = ms(t);
-        let mfn_time = ms(start);
-        let t = Instant::now();
-        let mut timings = crate::timing::FrameTimings::new(i as u64);
-        let _people = people.update(
-            frame.dimensions(),
-            observations,
-            i as f64 / 30.0,
-            &mut timings,
-        );
-        let state_time = ms(t);
-        if i >= warmup {
-            prep_ms.push(prep_time);
-            net_ms.push(net_time);
-            decode_ms.push(decode_time);
-            mfn_ms.push(mfn_time);
-            state_ms.push(state_time);
-            total_ms.push(ms(start));
-        }
-    }
-    let total = measured(total_ms);
-    Ok(BenchResult {
-        pipeline: "mfn".into(),
-        faces,
-        median_ms: total.median_ms,
-        p95_ms: total.p95_ms,
-        stages: [
-            ("mfn".to_string(), measured(mfn_ms)),
-            ("mfn_preprocess".to_string(), measured(prep_ms)),
-            ("mfn_network".to_string(), measured(net_ms)),
-            ("mfn_decode".to_string(), measured(decode_ms)),
-            ("fit_track".to_string(), measured(state_ms)),
-        ]
-        .into_iter()
-        .collect(),
+        times.push(("mfn_decode", ms(t)));
+        times.push(("mfn", ms(start)));
+        Ok(observations)
     })
 }
 
