@@ -141,7 +141,7 @@ pub fn track(
         face_count += faces.len() as u64;
         let time_s = frame.timestamp.as_secs_f64();
         let mut persons = people.update(frame.image.dimensions(), faces, time_s, &mut timings);
-        people.reidentify(&frame.image, &mut persons, &mut timings);
+        people.reidentify(&frame.image, &mut persons, time_s, &mut timings);
         let record = serde_json::json!({
             "frame": frame.seq,
             "time_s": time_s,

@@ -106,7 +106,7 @@ impl InferenceWorker {
                     let time_s = frame.timestamp.as_secs_f64();
                     let mut people =
                         state.update(frame.image.dimensions(), faces, time_s, &mut timings);
-                    state.reidentify(&frame.image, &mut people, &mut timings);
+                    state.reidentify(&frame.image, &mut people, time_s, &mut timings);
                     *lock(&thread_shared.latest) = Some(Processed {
                         frame,
                         people,

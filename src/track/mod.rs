@@ -4,9 +4,11 @@
 //! box overlap and landmark distance, measured against where each track is predicted to be
 //! (constant velocity), so people who cross paths keep their IDs. A track is tentative until seen
 //! twice, confirmed after that, lost while unseen, and dropped after `max_lost_s`. Each track
-//! smooths its landmarks, rotation and blendshapes with One-Euro filters.
+//! smooths its landmarks, rotation and blendshapes with One-Euro filters. Boxes alone cannot tell
+//! people apart who trade places or come back: [`identities`] fixes IDs from face embeddings.
 
 mod hungarian;
+pub mod identities;
 mod one_euro;
 mod people;
 
@@ -271,20 +273,43 @@ impl Tracker {
             .collect()
     }
 
-    /// Gives track `from` the ID `to` (re-identification: a returning person keeps their ID).
-    /// Returns false when `from` does not exist or `to` is in use.
-    pub fn rename(&mut self, from: u32, to: u32) -> bool {
-        if self.tracks.iter().any(|t| t.id == to) {
+    /// Applies ID changes `(from, to)` all at once, so two people can swap IDs. A target ID held
+    /// by a lost track that is not itself renamed is taken over (that track is dropped: its person
+    /// is the one seen again). Returns false, changing nothing, when a source does not exist, a
+    /// target appears twice, or a target belongs to a track in view that keeps its ID.
+    pub fn relabel(&mut self, changes: &[(u32, u32)]) -> bool {
+        let sources: Vec<u32> = changes.iter().map(|c| c.0).collect();
+        let mut targets: Vec<u32> = changes.iter().map(|c| c.1).collect();
+        targets.sort_unstable();
+        if targets.windows(2).any(|w| w[0] == w[1])
+            || !sources
+                .iter()
+                .all(|s| self.tracks.iter().any(|t| t.id == *s))
+        {
             return false;
         }
-        match self.tracks.iter_mut().find(|t| t.id == from) {
-            Some(track) => {
-                track.id = to;
-                self.tracks.sort_by_key(|t| t.id);
-                true
-            }
-            None => false,
+        let holder_stays = |t: &Track| targets.contains(&t.id) && !sources.contains(&t.id);
+        if self
+            .tracks
+            .iter()
+            .any(|t| holder_stays(t) && t.state != TrackState::Lost)
+        {
+            return false;
         }
+        self.tracks.retain(|t| !holder_stays(t));
+        for track in &mut self.tracks {
+            if let Some(&(_, to)) = changes.iter().find(|c| c.0 == track.id) {
+                track.id = to;
+            }
+        }
+        self.tracks.sort_by_key(|t| t.id);
+        true
+    }
+
+    /// An ID nobody has had yet.
+    pub fn fresh_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id - 1
     }
 
     /// Forgets everyone (new source).

@@ -3,6 +3,7 @@
 
 use glam::Vec2;
 
+use super::identities::{Gallery, MatchRules, Sighting};
 use super::{TrackState, Tracker, TrackerConfig};
 use crate::fit::{fit_pose, refine_blendshapes, rotation_in_camera, Camera, FitOptions, HeadPose};
 use crate::timing::{FrameTimings, Stage};
@@ -32,31 +33,24 @@ pub struct People {
     pub reid: Option<Reidentifier>,
 }
 
-/// The re-identification state: everyone seen this session, by ID.
+/// The re-identification state: the embedding network and everyone seen this session.
 pub struct Reidentifier {
     net: ReId,
-    /// (ID, embedding) of every person identified so far.
-    gallery: Vec<(u32, Vec<f32>)>,
-    /// Track IDs already embedded (each track is embedded once, when it is confirmed).
-    done: std::collections::HashSet<u32>,
+    pub gallery: Gallery,
+    /// Seconds between embeddings of a person in view (new people are embedded when confirmed).
+    pub recheck_s: f64,
+    /// Cosine margin by which somebody else must fit better before a person's ID changes.
+    pub keep_bonus: f32,
 }
 
 impl Reidentifier {
     pub fn new(net: ReId) -> Reidentifier {
         Reidentifier {
             net,
-            gallery: Vec::new(),
-            done: Default::default(),
+            gallery: Gallery::default(),
+            recheck_s: 0.5,
+            keep_bonus: 0.1,
         }
-    }
-
-    /// Best gallery match for `embedding` among IDs not in `present`: (ID, cosine).
-    fn best_match(&self, embedding: &[f32], present: &[u32]) -> Option<(u32, f32)> {
-        self.gallery
-            .iter()
-            .filter(|(id, _)| !present.contains(id))
-            .map(|(id, e)| (*id, crate::vision::reid::cosine(e, embedding)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
@@ -129,34 +123,38 @@ impl People {
         self
     }
 
-    /// Embeds people confirmed since the last call and gives each the ID of the best-matching
-    /// person who is not in the frame any more, when similar enough. Once per new track.
+    /// Keeps IDs with their people: embeds the confirmed people in view when one of them is new
+    /// or due for a check, and applies what the gallery decides (a returning person gets their
+    /// old ID back, two people who traded places get theirs back). Lost people the returning
+    /// ones turn out to be are dropped from `persons`.
     pub fn reidentify(
         &mut self,
         frame: &image::RgbImage,
-        persons: &mut [Person],
+        persons: &mut Vec<Person>,
+        time_s: f64,
         timings: &mut FrameTimings,
     ) {
         let Some(reid) = self.reid.as_mut() else {
             return;
         };
-        let fresh: Vec<usize> = persons
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.state == TrackState::Confirmed && !reid.done.contains(&p.id))
-            .map(|(i, _)| i)
+        let in_view: Vec<usize> = (0..persons.len())
+            .filter(|&i| persons[i].state == TrackState::Confirmed)
             .collect();
-        if fresh.is_empty() {
+        let ids_in_view: Vec<u32> = in_view.iter().map(|&i| persons[i].id).collect();
+        reid.gallery.retain_in_view(&ids_in_view);
+        if !ids_in_view
+            .iter()
+            .any(|&id| reid.gallery.due(id, time_s, reid.recheck_s))
+        {
             return;
         }
         let start = std::time::Instant::now();
         let mut aligned = Vec::new();
-        let mut which = Vec::new();
-        for &i in &fresh {
-            reid.done.insert(persons[i].id);
+        let mut embedded = Vec::new();
+        for &i in &in_view {
             if let Some(face) = crate::vision::reid::align(frame, &persons[i].smoothed.landmarks) {
                 aligned.push(face);
-                which.push(i);
+                embedded.push(persons[i].id);
             }
         }
         let embeddings = match reid.net.embed_aligned(&aligned) {
@@ -166,20 +164,45 @@ impl People {
                 return;
             }
         };
-        let mut present: Vec<u32> = persons.iter().map(|p| p.id).collect();
-        for (i, embedding) in which.into_iter().zip(embeddings) {
-            let id = persons[i].id;
-            match reid.best_match(&embedding, &present) {
-                Some((old, similarity))
-                    if similarity >= reid.net.threshold && self.tracker.rename(id, old) =>
-                {
-                    log::info!("person #{id} is #{old} again (similarity {similarity:.2})");
-                    persons[i].id = old;
-                    reid.done.insert(old);
-                    present.push(old);
-                }
-                _ => reid.gallery.push((id, embedding)),
+        // Everyone in view who was not embedded now (tentative, or no alignable face) keeps their ID.
+        let held: Vec<u32> = persons
+            .iter()
+            .filter(|p| p.state != TrackState::Lost && !embedded.contains(&p.id))
+            .map(|p| p.id)
+            .collect();
+        let sightings = embedded
+            .iter()
+            .zip(embeddings)
+            .map(|(&id, embedding)| Sighting { id, embedding })
+            .collect();
+        let rules = MatchRules {
+            threshold: reid.net.threshold,
+            keep_bonus: reid.keep_bonus,
+        };
+        let tracker = &mut self.tracker;
+        let changes = reid
+            .gallery
+            .settle(sightings, &held, time_s, rules, || tracker.fresh_id());
+        let pairs: Vec<(u32, u32)> = changes.iter().map(|c| (c.from, c.to)).collect();
+        if !changes.is_empty() && self.tracker.relabel(&pairs) {
+            for change in &changes {
+                log::info!(
+                    "person #{} is #{} (similarity {:.2})",
+                    change.from,
+                    change.to,
+                    change.similarity
+                );
             }
+            // A lost person who turned out to be in view under another ID is gone.
+            persons.retain(|p| {
+                !(p.state == TrackState::Lost && pairs.iter().any(|&(_, to)| to == p.id))
+            });
+            for person in persons.iter_mut() {
+                if let Some(&(_, to)) = pairs.iter().find(|&&(from, _)| from == person.id) {
+                    person.id = to;
+                }
+            }
+            persons.sort_by_key(|p| p.id);
         }
         timings.add(Stage::ReId, start.elapsed());
     }
@@ -188,7 +211,6 @@ impl People {
         self.tracker.reset();
         if let Some(reid) = self.reid.as_mut() {
             reid.gallery.clear();
-            reid.done.clear();
         }
     }
 }

@@ -182,3 +182,221 @@ fn a_person_who_leaves_and_comes_back_gets_their_old_id() {
     assert_eq!(other.len(), 1, "B tracked: {other:?}");
     assert_ne!(other, first, "B is somebody else");
 }
+
+/// A person cut out of a shared multi-face photo: a square 1.6× crop around their face box
+/// (neighbours may show at its edges), and where their face box lies in it.
+struct ScenePerson {
+    crop: image::RgbImage,
+    face: [f32; 4],
+}
+
+fn scene_people(data: &Path, wanted: usize) -> Vec<ScenePerson> {
+    let scenes = std::fs::read_to_string(data.join("scenes.jsonl")).unwrap();
+    let mut records: Vec<serde_json::Value> = scenes
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["split"] == "test")
+        .collect();
+    records.sort_by_key(|r| r["image"].as_str().unwrap().to_string());
+    let mut people = Vec::new();
+    let mut photos_used: Vec<String> = Vec::new();
+    for record in &records {
+        // overlapping crops of one Flickr photo show the same people: use one file per photo
+        let name = record["image"].as_str().unwrap();
+        let photo = name.rsplit_once('_').map_or(name, |(p, _)| p).to_string();
+        let big: Vec<[f32; 4]> = record["faces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["confirmed"] == true)
+            .map(|f| {
+                let b: Vec<f32> = f["box"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                [b[0], b[1], b[2], b[3]]
+            })
+            .filter(|b| (b[2] - b[0]).max(b[3] - b[1]) >= 70.0)
+            .collect();
+        if big.len() < 2 || photos_used.contains(&photo) {
+            continue;
+        }
+        photos_used.push(photo);
+        let image = image::open(data.join(name)).unwrap().into_rgb8();
+        for b in big {
+            let side = 1.6 * (b[2] - b[0]).max(b[3] - b[1]);
+            let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+            let x0 = (cx - side / 2.0).max(0.0) as u32;
+            let y0 = (cy - side / 2.0).max(0.0) as u32;
+            let w = (side as u32).min(image.width() - x0);
+            let h = (side as u32).min(image.height() - y0);
+            people.push(ScenePerson {
+                crop: image::imageops::crop_imm(&image, x0, y0, w, h).to_image(),
+                face: [
+                    b[0] - x0 as f32,
+                    b[1] - y0 as f32,
+                    b[2] - x0 as f32,
+                    b[3] - y0 as f32,
+                ],
+            });
+            if people.len() == wanted {
+                return people;
+            }
+        }
+    }
+    panic!("the shared scenes hold fewer than {wanted} large test-split faces");
+}
+
+#[test]
+fn people_in_a_shuffled_multi_face_sequence_keep_their_ids() {
+    let Some(_) = shipped() else {
+        return;
+    };
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let people = scene_people(&data, 4);
+    const SLOT: u32 = 190;
+    let slot_x = |s: usize| 40 + s as u32 * 230;
+    // Each row: who stands in slots 0..4 for 1.2 s at 10 fps (None = empty slot). Rows follow
+    // each other directly, so people who trade slots look to the tracker like people standing
+    // still; an empty row of 1.5 s makes everyone leave and come back.
+    let n: Option<usize> = None;
+    let layouts: Vec<[Option<usize>; 4]> = vec![
+        [Some(0), Some(1), Some(2), n],
+        [Some(1), Some(0), Some(2), n],       // 0 and 1 trade places
+        [Some(1), Some(0), n, Some(3)],       // 2 leaves, 3 arrives
+        [n, n, n, n],                         // everyone leaves
+        [Some(3), Some(2), Some(0), Some(1)], // everyone back, shuffled
+        [Some(2), Some(3), Some(1), Some(0)], // all four move at once
+        [n, Some(1), n, Some(2)],
+        [Some(0), n, Some(3), n], // 1 and 2 leave as 0 and 3 come back
+        [Some(3), Some(0), Some(2), Some(1)],
+    ];
+    let frames_per_row = |row: &[Option<usize>; 4]| {
+        if row.iter().all(Option::is_none) {
+            15
+        } else {
+            12
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let mut truth: Vec<Vec<(usize, [f32; 4])>> = Vec::new(); // per frame: (person, face box)
+    let mut settled: Vec<bool> = Vec::new(); // last half of a row: IDs must be right by then
+    for row in &layouts {
+        let mut frame = image::RgbImage::from_pixel(960, 540, image::Rgb([92, 98, 104]));
+        let mut who = Vec::new();
+        for (slot, person) in row.iter().enumerate() {
+            if let Some(p) = *person {
+                let person = &people[p];
+                let scale = SLOT as f32 / person.crop.width().max(person.crop.height()) as f32;
+                let (w, h) = (person.crop.width(), person.crop.height());
+                let shown = image::imageops::resize(
+                    &person.crop,
+                    (w as f32 * scale).round() as u32,
+                    (h as f32 * scale).round() as u32,
+                    image::imageops::FilterType::Triangle,
+                );
+                let (x0, y0) = (slot_x(slot) as f32, 170.0);
+                image::imageops::replace(&mut frame, &shown, x0 as i64, y0 as i64);
+                let f = person.face;
+                let face = [
+                    x0 + f[0] * scale,
+                    y0 + f[1] * scale,
+                    x0 + f[2] * scale,
+                    y0 + f[3] * scale,
+                ];
+                who.push((p, face));
+            }
+        }
+        let count = frames_per_row(row);
+        for k in 0..count {
+            frame
+                .save(frames.join(format!("{:04}.png", truth.len())))
+                .unwrap();
+            truth.push(who.clone());
+            settled.push(k >= count / 2);
+        }
+    }
+    let out = crate::support::polyface()
+        .args(["track", "--fps", "10", "--input"])
+        .arg(&frames)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jsonl = std::fs::read_to_string(dir.path().join("out/faces.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), truth.len());
+    // ids[p] = every confirmed ID person p had in settled frames
+    let mut ids: Vec<Vec<u64>> = vec![Vec::new(); people.len()];
+    let (mut seen, mut right_any_frame, mut checked_any_frame) = (0, 0, 0);
+    let mut first_id: Vec<Option<u64>> = vec![None; people.len()];
+    let mut story = String::new(); // who had which ID, frame by frame, for the failure message
+    for ((line, who), &settled) in lines.iter().zip(&truth).zip(&settled) {
+        story.push('\n');
+        for person in line["people"].as_array().unwrap() {
+            if person["state"] != "confirmed" {
+                continue;
+            }
+            let b: Vec<f64> = person["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let centre = |b: [f32; 4]| ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+            let (cx, cy) = centre([b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]);
+            // the person whose face is here (not a neighbour showing at the edge of a crop)
+            let Some(&(p, _)) = who.iter().find(|(_, face)| {
+                let (fx, fy) = centre(*face);
+                (cx - fx).hypot(cy - fy) < 0.3 * (face[2] - face[0])
+            }) else {
+                continue;
+            };
+            let id = person["id"].as_u64().unwrap();
+            story.push_str(&format!(" p{p}=#{id}"));
+            let first = *first_id[p].get_or_insert(id);
+            checked_any_frame += 1;
+            right_any_frame += usize::from(first == id);
+            if settled {
+                seen += 1;
+                ids[p].push(id);
+            }
+        }
+    }
+    eprintln!(
+        "confirmed sightings with the person's first ID: {right_any_frame} / {checked_any_frame} (all frames)"
+    );
+    let expected_sightings: usize = truth
+        .iter()
+        .zip(&settled)
+        .filter(|(_, s)| **s)
+        .map(|(w, _)| w.len())
+        .sum();
+    assert!(
+        seen * 10 >= expected_sightings * 9,
+        "people were tracked in {seen} of {expected_sightings} settled sightings"
+    );
+    for (p, list) in ids.iter_mut().enumerate() {
+        list.sort_unstable();
+        list.dedup();
+        assert_eq!(list.len(), 1, "person {p} had IDs {list:?}; frames:{story}");
+    }
+    let mut all: Vec<u64> = ids.iter().map(|l| l[0]).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), people.len(), "two people shared an ID: {ids:?}");
+}
