@@ -2,7 +2,8 @@
 
 The network is described by a *program*: an ordered list of layers, each reading named tensors and writing one
 named tensor. Only these ops: conv3x3 (pad 1), dwconv3x3 (pad 1, groups = channels), conv1x1, BatchNorm (folded
-at export, every conv then has weight + bias), ReLU, add (elementwise, optional ReLU after), upsample2x (nearest).
+at export, every conv then has weight + bias), ReLU, add (elementwise, optional ReLU after), upsample2x (nearest),
+gap (global average pool; the re-ID net's).
 The same program drives the PyTorch training model, the folded reference forward pass (what Rust implements)
 and the layer table in training/DETECTOR.md.
 """
@@ -33,18 +34,23 @@ def _hw(h, w, s):
     return (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
 
 
+def conv_layer(L, name, op, src, cin, cout, stride=1, act="relu", hw=None, bn=True):
+    """appends one conv layer dict to program L; returns its name (= its output tensor)."""
+    k = 1 if op == "conv1x1" else 3
+    L.append({"name": name, "op": op, "input": src, "in": cin, "out": cout, "kernel": k, "stride": stride,
+              "pad": 0 if k == 1 else 1, "groups": cin if op == "dwconv3x3" else 1, "act": act,
+              "out_hw": list(hw), "bn": bn})
+    return name
+
+
 def build_program(config):
     """-> list of layer dicts. Tensor 'input' is the normalised image; output tensor = last layer's name."""
     c = config
     W, H = c["input_size"]
     L = []
 
-    def conv(name, op, src, cin, cout, stride=1, act="relu", hw=None, bn=True):
-        k = 1 if op == "conv1x1" else 3
-        L.append({"name": name, "op": op, "input": src, "in": cin, "out": cout, "kernel": k, "stride": stride,
-                  "pad": 0 if k == 1 else 1, "groups": cin if op == "dwconv3x3" else 1, "act": act,
-                  "out_hw": list(hw), "bn": bn})
-        return name
+    def conv(*args, **kwargs):
+        return conv_layer(L, *args, **kwargs)
 
     h, w = _hw(H, W, 2)
     x = conv("stem", "conv3x3", "input", 3, c["stem"], 2, hw=(h, w))
@@ -90,21 +96,25 @@ def conv_names(program):
     return [l["name"] for l in program if l["op"] in ("conv3x3", "dwconv3x3", "conv1x1")]
 
 
-class Detector(nn.Module):
-    def __init__(self, config=None):
-        super().__init__()
-        self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
-        self.program = build_program(self.config)
-        self.build_layers()
-        with torch.no_grad():
-            out = self.convs["head_out"]
-            nn.init.normal_(out.weight, std=0.01)
-            out.bias.zero_()
-            out.bias[0] = HM_PRIOR_BIAS
-            out.bias[3:5] = 2.0  # log(32 px / 4): a mid-size face
+def apply_op(l, t, conv):
+    """output of non-conv layer l (add, upsample2x, gap) from tensors t, or conv(l, input) for a conv; then act."""
+    op = l["op"]
+    if op == "add":
+        y = t[l["input"][0]] + t[l["input"][1]]
+    elif op == "upsample2x":
+        y = F.interpolate(t[l["input"]], scale_factor=2, mode="nearest")
+    elif op == "gap":
+        y = t[l["input"]].mean(dim=(2, 3), keepdim=True)
+    else:
+        y = conv(l, t[l["input"]])
+    return F.relu(y) if l["act"] == "relu" else y
+
+
+class ProgramNet(nn.Module):
+    """a trainable network built from a layer program (self.program): the detector, the MFN and the re-ID net."""
 
     def build_layers(self):
-        """one Conv2d (+ BatchNorm) per conv layer of self.program (subclasses with other programs reuse it)."""
+        """one Conv2d (+ BatchNorm) per conv layer of self.program."""
         self.convs = nn.ModuleDict()
         self.bns = nn.ModuleDict()
         for l in self.program:
@@ -117,25 +127,32 @@ class Detector(nn.Module):
 
     def run(self, x):
         """every tensor of the program, by layer name."""
+        def conv(l, inp):
+            key = l["name"].replace(".", "_")
+            y = self.convs[key](inp)
+            return self.bns[key](y) if l["bn"] else y
+
         t = {"input": x}
         for l in self.program:
-            op = l["op"]
-            if op == "add":
-                y = t[l["input"][0]] + t[l["input"][1]]
-            elif op == "upsample2x":
-                y = F.interpolate(t[l["input"]], scale_factor=2, mode="nearest")
-            else:
-                key = l["name"].replace(".", "_")
-                y = self.convs[key](t[l["input"]])
-                if l["bn"]:
-                    y = self.bns[key](y)
-            if l["act"] == "relu":
-                y = F.relu(y)
-            t[l["name"]] = y
+            t[l["name"]] = apply_op(l, t, conv)
         return t
 
     def forward(self, x):
         return self.run(x)[self.program[-1]["name"]]
+
+
+class Detector(ProgramNet):
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
+        self.program = build_program(self.config)
+        self.build_layers()
+        with torch.no_grad():
+            out = self.convs["head_out"]
+            nn.init.normal_(out.weight, std=0.01)
+            out.bias.zero_()
+            out.bias[0] = HM_PRIOR_BIAS
+            out.bias[3:5] = 2.0  # log(32 px / 4): a mid-size face
 
 
 def fold_conv_bn(conv, bn):
@@ -162,22 +179,21 @@ def folded_tensors(model):
     return t
 
 
-def folded_forward(tensors, program, x):
-    """Reference forward pass on folded tensors (exactly what the Rust port implements)."""
+def folded_run(tensors, program, x):
+    """Reference forward pass on folded tensors (exactly what the Rust port implements): every tensor, by name."""
+    def conv(l, inp):
+        return F.conv2d(inp, tensors[l["name"] + ".weight"], tensors[l["name"] + ".bias"], l["stride"], l["pad"],
+                        groups=l["groups"])
+
     t = {"input": x}
     for l in program:
-        op = l["op"]
-        if op == "add":
-            y = t[l["input"][0]] + t[l["input"][1]]
-        elif op == "upsample2x":
-            y = F.interpolate(t[l["input"]], scale_factor=2, mode="nearest")
-        else:
-            y = F.conv2d(t[l["input"]], tensors[l["name"] + ".weight"], tensors[l["name"] + ".bias"],
-                         l["stride"], l["pad"], groups=l["groups"])
-        if l["act"] == "relu":
-            y = F.relu(y)
-        t[l["name"]] = y
-    return t[program[-1]["name"]]
+        t[l["name"]] = apply_op(l, t, conv)
+    return t
+
+
+def folded_forward(tensors, program, x):
+    """the program's output (its last layer) on folded tensors."""
+    return folded_run(tensors, program, x)[program[-1]["name"]]
 
 
 def count_macs(program):

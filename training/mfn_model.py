@@ -38,11 +38,7 @@ def build_program(config):
     h1, h2 = config["face_head"]
 
     def conv(name, op, inp, cin, cout, act="relu", bn=True):
-        k = 1 if op == "conv1x1" else 3
-        L.append({"name": name, "op": op, "input": inp, "in": cin, "out": cout, "kernel": k, "stride": 1,
-                  "pad": 0 if k == 1 else 1, "groups": cin if op == "dwconv3x3" else 1, "act": act,
-                  "out_hw": list(hw8), "bn": bn})
-        return name
+        return DM.conv_layer(L, name, op, inp, cin, cout, 1, act, hw8, bn)
 
     x = conv("face.dw0", "dwconv3x3", "fpn.smooth8.pw", c8, c8)
     x = conv("face.pw0", "conv1x1", x, c8, h1)
@@ -55,9 +51,9 @@ def build_program(config):
 OUTPUTS = ["head.out", "face.out"]
 
 
-class MFN(DM.Detector):
+class MFN(DM.ProgramNet):
     def __init__(self, config=None):
-        nn.Module.__init__(self)
+        super().__init__()
         self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
         self.program = build_program(self.config)
         self.build_layers()
@@ -96,19 +92,7 @@ class DetView(nn.Module):
 
 def folded_outputs(tensors, program, x):
     """reference forward on folded tensors -> dict of every output named in OUTPUTS."""
-    t = {"input": x}
-    for l in program:
-        op = l["op"]
-        if op == "add":
-            y = t[l["input"][0]] + t[l["input"][1]]
-        elif op == "upsample2x":
-            y = F.interpolate(t[l["input"]], scale_factor=2, mode="nearest")
-        else:
-            y = F.conv2d(t[l["input"]], tensors[l["name"] + ".weight"], tensors[l["name"] + ".bias"],
-                         l["stride"], l["pad"], groups=l["groups"])
-        if l["act"] == "relu":
-            y = F.relu(y)
-        t[l["name"]] = y
+    t = DM.folded_run(tensors, program, x)
     return {k: t[k] for k in OUTPUTS}
 
 

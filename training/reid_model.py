@@ -20,10 +20,16 @@ Layout (input [N,1,64,64], x = (u8/255 - 0.5)/0.5 of the aligned face, see reid_
 The consumer L2-normalises the embedding (cosine similarity).
 """
 import json
+import os
+import sys
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the layer-program machinery (builder, trainable net, BN folding, reference forward, counting) is the detector's
+from det_model import (ProgramNet, _hw, conv_layer, conv_names, count_macs, count_params, fold_conv_bn,  # noqa: E402,F401
+                       folded_forward, folded_tensors)
 
 IN_SIZE = 64
 
@@ -37,22 +43,14 @@ DEFAULT_CONFIG = {
 }
 
 
-def _hw(h, w, s):
-    return (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
-
-
 def build_program(config):
     """-> list of layer dicts. Tensor 'input' is the normalised image; output tensor = last layer's name."""
     c = config
     W, H = c["input_size"]
     L = []
 
-    def conv(name, op, src, cin, cout, stride=1, act="relu", hw=None, bn=True):
-        k = 1 if op == "conv1x1" else 3
-        L.append({"name": name, "op": op, "input": src, "in": cin, "out": cout, "kernel": k, "stride": stride,
-                  "pad": 0 if k == 1 else 1, "groups": cin if op == "dwconv3x3" else 1, "act": act,
-                  "out_hw": list(hw), "bn": bn})
-        return name
+    def conv(*args, **kwargs):
+        return conv_layer(L, *args, **kwargs)
 
     h, w = _hw(H, W, 2)
     x = conv("stem", "conv3x3", "input", 1, c["stem"], 2, hw=(h, w))
@@ -83,37 +81,12 @@ def build_program(config):
     return L
 
 
-def conv_names(program):
-    return [l["name"] for l in program if l["op"] in ("conv3x3", "dwconv3x3", "conv1x1")]
-
-
-def _apply(l, t, conv_fn):
-    op = l["op"]
-    if op == "add":
-        y = t[l["input"][0]] + t[l["input"][1]]
-    elif op == "gap":
-        y = t[l["input"]].mean(dim=(2, 3), keepdim=True)
-    else:
-        y = conv_fn(l, t[l["input"]])
-    if l["act"] == "relu":
-        y = F.relu(y)
-    return y
-
-
-class ReidNet(nn.Module):
+class ReidNet(ProgramNet):
     def __init__(self, config=None):
         super().__init__()
         self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
         self.program = build_program(self.config)
-        self.convs = nn.ModuleDict()
-        self.bns = nn.ModuleDict()
-        for l in self.program:
-            if l["op"] in ("conv3x3", "dwconv3x3", "conv1x1"):
-                key = l["name"].replace(".", "_")
-                self.convs[key] = nn.Conv2d(l["in"], l["out"], l["kernel"], l["stride"], l["pad"],
-                                            groups=l["groups"], bias=not l["bn"])
-                if l["bn"]:
-                    self.bns[key] = nn.BatchNorm2d(l["out"])
+        self.build_layers()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # depthwise: fan_in (9) so that activations keep their scale (fan_out would make them ~0)
@@ -125,69 +98,6 @@ class ReidNet(nn.Module):
         for l in self.program:
             if l["name"].endswith(".proj"):
                 nn.init.zeros_(self.bns[l["name"].replace(".", "_")].weight)
-
-    def forward(self, x):
-        t = {"input": x}
-
-        def conv_fn(l, inp):
-            key = l["name"].replace(".", "_")
-            y = self.convs[key](inp)
-            return self.bns[key](y) if l["bn"] else y
-
-        for l in self.program:
-            t[l["name"]] = _apply(l, t, conv_fn)
-        return t[self.program[-1]["name"]]
-
-
-def fold_conv_bn(conv, bn):
-    w = conv.weight.detach().double()
-    if bn is None:
-        b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        return w.float().contiguous(), b.float().contiguous()
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    wf = w * scale.view(-1, 1, 1, 1)
-    bf = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
-    if conv.bias is not None:
-        bf = bf + conv.bias.detach().double() * scale
-    return wf.float().contiguous(), bf.float().contiguous()
-
-
-def folded_tensors(model):
-    """-> dict '<layer name>.weight' / '.bias' (BN folded), in program order."""
-    t = {}
-    for l in model.program:
-        if l["op"] in ("conv3x3", "dwconv3x3", "conv1x1"):
-            key = l["name"].replace(".", "_")
-            w, b = fold_conv_bn(model.convs[key], model.bns[key] if l["bn"] else None)
-            t[l["name"] + ".weight"], t[l["name"] + ".bias"] = w, b
-    return t
-
-
-def folded_forward(tensors, program, x):
-    """Reference forward pass on folded tensors (exactly what the Rust port implements). -> [N,D,1,1] raw."""
-    t = {"input": x}
-
-    def conv_fn(l, inp):
-        return F.conv2d(inp, tensors[l["name"] + ".weight"], tensors[l["name"] + ".bias"], l["stride"], l["pad"],
-                        groups=l["groups"])
-
-    for l in program:
-        t[l["name"]] = _apply(l, t, conv_fn)
-    return t[program[-1]["name"]]
-
-
-def count_macs(program):
-    m = 0
-    for l in program:
-        if l["op"] in ("conv3x3", "dwconv3x3", "conv1x1"):
-            h, w = l["out_hw"]
-            m += h * w * l["out"] * (l["in"] // l["groups"]) * l["kernel"] * l["kernel"]
-    return m
-
-
-def count_params(model):
-    """parameters of the exported (folded) network."""
-    return sum(v.numel() for v in folded_tensors(model).values())
 
 
 if __name__ == "__main__":
