@@ -1,5 +1,4 @@
 """Detector data: cache loading, letterbox, scene augmentation, on-the-fly face composites, CenterNet targets."""
-import io
 import math
 import os
 

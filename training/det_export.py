@@ -14,25 +14,11 @@ import os
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 import det_model as M
 from det_model import Detector, folded_tensors, folded_forward, count_macs, count_params, decode
 
-try:
-    from export_sfn import git_commit
-except Exception:  # pragma: no cover - fallback with the same behaviour
-    import subprocess
-
-    def git_commit():
-        try:
-            r = subprocess.run(["git", "-C", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
-                                "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-            if r.returncode == 0 and r.stdout.strip():
-                return r.stdout.strip()
-        except Exception:
-            pass
-        return "uncommitted"
+from common import atomic_save_safetensors as _atomic_save, git_commit
 
 LETTERBOX_RULE = (
     "Frame W x H (RGB u8). s = min(320/W, 240/H). Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
@@ -113,14 +99,6 @@ def build_metadata(model, metrics=None, extra=None):
     if extra:
         md.update({k: str(v) for k, v in extra.items()})
     return md
-
-
-def _atomic_save(tensors, path, metadata=None):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def fixture_input(cache_dir):

@@ -27,6 +27,7 @@ import det_data as D  # noqa: E402
 import det_model as M  # noqa: E402
 from det_model import Detector, decode  # noqa: E402
 import det_export  # noqa: E402
+from common import EMA, atomic_torch_save, worker_init  # noqa: E402
 
 
 # ---------------------------------------------------------------- losses
@@ -54,28 +55,6 @@ def reg_losses(out, ind, msk, reg):
 
 
 W_HM, W_OFF, W_SIZE, W_KPS = 1.0, 1.0, 1.0, 1.0
-
-
-# ---------------------------------------------------------------- EMA
-
-class EMA:
-    def __init__(self, model, decay=0.998):
-        self.decay = decay
-        self.model = Detector(model.config)
-        self.model.load_state_dict(model.state_dict())
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model, step):
-        d = min(self.decay, (1 + step) / (10 + step))
-        msd = model.state_dict()
-        for k, v in self.model.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
-            else:
-                v.copy_(msd[k])
 
 
 # ---------------------------------------------------------------- evaluation
@@ -181,18 +160,6 @@ def validate(model, cache, device, limit=None):
 
 
 # ---------------------------------------------------------------- main
-
-def atomic_torch_save(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def worker_init(_):
-    torch.set_num_threads(1)
-    import cv2
-    cv2.setNumThreads(0)
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,13 +12,11 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-import sfn_model
+from common import atomic_save_safetensors as _atomic_save, git_commit
 from sfn_model import SFN, OUTPUT_LAYOUT, INPUT_SIZE, rot6d_to_matrix, count_macs
 
 BLENDSHAPE_NAMES = [
@@ -51,17 +49,6 @@ POSE_CONVENTION = (
     "roll = atan2(R10, R00). yaw>0: face turns to image right (subject's left); pitch>0: face looks down; "
     "roll>0: face rotates counter-clockwise in the image."
 )
-
-
-def git_commit():
-    try:
-        r = subprocess.run(["git", "-C", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
-                            "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip()
-    except Exception:
-        pass
-    return "uncommitted"
 
 
 def fold_conv_bn(conv, bn):
@@ -196,14 +183,6 @@ def build_metadata(config, metrics=None, extra=None):
     if extra:
         md.update({k: str(v) for k, v in extra.items()})
     return md
-
-
-def _atomic_save(tensors, path, metadata=None):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def fixture_inputs(cache_dir):

@@ -11,7 +11,6 @@ checkpoints <out>/last.pt every epoch (resumable) and <out>/best.pt; on improvem
 to --export (models/mfn.safetensors) and --fixture (tests/fixtures/mfn_parity.safetensors).
 """
 import argparse
-import copy
 import csv
 import datetime
 import json
@@ -23,16 +22,15 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import det_data as D  # noqa: E402
 import det_model as DM  # noqa: E402
 import mfn_data as MD  # noqa: E402
 import mfn_model as M  # noqa: E402
-from det_train import focal_loss, reg_losses, evaluate as det_evaluate, atomic_torch_save, worker_init  # noqa: E402
-from det_export import _atomic_save, git_commit, LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT, DECODING  # noqa: E402
-from sfn_model import rot6d_to_matrix  # noqa: E402
+from det_train import focal_loss, reg_losses, evaluate as det_evaluate  # noqa: E402
+from common import EMA, atomic_save_safetensors as _atomic_save, atomic_torch_save, git_commit, worker_init  # noqa: E402
+from det_export import LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT, DECODING  # noqa: E402
 
 W_LMK, W_POSE, W_BLEND = 10.0, 1.0, 2.0
 
@@ -48,24 +46,6 @@ def face_losses(face_out, t):
     l_pose = ((v[..., 136:142] - tg[..., 136:142]).abs().mean(-1) * w[..., 1]).sum() / n_p
     l_blend = ((torch.sigmoid(v[..., 142:]) - tg[..., 142:]).abs().mean(-1) * w[..., 2]).sum() / n_b
     return l_lmk, l_pose, l_blend
-
-
-class EMA:
-    def __init__(self, model, decay=0.998):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model, step):
-        d = min(self.decay, (1 + step) / (10 + step))
-        msd = model.state_dict()
-        for k, v in self.model.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
-            else:
-                v.copy_(msd[k])
 
 
 def rot_angle_deg(Ra, Rb):

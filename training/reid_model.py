@@ -28,8 +28,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the layer-program machinery (builder, trainable net, BN folding, reference forward, counting) is the detector's
-from det_model import (ProgramNet, _hw, conv_layer, conv_names, count_macs, count_params, fold_conv_bn,  # noqa: E402,F401
-                       folded_forward, folded_tensors)
+from det_model import ProgramNet, _hw, conv_layer, count_macs, count_params  # noqa: E402
 
 IN_SIZE = 64
 

@@ -16,9 +16,10 @@ Output: <out>/faces.npz (git-ignored, ~20-30 MiB) with
 
 Identity split (deterministic): the distinct non-null identities are sorted by name, shuffled with
 numpy.random.default_rng(20240611) (seed overridable with --seed), and the first 15 % (rounded) are held out.
-Kept images: every image of a training identity with >= 2 images (the ArcFace classes), and every image of a
-held-out identity (those with >= 2 images give the "same" verification pairs; singletons only serve as extra
-negatives). Training-identity singletons and records without identity are dropped.
+Kept images: every image of a training identity with >= --min-images images (default 1: every training identity,
+singletons included, is an ArcFace class; singletons still teach, as extra classes the others must stay away
+from), and every image of a held-out identity (those with >= 2 images give the "same" verification pairs;
+singletons only serve as extra negatives). Records without identity are dropped.
 
 ALIGNMENT (what the Rust app must reproduce from 68 iBUG landmarks on a full camera frame)
 ------------------------------------------------------------------------------------------
@@ -170,6 +171,8 @@ def main():
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--out", default="training/cache/reid")
     ap.add_argument("--seed", type=int, default=SPLIT_SEED)
+    ap.add_argument("--min-images", type=int, default=1,
+                    help="keep training identities with at least this many images (1: singletons become classes too)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
 
@@ -184,7 +187,7 @@ def main():
     for r in recs:
         count[r["identity"]] = count.get(r["identity"], 0) + 1
     held = split_identities(count.keys(), args.seed)
-    keep = [r for r in recs if r["identity"] in held or count[r["identity"]] >= 2]
+    keep = [r for r in recs if r["identity"] in held or count[r["identity"]] >= args.min_images]
     keep.sort(key=lambda r: (r["identity"], r["image"]))
     names = sorted({r["identity"] for r in keep})
     idx = {n: i for i, n in enumerate(names)}
@@ -204,13 +207,14 @@ def main():
     path = os.path.join(args.out, "faces.npz")
     np.savez_compressed(path + ".tmp.npz", faces=faces, identity=ident, names=np.array(names), split=split,
                         files=np.array([r["image"] for r in keep]), matrix=mats, valid=valid,
-                        lm68=np.array([r["landmarks68"] for r in keep], np.float32), seed=np.int64(args.seed))
+                        lm68=np.array([r["landmarks68"] for r in keep], np.float32), seed=np.int64(args.seed),
+                        min_images=np.int64(args.min_images))
     os.replace(path + ".tmp.npz", path)
     tr = split == 0
     n_tr_id = len(set(ident[tr].tolist()))
     held_ids, held_counts = np.unique(ident[~tr], return_counts=True)
     print(f"identities total {len(count)}, held out {len(held)}; kept images {len(keep)}: "
-          f"train {tr.sum()} ({n_tr_id} identities >= 2 images), held-out {(~tr).sum()} "
+          f"train {tr.sum()} ({n_tr_id} identities >= {args.min_images} images), held-out {(~tr).sum()} "
           f"({len(held_ids)} identities, {(held_counts >= 2).sum()} with >= 2 images)")
     print(f"wrote {path} ({os.path.getsize(path) / 2 ** 20:.1f} MiB)")
 

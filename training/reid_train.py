@@ -6,7 +6,7 @@
     nice -n 19 python3 training/reid_train.py --export-only training/runs/reid/best.pt   # re-export a checkpoint
 
 Data: training/cache/reid/faces.npz from reid_prepare.py (64x64 aligned gray faces; identity split 85/15).
-Classes = training identities with >= 2 images. Per epoch every training image once (shuffled, seeded by
+Classes = training identities with >= --min-images (reid_prepare.py) images. Per epoch every training image once (shuffled, seeded by
 (seed, epoch)), with augmentation; then LFW-style verification on the held-out identities: fixed pairs (seeded,
 up to 3000 same + as many different), cosine similarity of L2-normalised embeddings (flip-averaged: embedding =
 L2norm(f(x) + f(hflip(x)))), 10-fold accuracy (threshold chosen on 9 folds, tested on the 10th), mean +- std.
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reid_model as RM  # noqa: E402
-from reid_model import ReidNet, folded_tensors, folded_forward, count_macs, count_params  # noqa: E402
+from reid_model import ReidNet  # noqa: E402
+from det_model import folded_tensors, folded_forward, count_macs, count_params  # noqa: E402
 import reid_prepare as RP  # noqa: E402
 
 PAIR_SEED = 1234
@@ -49,6 +49,7 @@ class Data:
         self.faces, self.valid, self.lm68 = d["faces"], d["valid"], d["lm68"]
         ident, split = d["identity"], d["split"]
         self.names, self.files = d["names"], d["files"]
+        self.min_images = int(d["min_images"]) if "min_images" in d else 2
         tr = np.nonzero(split == 0)[0]
         ids = np.unique(ident[tr])
         if subset_ids:
@@ -241,15 +242,7 @@ def verify(model, data, flip=True, folds=10):
 
 # ---------------------------------------------------------------- export
 
-from export_sfn import git_commit  # noqa: E402  (one definition for every exporter)
-
-
-def _atomic_save(tensors, path, metadata=None):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+from common import atomic_save_safetensors as _atomic_save, git_commit  # noqa: E402
 
 
 def alignment_fixture(data):
@@ -270,7 +263,7 @@ def alignment_fixture(data):
             "align_matrix": torch.from_numpy(M.astype(np.float64)), "align_out_u8": torch.from_numpy(out)}
 
 
-def build_metadata(model, metrics, extra=None):
+def build_metadata(model, metrics, data, extra=None):
     md = {
         "format": "polyface-reid",
         "format_version": "1",
@@ -314,7 +307,7 @@ def build_metadata(model, metrics, extra=None):
         "macs": str(count_macs(model.program)),
         "loss": "ArcFace (additive angular margin)",
         "training_data": "wild.jsonl of the shared face data (mostly LFW face crops, grayscale), identities with "
-                         ">= 2 images of the 85% training identity split; research-use data",
+                         f">= {data.min_images} images of the 85% training identity split; research-use data",
         "git_commit": git_commit(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -326,7 +319,7 @@ def build_metadata(model, metrics, extra=None):
 def export(model, out_path, fixture_path, metrics, data, extra=None):
     model = model.eval()
     tensors = folded_tensors(model)
-    md = build_metadata(model, metrics, extra)
+    md = build_metadata(model, metrics, data, extra)
     _atomic_save(tensors, out_path, md)
     if fixture_path:
         # 4 held-out faces: the first two pairs of 'same' identity in the pair list, first elements

@@ -31,13 +31,16 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sfn_model import SFN, DEFAULT_CONFIG, rot6d_to_matrix, count_macs  # noqa: E402
 import sfn_data  # noqa: E402
+from common import EMA, atomic_torch_save, worker_init  # noqa: E402
 from sfn_data import FaceCache, SFNTrainSet, make_plan, make_val, normalize  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def lr_factor(step, steps_per_epoch, t0=10, tmult=2, warmup_epochs=1, restart_decay=0.7, floor=0.02):
-    """multiplier of the peak LR at a global optimizer step (pure function: resumable)."""
+def lr_factor(step, steps_per_epoch, t0=10, tmult=2, warmup_epochs=1, restart_decay=0.7, floor=0.02,
+              anneal_by=0):
+    """multiplier of the peak LR at a global optimizer step (pure function: resumable). anneal_by > 0 cuts
+    the cycle that contains that epoch short so it ends there (a run that must stop early still anneals)."""
     e = step / steps_per_epoch
     if e < warmup_epochs:
         return max(e / warmup_epochs, 0.01)
@@ -46,6 +49,10 @@ def lr_factor(step, steps_per_epoch, t0=10, tmult=2, warmup_epochs=1, restart_de
         start += cycle_len
         cycle_len *= tmult
         k += 1
+    if start < anneal_by < start + cycle_len:
+        cycle_len = anneal_by - start
+        if e >= anneal_by:
+            return floor
     p = (e - start) / cycle_len
     peak = restart_decay ** k
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * p))
@@ -56,29 +63,6 @@ def wing(x, w=10.0, eps=2.0):
     x = x.abs()
     C = w - w * math.log(1 + w / eps)
     return torch.where(x < w, w * torch.log(1 + x / eps), x - C)
-
-
-class EMA:
-    def __init__(self, model, decay):
-        self.decay = decay
-        self.updates = 0
-        self.model = SFN(model.config)
-        self.model.load_state_dict(model.state_dict())
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model):
-        # warm-up of the decay so the average is not dominated by the random initialisation
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        msd = model.state_dict()
-        for k, v in self.model.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
-            else:
-                v.copy_(msd[k])
 
 
 def compute_loss(y, lmk, r6, blend, w, args):
@@ -134,18 +118,6 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"])
 
 
-def atomic_torch_save(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def worker_init(_):
-    import cv2
-    cv2.setNumThreads(0)
-    torch.set_num_threads(1)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="training/cache", help="cache folder (prepare_data.py --out)")
@@ -160,6 +132,8 @@ def main():
     ap.add_argument("--w-blend", type=float, default=1.0)
     ap.add_argument("--w-conf", type=float, default=1.0)
     ap.add_argument("--t0", type=int, default=10, help="first cosine cycle length (epochs)")
+    ap.add_argument("--anneal-by", type=int, default=0,
+                    help="end the cosine cycle that contains this epoch there (0 = full cycles)")
     ap.add_argument("--subset", type=int, default=0, help="positives per epoch (0 = all); for smoke tests")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -201,7 +175,8 @@ def main():
                             lr=args.lr)
     plan0 = make_plan(cache, args.seed, 0, subset=args.subset)
     steps_per_epoch = len(plan0) // args.batch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, t0=args.t0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, t0=args.t0,
+                                                                          anneal_by=args.anneal_by))
     ema = EMA(model, args.ema)
     start_epoch, best = 0, float("inf")
     last_path, best_path = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
