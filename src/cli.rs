@@ -121,6 +121,9 @@ pub struct BenchArgs {
     /// The shared data folder (face crops to compose frames from).
     #[arg(long, value_name = "DIR", default_value = "../shared/data")]
     pub data: PathBuf,
+    /// Compose frames from the faces in your own photos instead (a folder of images).
+    #[arg(long, value_name = "DIR")]
+    pub input: Option<PathBuf>,
     /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,

@@ -177,12 +177,15 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use polyface::vision;
     let device = vision::device(&args.device)?;
     let models = vision::models_dir(args.models.as_deref());
-    let crops = polyface::bench::load_face_crops(&args.data, 20).with_context(|| {
-        format!(
-            "reading face crops from {} (use --data)",
-            args.data.display()
-        )
-    })?;
+    let crops = match &args.input {
+        Some(dir) => polyface::bench::face_crops_from_folder(dir, &models, 20)?,
+        None => polyface::bench::load_face_crops(&args.data, 20).with_context(|| {
+            format!(
+                "reading face crops from {} (use --data, or --input with your own photos)",
+                args.data.display()
+            )
+        })?,
+    };
     if args.jitter {
         let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
         let report = polyface::bench::bench_jitter(&sfn, &crops, args.frames)?;
@@ -195,6 +198,28 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         return Ok(());
+    }
+    // Off the CPU, first check the device computes what the CPU computes.
+    let mut max_diff_vs_cpu = None;
+    if !device.is_cpu() {
+        let diffs = polyface::bench::check_against_cpu(&models, &device, &crops, 5)?;
+        for (net, diff) in &diffs {
+            eprintln!(
+                "{net} outputs on {} vs cpu: max |diff| {diff:.2e}",
+                args.device
+            );
+        }
+        if let Some((net, diff)) = diffs.iter().find(|(_, d)| d.is_nan() || *d > 1e-2) {
+            anyhow::bail!(
+                "the {net} outputs on {} differ from the CPU's by {diff} (more than 1e-2): not timing a wrong result",
+                args.device
+            );
+        }
+        max_diff_vs_cpu = Some(
+            diffs
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        );
     }
     let mut results = Vec::new();
     for pipeline in &args.pipeline {
@@ -239,7 +264,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"device": device_name, "frame": polyface::bench::FRAME_SIZE, "results": results})
+            serde_json::json!({"device": device_name, "frame": polyface::bench::FRAME_SIZE, "max_diff_vs_cpu": max_diff_vs_cpu, "results": results})
         );
     } else {
         print!("{}", polyface::bench::table(&results));

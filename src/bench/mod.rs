@@ -64,6 +64,64 @@ pub fn load_face_crops(data: &Path, count: usize) -> Result<Vec<(image::RgbImage
         .collect()
 }
 
+/// Face crops from a folder of the user's own photos: every face the detector → SFN pipeline
+/// finds (up to `count`), cut out as a square of 1.6× its landmark box (black beyond the photo),
+/// with its landmarks in crop pixels. Unreadable files are skipped with a warning.
+pub fn face_crops_from_folder(
+    dir: &Path,
+    models: &Path,
+    count: usize,
+) -> Result<Vec<(image::RgbImage, Vec<Vec2>)>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list the folder", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                crate::capture::IMAGE_EXTENSIONS.contains(&e.to_lowercase().as_str())
+            })
+        })
+        .collect();
+    files.sort();
+    let mut pipeline = crate::vision::SfnPipeline::load(models, &candle_core::Device::Cpu)?;
+    let mut crops = Vec::new();
+    for file in files {
+        let photo = match image::open(&file) {
+            Ok(image) => image.into_rgb8(),
+            Err(e) => {
+                log::warn!("{}: skipped ({e})", file.display());
+                continue;
+            }
+        };
+        // A fresh start per photo: the pipeline follows faces between frames otherwise.
+        crate::vision::FacePipeline::reset(&mut pipeline);
+        let mut timings = crate::timing::FrameTimings::new(0);
+        let faces = crate::vision::FacePipeline::process(&mut pipeline, &photo, &mut timings)?;
+        for face in faces {
+            let (min, max) = (face.bbox.0, face.bbox.1);
+            let side = ((max - min).max_element() * 1.6).round().max(1.0);
+            let origin = (min + max) / 2.0 - side / 2.0;
+            let mut crop = image::RgbImage::new(side as u32, side as u32);
+            image::imageops::replace(
+                &mut crop,
+                &photo,
+                -origin.x.round() as i64,
+                -origin.y.round() as i64,
+            );
+            let shift = Vec2::new(origin.x.round(), origin.y.round());
+            let points = face.landmarks.iter().map(|p| *p - shift).collect();
+            crops.push((crop, points));
+            if crops.len() == count {
+                return Ok(crops);
+            }
+        }
+    }
+    if crops.is_empty() {
+        anyhow::bail!("{}: no faces found in its images", dir.display());
+    }
+    Ok(crops)
+}
+
 /// Median and 95th percentile of one measured stage, milliseconds.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Measured {
@@ -164,6 +222,7 @@ pub fn bench_sfn(
         times.push(("sfn_crop", ms(t)));
         let t_net = Instant::now();
         let raw = sfn.forward(&input)?;
+        device.synchronize()?; // GPU work is queued: wait for it so the stage time is its own
         times.push(("sfn_network", ms(t_net)));
         let observations = decode(&raw, &boxes)?;
         times.push(("sfn", ms(t)));
@@ -186,6 +245,7 @@ pub fn bench_mfn(
         times.push(("mfn_preprocess", ms(start)));
         let t = Instant::now();
         let output = mfn.forward(&input)?;
+        mfn.device().synchronize()?;
         times.push(("mfn_network", ms(t)));
         let t = Instant::now();
         let observations = mfn.decode(&output, &letterbox)?;
@@ -193,6 +253,39 @@ pub fn bench_mfn(
         times.push(("mfn", ms(start)));
         Ok(observations)
     })
+}
+
+/// Largest difference between the networks' raw outputs on `device` and on the CPU, per network
+/// (SFN on `faces` crops in one batch, MFN on the composed frame): a GPU run checks itself before
+/// its timings are trusted.
+pub fn check_against_cpu(
+    models: &Path,
+    device: &candle_core::Device,
+    crops: &[(image::RgbImage, Vec<Vec2>)],
+    faces: usize,
+) -> Result<Vec<(&'static str, f32)>> {
+    let cpu = candle_core::Device::Cpu;
+    let (frame, boxes) = compose_frame(faces, crops);
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> Result<f32> {
+        let a = a.to_device(&cpu)?.flatten_all()?;
+        let b = b.to_device(&cpu)?.flatten_all()?;
+        Ok((a - b)?.abs()?.max(0)?.to_scalar::<f32>()?)
+    };
+    let sfn_path = models.join("sfn.safetensors");
+    let (sfn_cpu, sfn_dev) = (Sfn::load(&sfn_path, &cpu)?, Sfn::load(&sfn_path, device)?);
+    let input = crop_batch(&frame, &boxes, &cpu)?;
+    let sfn = max_diff(
+        &sfn_cpu.forward(&input)?,
+        &sfn_dev.forward(&input.to_device(device)?)?,
+    )?;
+    let mfn_path = models.join("mfn.safetensors");
+    let (mfn_cpu, mfn_dev) = (Mfn::load(&mfn_path, &cpu)?, Mfn::load(&mfn_path, device)?);
+    let (input, _) = mfn_cpu.prepare(&frame)?;
+    let on_cpu = mfn_cpu.forward(&input)?;
+    let on_device = mfn_dev.forward(&input.to_device(device)?)?;
+    let mfn = max_diff(&on_cpu.detection, &on_device.detection)?
+        .max(max_diff(&on_cpu.face, &on_device.face)?);
+    Ok(vec![("sfn", sfn), ("mfn", mfn)])
 }
 
 /// The table in the paper's form: faces → detector, SFN (all faces and per face), SFN-pipeline

@@ -2,6 +2,7 @@
 
 mod app_state;
 mod avatars;
+mod bench_cli;
 mod capture_sources;
 mod cli_track;
 mod detector_model;
