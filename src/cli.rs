@@ -121,6 +121,10 @@ pub struct BenchArgs {
     /// The shared data folder (face crops to compose frames from).
     #[arg(long, value_name = "DIR", default_value = "../shared/data")]
     pub data: PathBuf,
+    /// End to end: also render one avatar per person (1280×720 offscreen, MSAA) each frame and
+    /// wait for the GPU, so totals run from the frame to the avatars drawn.
+    #[arg(long)]
+    pub avatars: bool,
     /// Compose frames from the faces in your own photos instead (a folder of images).
     #[arg(long, value_name = "DIR")]
     pub input: Option<PathBuf>,

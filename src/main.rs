@@ -221,6 +221,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 .collect::<std::collections::BTreeMap<_, _>>(),
         );
     }
+    let mut avatars = match args.avatars {
+        true => Some(polyface::bench::AvatarBench::new()?),
+        false => None,
+    };
     let mut results = Vec::new();
     for pipeline in &args.pipeline {
         match pipeline {
@@ -234,8 +238,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         &sfn,
                         &crops,
                         faces,
-                        args.frames,
-                        5,
+                        (args.frames, 5),
+                        avatars.as_mut(),
                     )?);
                 }
             }
@@ -246,8 +250,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         &mfn,
                         &crops,
                         faces,
-                        args.frames,
-                        5,
+                        (args.frames, 5),
+                        avatars.as_mut(),
                     )?);
                 }
             }
@@ -264,10 +268,24 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"device": device_name, "frame": polyface::bench::FRAME_SIZE, "max_diff_vs_cpu": max_diff_vs_cpu, "results": results})
+            serde_json::json!({"device": device_name, "frame": polyface::bench::FRAME_SIZE, "max_diff_vs_cpu": max_diff_vs_cpu, "avatars_on": avatars.as_ref().map(|a| a.adapter()), "results": results})
         );
     } else {
         print!("{}", polyface::bench::table(&results));
+        if let Some(avatars) = &avatars {
+            println!(
+                "totals run from the frame to one avatar per face drawn at 1280x720 on {} (GPU finished); avatars stage:",
+                avatars.adapter()
+            );
+            for r in &results {
+                if let Some(m) = r.stages.get("avatars") {
+                    println!(
+                        "  {} {:>2} faces: {:.2} ms (p95 {:.2})",
+                        r.pipeline, r.faces, m.median_ms, m.p95_ms
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

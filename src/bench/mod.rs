@@ -145,8 +145,47 @@ pub struct BenchResult {
     pub median_ms: f32,
     pub p95_ms: f32,
     /// Per stage: detector, sfn (all faces, one batch: crop + network + decode), sfn_crop,
-    /// sfn_network, fit_track.
+    /// sfn_network, fit_track; mfn, mfn_preprocess, mfn_network, mfn_decode; avatars (with
+    /// `--avatars`).
     pub stages: std::collections::BTreeMap<String, Measured>,
+}
+
+/// Renders one avatar per confirmed person into an offscreen 1280×720 stage and waits for the
+/// GPU to finish: the end of the frame → avatars path (`bench --avatars`).
+pub struct AvatarBench {
+    gpu: crate::render::Gpu,
+    stage: crate::render::AvatarStage,
+    slots: crate::ui::AvatarSlots,
+}
+
+impl AvatarBench {
+    pub fn new() -> Result<AvatarBench> {
+        let gpu = crate::render::Gpu::headless()?;
+        let stage = crate::render::AvatarStage::new(&gpu.device, &gpu.queue, 1280, 720);
+        let slots = crate::ui::AvatarSlots::new(&crate::avatar::default_avatar_dir());
+        Ok(AvatarBench { gpu, stage, slots })
+    }
+
+    /// The GPU adapter, for the report.
+    pub fn adapter(&self) -> String {
+        let info = self.gpu.adapter.get_info();
+        format!("{} ({:?})", info.name, info.backend)
+    }
+
+    fn draw(&mut self, people: &[crate::track::Person]) -> Result<()> {
+        self.slots.render(
+            &self.stage,
+            &self.gpu.device,
+            &self.gpu.queue,
+            people,
+            |p| crate::retarget::arkit_weights(&p.smoothed.blendshapes),
+        );
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .context("waiting for the GPU")?;
+        Ok(())
+    }
 }
 
 fn ms(since: Instant) -> f32 {
@@ -154,13 +193,14 @@ fn ms(since: Instant) -> f32 {
 }
 
 /// Times `warmup + frames` runs of `step` on `frame` (which reports its own stage times and the
-/// faces it found) followed by fit and tracking; the warm-up runs are not counted.
+/// faces it found) followed by fit and tracking, and by the avatars when `avatars` is given; the
+/// warm-up runs are not counted.
 fn run_frames(
     pipeline: &str,
     faces: usize,
     frame: &image::RgbImage,
-    frames: usize,
-    warmup: usize,
+    (frames, warmup): (usize, usize),
+    mut avatars: Option<&mut AvatarBench>,
     mut step: impl FnMut(&mut Vec<(&'static str, f32)>) -> Result<Vec<crate::vision::FaceObservation>>,
 ) -> Result<BenchResult> {
     let mut people = People::default();
@@ -173,13 +213,18 @@ fn run_frames(
         let observations = step(&mut times)?;
         let t = Instant::now();
         let mut timings = crate::timing::FrameTimings::new(i as u64);
-        let _people = people.update(
+        let persons = people.update(
             frame.dimensions(),
             observations,
             i as f64 / 30.0,
             &mut timings,
         );
         times.push(("fit_track", ms(t)));
+        if let Some(avatars) = avatars.as_deref_mut() {
+            let t = Instant::now();
+            avatars.draw(&persons)?;
+            times.push(("avatars", ms(t)));
+        }
         if i >= warmup {
             for (name, value) in &times {
                 stages.entry(name).or_default().push(*value);
@@ -206,12 +251,12 @@ pub fn bench_sfn(
     sfn: &Sfn,
     crops: &[(image::RgbImage, Vec<Vec2>)],
     faces: usize,
-    frames: usize,
-    warmup: usize,
+    (frames, warmup): (usize, usize),
+    avatars: Option<&mut AvatarBench>,
 ) -> Result<BenchResult> {
     let (frame, boxes) = compose_frame(faces, crops);
     let device = sfn.device().clone();
-    run_frames("sfn", faces, &frame, frames, warmup, |times| {
+    run_frames("sfn", faces, &frame, (frames, warmup), avatars, |times| {
         let t = Instant::now();
         let _detections = detector.detect(&frame)?;
         times.push(("detector", ms(t)));
@@ -235,11 +280,11 @@ pub fn bench_mfn(
     mfn: &Mfn,
     crops: &[(image::RgbImage, Vec<Vec2>)],
     faces: usize,
-    frames: usize,
-    warmup: usize,
+    (frames, warmup): (usize, usize),
+    avatars: Option<&mut AvatarBench>,
 ) -> Result<BenchResult> {
     let (frame, _) = compose_frame(faces, crops);
-    run_frames("mfn", faces, &frame, frames, warmup, |times| {
+    run_frames("mfn", faces, &frame, (frames, warmup), avatars, |times| {
         let start = Instant::now();
         let (input, letterbox) = mfn.prepare(&frame)?;
         times.push(("mfn_preprocess", ms(start)));

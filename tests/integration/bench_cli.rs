@@ -98,3 +98,28 @@ fn bench_composes_frames_from_the_users_own_photos() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no faces found"), "{stderr}");
 }
+
+#[test]
+fn bench_with_avatars_draws_one_per_face_and_times_it() {
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    // the same adapter the avatar stage will use (lavapipe here); skips like the GPU tests
+    let Some(_gpu) = crate::gpu_rig::gpu_or_skip() else {
+        return;
+    };
+    let report = bench_json(&["--faces", "2", "--pipeline", "mfn", "--avatars"], &data);
+    assert!(
+        !report["avatars_on"].as_str().unwrap().is_empty(),
+        "{report}"
+    );
+    let row = &report["results"][0];
+    let avatars = row["stages"]["avatars"]["median_ms"].as_f64().unwrap();
+    let total = row["median_ms"].as_f64().unwrap();
+    let network = row["stages"]["mfn"]["median_ms"].as_f64().unwrap();
+    // the total runs from the frame to the avatars drawn: it holds both stages
+    assert!(
+        avatars > 0.0 && total >= avatars + network * 0.9,
+        "total {total} ms, avatars {avatars} ms, network {network} ms"
+    );
+}
