@@ -50,9 +50,12 @@ pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(candle_core::Device::new_cuda(0)?),
+        "cuda" => candle_core::Device::new_cuda(0).map_err(|e| {
+            anyhow::anyhow!("cannot open CUDA device 0 (NVIDIA GPU and driver needed): {e}")
+        }),
         #[cfg(feature = "metal")]
-        "metal" => Ok(candle_core::Device::new_metal(0)?),
+        "metal" => candle_core::Device::new_metal(0)
+            .map_err(|e| anyhow::anyhow!("cannot open the Metal device: {e}")),
         other => anyhow::bail!(
             "device {other:?} is not available in this build (built-in: cpu{}{})",
             if cfg!(feature = "cuda") { ", cuda" } else { "" },

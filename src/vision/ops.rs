@@ -2,7 +2,8 @@
 //!
 //! candle's grouped convolution runs one convolution per channel, which makes depthwise layers
 //! ~60× slower than they should be on CPU. Here: a direct depthwise 3×3 kernel with bias and
-//! activation fused, and 1×1 convolutions as one batched matrix multiply.
+//! activation fused, and 1×1 convolutions as one batched matrix multiply. The depthwise kernel has
+//! a CUDA twin (src/vision/kernels/depthwise.cu, built by build.rs with the `cuda` feature).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -98,6 +99,95 @@ impl CustomOp3 for Depthwise3x3 {
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, c, ho, wo])))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s_input: &candle_core::CudaStorage,
+        l_input: &Layout,
+        s_weight: &candle_core::CudaStorage,
+        l_weight: &Layout,
+        s_bias: &candle_core::CudaStorage,
+        l_bias: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda_depthwise(s_input, l_input, s_weight, l_weight, s_bias, l_bias)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Depthwise3x3 {
+    /// The CUDA twin of `cpu_fwd` (src/vision/kernels/depthwise.cu): one launch per layer.
+    fn cuda_depthwise(
+        &self,
+        s_input: &candle_core::CudaStorage,
+        l_input: &Layout,
+        s_weight: &candle_core::CudaStorage,
+        l_weight: &Layout,
+        s_bias: &candle_core::CudaStorage,
+        l_bias: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::WrapErr;
+
+        const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
+        let (n, c, h, w) = l_input.shape().dims4()?;
+        if l_weight.shape().dims() != [c, 1, 3, 3] || l_bias.shape().dims() != [c] {
+            candle_core::bail!(
+                "depthwise conv: weight {:?} / bias {:?} do not fit {c} channels",
+                l_weight.shape(),
+                l_bias.shape()
+            );
+        }
+        fn view<'a>(
+            storage: &'a candle_core::CudaStorage,
+            layout: &Layout,
+            what: &str,
+        ) -> Result<CudaView<'a, f32>> {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("depthwise conv: {what} must be contiguous");
+            };
+            Ok(storage.as_cuda_slice::<f32>()?.slice(start..end))
+        }
+        let input = view(s_input, l_input, "input")?;
+        let weight = view(s_weight, l_weight, "weight")?;
+        let bias = view(s_bias, l_bias, "bias")?;
+        let (ho, wo) = conv_out_size(h, w, self.stride);
+        let count = n * c * ho * wo;
+        let device = s_input.device().clone();
+        let func = device.get_or_load_custom_func("depthwise3x3_f32", "polyface_depthwise", PTX)?;
+        // SAFETY: every element is written by the kernel before anyone reads it.
+        let output = unsafe { device.alloc::<f32>(count)? };
+        let dims = [n, c, h, w, ho, wo, self.stride].map(|d| d as i32);
+        let activation = match self.activation {
+            Activation::None => 0i32,
+            Activation::Relu => 1,
+            Activation::Relu6 => 2,
+        };
+        if count > 0 {
+            let mut launch = func.builder();
+            launch.arg(&input);
+            launch.arg(&weight);
+            launch.arg(&bias);
+            launch.arg(&output);
+            for d in &dims {
+                launch.arg(d);
+            }
+            launch.arg(&activation);
+            let blocks = count.div_ceil(256).min(65_535 * 8) as u32;
+            let config = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: argument types and order match depthwise3x3_f32's signature.
+            unsafe { launch.launch(config) }.w()?;
+        }
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(output, device),
+            Shape::from_dims(&[n, c, ho, wo]),
+        ))
+    }
 }
 
 fn conv_out_size(h: usize, w: usize, stride: usize) -> (usize, usize) {
@@ -148,10 +238,10 @@ fn depthwise_plane(
     }
 }
 
-/// Depthwise 3×3 convolution (padding 1) + bias + activation, on the fast CPU kernel.
-/// `weight`: (C, 1, 3, 3), `bias`: (C). On other devices (CUDA, Metal) it runs as nine shifted
-/// multiply-adds: candle's grouped convolution splits into one convolution per channel, which is
-/// two orders of magnitude slower there (see ../shared/gpu/README.md).
+/// Depthwise 3×3 convolution (padding 1) + bias + activation, on the fast CPU kernel or its CUDA
+/// twin. `weight`: (C, 1, 3, 3), `bias`: (C). On Metal it runs as nine shifted multiply-adds:
+/// candle's grouped convolution splits into one convolution per channel, which is two orders of
+/// magnitude slower on a GPU (see ../shared/gpu/README.md).
 pub fn depthwise3x3(
     x: &Tensor,
     weight: &Tensor,
@@ -159,9 +249,11 @@ pub fn depthwise3x3(
     stride: usize,
     activation: Activation,
 ) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if (x.device().is_cpu() || x.device().is_cuda()) && x.dtype() == DType::F32 {
         let op = Depthwise3x3 { stride, activation };
-        return x.contiguous()?.apply_op3_no_bwd(weight, bias, &op);
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op);
     }
     depthwise3x3_shifted(x, weight, bias, stride, activation)
 }
