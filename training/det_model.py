@@ -113,6 +113,12 @@ def apply_op(l, t, conv):
 class ProgramNet(nn.Module):
     """a trainable network built from a layer program (self.program): the detector, the MFN and the re-ID net."""
 
+    def __init__(self, config, build_program):
+        super().__init__()
+        self.config = json.loads(json.dumps(config))
+        self.program = build_program(self.config)
+        self.build_layers()
+
     def build_layers(self):
         """one Conv2d (+ BatchNorm) per conv layer of self.program."""
         self.convs = nn.ModuleDict()
@@ -142,11 +148,9 @@ class ProgramNet(nn.Module):
 
 
 class Detector(ProgramNet):
-    def __init__(self, config=None):
-        super().__init__()
-        self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
-        self.program = build_program(self.config)
-        self.build_layers()
+    def __init__(self, config=None, build=build_program):
+        """build: the program builder (the MFN passes its own: the detector plus a face head)."""
+        super().__init__(config or DEFAULT_CONFIG, build)
         with torch.no_grad():
             out = self.convs["head_out"]
             nn.init.normal_(out.weight, std=0.01)

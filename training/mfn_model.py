@@ -5,7 +5,6 @@ Same layer-program format as the detector (det_model.py), so the Rust `program` 
 See MFN.md for the reasoning and the exact output layout.
 """
 import copy
-import json
 
 import torch
 import torch.nn as nn
@@ -51,18 +50,10 @@ def build_program(config):
 OUTPUTS = ["head.out", "face.out"]
 
 
-class MFN(DM.ProgramNet):
+class MFN(DM.Detector):
     def __init__(self, config=None):
-        super().__init__()
-        self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
-        self.program = build_program(self.config)
-        self.build_layers()
+        super().__init__(config or DEFAULT_CONFIG, build_program)  # the detection head starts as the detector's
         with torch.no_grad():
-            out = self.convs["head_out"]
-            nn.init.normal_(out.weight, std=0.01)
-            out.bias.zero_()
-            out.bias[0] = DM.HM_PRIOR_BIAS
-            out.bias[3:5] = 2.0
             fo = self.convs["face_out"]
             nn.init.normal_(fo.weight, std=0.001)
             fo.bias.zero_()

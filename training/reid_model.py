@@ -19,7 +19,6 @@ Layout (input [N,1,64,64], x = (u8/255 - 0.5)/0.5 of the aligned face, see reid_
   emb       conv1x1 256 -> 128, bias, no BN, no act                         [N,128,1,1]  (the embedding)
 The consumer L2-normalises the embedding (cosine similarity).
 """
-import json
 import os
 import sys
 
@@ -82,10 +81,7 @@ def build_program(config):
 
 class ReidNet(ProgramNet):
     def __init__(self, config=None):
-        super().__init__()
-        self.config = json.loads(json.dumps(config or DEFAULT_CONFIG))
-        self.program = build_program(self.config)
-        self.build_layers()
+        super().__init__(config or DEFAULT_CONFIG, build_program)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # depthwise: fan_in (9) so that activations keep their scale (fan_out would make them ~0)

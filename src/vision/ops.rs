@@ -66,14 +66,7 @@ impl CustomOp3 for Depthwise3x3 {
         s_bias: &CpuStorage,
         l_bias: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l_input.shape().dims4()?;
-        if l_weight.shape().dims() != [c, 1, 3, 3] || l_bias.shape().dims() != [c] {
-            candle_core::bail!(
-                "depthwise conv: weight {:?} / bias {:?} do not fit {c} channels",
-                l_weight.shape(),
-                l_bias.shape()
-            );
-        }
+        let (n, c, h, w) = depthwise_dims(l_input, l_weight, l_bias)?;
         let input = contiguous(s_input, l_input, "input")?;
         let weight = contiguous(s_weight, l_weight, "weight")?;
         let bias = contiguous(s_bias, l_bias, "bias")?;
@@ -100,24 +93,9 @@ impl CustomOp3 for Depthwise3x3 {
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, c, ho, wo])))
     }
 
+    /// The CUDA twin of `cpu_fwd` (src/vision/kernels/depthwise.cu): one launch per layer.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
-        &self,
-        s_input: &candle_core::CudaStorage,
-        l_input: &Layout,
-        s_weight: &candle_core::CudaStorage,
-        l_weight: &Layout,
-        s_bias: &candle_core::CudaStorage,
-        l_bias: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.cuda_depthwise(s_input, l_input, s_weight, l_weight, s_bias, l_bias)
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl Depthwise3x3 {
-    /// The CUDA twin of `cpu_fwd` (src/vision/kernels/depthwise.cu): one launch per layer.
-    fn cuda_depthwise(
         &self,
         s_input: &candle_core::CudaStorage,
         l_input: &Layout,
@@ -131,14 +109,7 @@ impl Depthwise3x3 {
         use candle_core::cuda_backend::WrapErr;
 
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/depthwise.ptx"));
-        let (n, c, h, w) = l_input.shape().dims4()?;
-        if l_weight.shape().dims() != [c, 1, 3, 3] || l_bias.shape().dims() != [c] {
-            candle_core::bail!(
-                "depthwise conv: weight {:?} / bias {:?} do not fit {c} channels",
-                l_weight.shape(),
-                l_bias.shape()
-            );
-        }
+        let (n, c, h, w) = depthwise_dims(l_input, l_weight, l_bias)?;
         fn view<'a>(
             storage: &'a candle_core::CudaStorage,
             layout: &Layout,
@@ -188,6 +159,23 @@ impl Depthwise3x3 {
             Shape::from_dims(&[n, c, ho, wo]),
         ))
     }
+}
+
+/// (N, C, H, W) of a depthwise input whose weight is (C, 1, 3, 3) and bias (C); an error otherwise.
+fn depthwise_dims(
+    l_input: &Layout,
+    l_weight: &Layout,
+    l_bias: &Layout,
+) -> Result<(usize, usize, usize, usize)> {
+    let (n, c, h, w) = l_input.shape().dims4()?;
+    if l_weight.shape().dims() != [c, 1, 3, 3] || l_bias.shape().dims() != [c] {
+        candle_core::bail!(
+            "depthwise conv: weight {:?} / bias {:?} do not fit {c} channels",
+            l_weight.shape(),
+            l_bias.shape()
+        );
+    }
+    Ok((n, c, h, w))
 }
 
 fn conv_out_size(h: usize, w: usize, stride: usize) -> (usize, usize) {

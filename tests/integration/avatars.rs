@@ -98,11 +98,7 @@ pub(crate) fn khronos_validator(path: &Path) -> Option<serde_json::Value> {
         .current_dir(&dir)
         .output()
         .expect("node runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::assert_success(&out);
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 

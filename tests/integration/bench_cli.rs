@@ -13,11 +13,7 @@ fn bench_json(args: &[&str], data: &Path) -> serde_json::Value {
         .args(["--frames", "3", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::assert_success(&out);
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
@@ -117,9 +113,10 @@ fn bench_with_avatars_draws_one_per_face_and_times_it() {
     let avatars = row["stages"]["avatars"]["median_ms"].as_f64().unwrap();
     let total = row["median_ms"].as_f64().unwrap();
     let network = row["stages"]["mfn"]["median_ms"].as_f64().unwrap();
-    // the total runs from the frame to the avatars drawn: it holds both stages
+    // the total runs from the frame to the avatars drawn: every frame's total holds its avatar
+    // stage, so the medians keep that order (stage medians do not add up exactly)
     assert!(
-        avatars > 0.0 && total >= avatars + network * 0.9,
+        avatars > 0.0 && network > 0.0 && total >= avatars,
         "total {total} ms, avatars {avatars} ms, network {network} ms"
     );
 }

@@ -22,11 +22,7 @@ fn track_writes_one_timing_row_per_frame() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::support::assert_success(&output);
     let csv = std::fs::read_to_string(out.join("timings.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + 7);
@@ -147,11 +143,7 @@ fn track_reads_real_photos_from_the_shared_data() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::support::assert_success(&output);
     let jsonl = std::fs::read_to_string(dir.path().join("faces.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = jsonl
         .lines()
@@ -195,11 +187,7 @@ fn track_records_real_faces_as_people_with_live_link_takes() {
         .arg(&take)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::support::assert_success(&output);
     let jsonl = std::fs::read_to_string(dir.path().join("out/faces.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = jsonl
         .lines()

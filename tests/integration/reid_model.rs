@@ -85,6 +85,19 @@ fn shipped_reid_matches_pytorch_alignment_and_embeddings() {
     );
 }
 
+/// `polyface track` over a folder of frames played at 10 fps: the faces.jsonl it writes.
+fn track_at_10_fps(frames: &Path, out: &Path) -> String {
+    let run = crate::support::polyface()
+        .args(["track", "--fps", "10", "--input"])
+        .arg(frames)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    crate::support::assert_success(&run);
+    std::fs::read_to_string(out.join("faces.jsonl")).unwrap()
+}
+
 /// A 640×480 frame with `face` (a shared-data crop) pasted at `x`, `size` pixels wide.
 fn frame_with(face: Option<&image::RgbImage>, x: u32, size: u32) -> image::RgbImage {
     let mut frame = image::RgbImage::from_pixel(640, 480, image::Rgb([96, 100, 104]));
@@ -141,19 +154,7 @@ fn a_person_who_leaves_and_comes_back_gets_their_old_id() {
     for (i, f) in plan.iter().enumerate() {
         f.save(frames.join(format!("{i:03}.png"))).unwrap();
     }
-    let out = crate::support::polyface()
-        .args(["track", "--fps", "10", "--input"])
-        .arg(&frames)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jsonl = std::fs::read_to_string(dir.path().join("out/faces.jsonl")).unwrap();
+    let jsonl = track_at_10_fps(&frames, &dir.path().join("out"));
     let ids_in = |range: std::ops::Range<usize>| -> Vec<u64> {
         let mut ids: Vec<u64> = jsonl
             .lines()
@@ -322,19 +323,7 @@ fn people_in_a_shuffled_multi_face_sequence_keep_their_ids() {
             settled.push(k >= count / 2);
         }
     }
-    let out = crate::support::polyface()
-        .args(["track", "--fps", "10", "--input"])
-        .arg(&frames)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jsonl = std::fs::read_to_string(dir.path().join("out/faces.jsonl")).unwrap();
+    let jsonl = track_at_10_fps(&frames, &dir.path().join("out"));
     let lines: Vec<serde_json::Value> = jsonl
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

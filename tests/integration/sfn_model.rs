@@ -155,11 +155,7 @@ fn eval_reproduces_the_training_side_validation_metrics() {
         .arg(root.join("models"))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::support::assert_success(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["faces"], 330);
     let close = |key: &str, trained_key: &str, tolerance: f64| {

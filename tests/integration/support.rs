@@ -8,6 +8,15 @@ pub fn polyface() -> Command {
     Command::new(env!("CARGO_BIN_EXE_polyface"))
 }
 
+/// Fails the test with the command's stderr unless it exited successfully.
+pub fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

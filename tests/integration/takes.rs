@@ -37,11 +37,7 @@ fn record_take(dir: &Path) -> Option<PathBuf> {
         .arg(&take)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::assert_success(&out);
     Some(take)
 }
 
@@ -149,11 +145,7 @@ fn recover_rebuilds_exactly_what_stopping_writes() {
     text.push_str("{\"frame\": 99, \"time_s\": 12.");
     std::fs::write(&session, text).unwrap();
     let out = polyface().arg("recover").arg(&take).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::assert_success(&out);
     for (path, want) in files.iter().zip(&stopped) {
         assert!(
             std::fs::read(path).unwrap() == *want,
