@@ -216,11 +216,7 @@ def best_threshold(sim, same):
 
 
 def verify(model, data, flip=True, folds=10):
-    return verify_embeddings(embed(model, data.faces[data.held_idx], flip), data, folds)
-
-
-def verify_embeddings(E, data, folds=10):
-    """LFW-style metrics of L2-normalised embeddings E of the held-out faces (data.held_idx order)."""
+    E = embed(model, data.faces[data.held_idx], flip)
     P = data.pairs
     sim = (E[P[:, 0]] * E[P[:, 1]]).sum(1).numpy().astype(np.float64)
     same = P[:, 2].astype(bool)

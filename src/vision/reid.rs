@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Module, Tensor};
 use glam::Vec2;
 
 use super::model_file::{ModelError, ModelFile};
@@ -23,21 +23,11 @@ pub const TEMPLATE: [[f64; 2]; 5] = [
 
 pub struct ReId {
     program: Program,
-    /// The embedding networks in the file (one, or an ensemble run as one program): output
-    /// tensor name and weight. The embedding concatenates each member's normalised embedding
-    /// scaled by √weight.
-    members: Vec<Member>,
     device: Device,
     flip_average: bool,
     /// Cosine similarity above which two faces are taken for the same person (from the held-out
     /// pairs, at a false-accept rate of 1 %).
     pub threshold: f32,
-}
-
-#[derive(Clone, Debug, serde::Deserialize)]
-struct Member {
-    output: String,
-    weight: f32,
 }
 
 /// Five points (eye centres, nose tip, mouth corners) from the 68 iBUG landmarks, in OpenCV's
@@ -144,36 +134,9 @@ impl ReId {
             }
         }
         let specs: Vec<LayerSpec> = file.meta_json("layers")?;
-        let program = Program::new(&specs, &file)?;
-        let members: Vec<Member> = match file.metadata.contains_key("members") {
-            true => file.meta_json("members")?,
-            false => specs
-                .last()
-                .map(|last| Member {
-                    output: last.name.clone(),
-                    weight: 1.0,
-                })
-                .into_iter()
-                .collect(),
-        };
-        if let Some(missing) = members.iter().find(|m| !program.has_output(&m.output)) {
-            return Err(ModelError::Metadata {
-                path: file.path.clone(),
-                key: "members".into(),
-                problem: format!("the layers have no output {:?}", missing.output),
-            });
-        }
-        if members.is_empty() || members.iter().any(|m| m.weight.is_nan() || m.weight <= 0.0) {
-            return Err(ModelError::Metadata {
-                path: file.path.clone(),
-                key: "members".into(),
-                problem: "needs at least one member, each with a positive weight".into(),
-            });
-        }
         let number = |key: &str| file.metadata.get(key).and_then(|v| v.parse::<f32>().ok());
         Ok(ReId {
-            program,
-            members,
+            program: Program::new(&specs, &file)?,
             device: device.clone(),
             flip_average: file
                 .metadata
@@ -207,10 +170,9 @@ impl ReId {
         }
         let batch = data.len() / (SIZE * SIZE);
         let input = Tensor::from_vec(data, (batch, 1, SIZE, SIZE), &self.device)?;
-        let mut embeddings = vec![Vec::new(); n];
-        for (member, out) in self.members.iter().zip(self.member_outputs(&input)?) {
-            let out: Vec<Vec<f32>> = out.flatten_from(1)?.to_vec2()?;
-            for (i, embedding) in embeddings.iter_mut().enumerate() {
+        let out: Vec<Vec<f32>> = self.program.forward(&input)?.flatten_from(1)?.to_vec2()?;
+        Ok((0..n)
+            .map(|i| {
                 let mut v = out[i].clone();
                 if self.flip_average {
                     for (a, b) in v.iter_mut().zip(&out[n + i]) {
@@ -218,25 +180,14 @@ impl ReId {
                     }
                 }
                 normalize(&mut v);
-                let scale = member.weight.sqrt();
-                embedding.extend(v.iter().map(|x| x * scale));
-            }
-        }
-        for e in &mut embeddings {
-            normalize(e);
-        }
-        Ok(embeddings)
+                v
+            })
+            .collect())
     }
 
-    fn member_outputs(&self, input: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let names: Vec<&str> = self.members.iter().map(|m| m.output.as_str()).collect();
-        self.program.forward_outputs(input, &names)
-    }
-
-    /// Raw network outputs (before normalisation) for aligned faces, the members' side by side
-    /// along dimension 1: the parity check.
+    /// Raw network outputs (before normalisation) for aligned faces: the parity check.
     pub fn forward_raw(&self, input: &Tensor) -> candle_core::Result<Tensor> {
-        Tensor::cat(&self.member_outputs(input)?, 1)
+        self.program.forward(input)
     }
 }
 
