@@ -1,5 +1,6 @@
-"""Multi-face network (MFN): the detector's backbone + FPN + centre head, plus a stride-8 face head that regresses,
-at every cell, the 68 landmarks, the head rotation and the 51 blendshapes of a face centred there.
+"""Multi-face network (MFN): the detector's backbone + FPN + centre head, plus a stride-8 face trunk; for each
+detected face a G x G grid of trunk features spread over its box is read and one linear layer (the "grid head")
+turns them into the 68 landmarks, the head rotation and the 51 blendshapes.
 
 Same layer-program format as the detector (det_model.py), so the Rust `program` interpreter runs both.
 See MFN.md for the reasoning and the exact output layout.
@@ -23,8 +24,10 @@ FACE_LAYOUT = [
 ]
 FACE_CH = 193
 
+# face_grid x face_grid sample points at offsets (i - (G-1)/2) * spacing * size from the face centre
 DEFAULT_CONFIG = dict(copy.deepcopy(DM.DEFAULT_CONFIG), face_head=[96, 128], face_stride=FACE_STRIDE,
-                      face_channels=FACE_CH)
+                      face_channels=FACE_CH, face_grid=3, face_grid_spacing=0.3)
+FEATURES = "face.pw1"
 
 
 def build_program(config):
@@ -42,32 +45,52 @@ def build_program(config):
     x = conv("face.dw0", "dwconv3x3", "fpn.smooth8.pw", c8, c8)
     x = conv("face.pw0", "conv1x1", x, c8, h1)
     x = conv("face.dw1", "dwconv3x3", x, h1, h1)
-    x = conv("face.pw1", "conv1x1", x, h1, h2)
-    conv("face.out", "conv1x1", x, h2, config["face_channels"], act="none", bn=False)
+    conv(FEATURES, "conv1x1", x, h1, h2)
     return L
 
 
-OUTPUTS = ["head.out", "face.out"]
+OUTPUTS = ["head.out", FEATURES]
 
 
 class MFN(DM.Detector):
     def __init__(self, config=None):
         super().__init__(config or DEFAULT_CONFIG, build_program)  # the detection head starts as the detector's
+        c = self.config
+        self.grid, self.spacing = c["face_grid"], c["face_grid_spacing"]
+        self.roi = nn.Linear(self.grid * self.grid * c["face_head"][1], c["face_channels"])
         with torch.no_grad():
-            fo = self.convs["face_out"]
-            nn.init.normal_(fo.weight, std=0.001)
-            fo.bias.zero_()
-            fo.bias[142:] = -2.0  # blendshapes start near 0.12 (most are small)
+            nn.init.normal_(self.roi.weight, std=0.001)
+            self.roi.bias.zero_()
+            self.roi.bias[142:] = -2.0  # blendshapes start near 0.12 (most are small)
 
     def forward(self, x):
+        """-> detection map, stride-8 face features (read per face by face_values)."""
         t = self.run(x)
-        return t["head.out"], t["face.out"]
+        return t["head.out"], t[FEATURES]
+
+    def face_values(self, feat, centers, sizes):
+        """(B,N,193) raw face outputs for faces at centers (B,N,2) with sizes (B,N), input pixels."""
+        return face_values(feat, centers, sizes, self.roi.weight, self.roi.bias, self.grid, self.spacing)
+
+    def load_dense_mfn(self, state_dict):
+        """start from an MFN whose face head was one dense 1x1 conv (face.out, read at the centre only): the grid
+        head's centre point gets that conv's weights and the other points zero, so the start is the same net."""
+        state = dict(state_dict)
+        w = state.pop("convs.face_out.weight")[:, :, 0, 0]
+        b = state.pop("convs.face_out.bias")
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        assert not unexpected and set(missing) == {"roi.weight", "roi.bias"}, (missing, unexpected)
+        with torch.no_grad():
+            C, mid = w.shape[1], (self.grid * self.grid) // 2
+            self.roi.weight.zero_()
+            self.roi.weight[:, mid * C:(mid + 1) * C] = w
+            self.roi.bias.copy_(b)
 
     def load_detector(self, state_dict):
         """start from a trained detector: every detector tensor is reused, the face head starts fresh."""
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
         assert not unexpected, unexpected
-        assert all(k.startswith(("convs.face_", "bns.face_")) for k in missing), missing
+        assert all(k.startswith(("convs.face_", "bns.face_", "roi.")) for k in missing), missing
 
 
 class DetView(nn.Module):
@@ -87,19 +110,36 @@ def folded_outputs(tensors, program, x):
     return {k: t[k] for k in OUTPUTS}
 
 
-def sample_face(face_out, centers):
-    """bilinear sample of the stride-8 face map at face centres (input px), border clamped.
-    face_out (B,C,H,W); centers (B,N,2) -> (B,N,C). Cell (j,i) centre is input ((i+0.5)*8, (j+0.5)*8)."""
-    B, C, H, W = face_out.shape
-    gx = centers[..., 0] / (FACE_STRIDE * W) * 2 - 1
-    gy = centers[..., 1] / (FACE_STRIDE * H) * 2 - 1
-    grid = torch.stack([gx, gy], -1)[:, :, None, :]  # B,N,1,2
-    s = F.grid_sample(face_out, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return s[..., 0].permute(0, 2, 1)
+def grid_offsets(grid, spacing):
+    """(G*G, 2) sample offsets in units of the face size, row-major (y outer, x inner)."""
+    r = (torch.arange(grid, dtype=torch.float32) - (grid - 1) / 2) * spacing
+    gy, gx = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
 
 
-def decode_faces(det_out, face_out, threshold=DM.DEFAULT_SCORE_THRESHOLD):
-    """-> per image list of dicts: boxes, scores, lmk (K,68,2), R (K,3,3), blend (K,51)."""
+def sample_grid(feat, centers, sizes, grid, spacing):
+    """bilinear samples of the stride-8 features at a grid over each face, border clamped.
+    feat (B,C,H,W); centers (B,N,2), sizes (B,N) in input px -> (B,N,G*G*C), point-major.
+    Cell (j,i) centre is input ((i+0.5)*8, (j+0.5)*8)."""
+    B, C, H, W = feat.shape
+    off = grid_offsets(grid, spacing).to(feat.device)  # P,2
+    pts = centers[:, :, None, :] + off[None, None] * sizes[:, :, None, None]  # B,N,P,2
+    gx = pts[..., 0] / (FACE_STRIDE * W) * 2 - 1
+    gy = pts[..., 1] / (FACE_STRIDE * H) * 2 - 1
+    g = torch.stack([gx, gy], -1)  # B,N,P,2
+    s = F.grid_sample(feat, g, mode="bilinear", padding_mode="border", align_corners=False)  # B,C,N,P
+    N, P = g.shape[1], g.shape[2]
+    return s.permute(0, 2, 3, 1).reshape(B, N, P * C)
+
+
+def face_values(feat, centers, sizes, weight, bias, grid, spacing):
+    """the grid head: (B,N,193) = linear(sampled grid features)."""
+    return F.linear(sample_grid(feat, centers, sizes, grid, spacing), weight, bias)
+
+
+def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
+    """-> per image list of dicts: boxes, scores, lmk (K,68,2), R (K,3,3), blend (K,51).
+    head(feat (1,C,H,W), centers (1,K,2), sizes (1,K)) -> (1,K,193): MFN.face_values or face_values with tensors."""
     from sfn_model import rot6d_to_matrix
     dets = DM.decode(det_out, threshold=threshold)
     res = []
@@ -110,7 +150,7 @@ def decode_faces(det_out, face_out, threshold=DM.DEFAULT_SCORE_THRESHOLD):
             continue
         c = (boxes[:, :2] + boxes[:, 2:]) / 2
         size = (boxes[:, 2:] - boxes[:, :2]).max(1).values
-        v = sample_face(face_out[b:b + 1], c[None])[0]
+        v = head(feat[b:b + 1], c[None], size[None])[0]
         lmk = c[:, None, :] + v[:, :136].reshape(-1, 68, 2) * size[:, None, None]
         res.append(dict(d, lmk=lmk, R=rot6d_to_matrix(v[:, 136:142]), blend=torch.sigmoid(v[:, 142:])))
     return res
@@ -118,6 +158,7 @@ def decode_faces(det_out, face_out, threshold=DM.DEFAULT_SCORE_THRESHOLD):
 
 if __name__ == "__main__":
     m = MFN()
-    print("MACs %.2f M, params %d" % (DM.count_macs(m.program) / 1e6, DM.count_params(m)))
+    print("MACs %.2f M + %d per face, params %d + %d" % (DM.count_macs(m.program) / 1e6, m.roi.weight.numel(),
+                                                       DM.count_params(m), m.roi.weight.numel() + m.roi.bias.numel()))
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -35,8 +35,8 @@ from det_export import LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT, DECODING  #
 W_LMK, W_POSE, W_BLEND = 10.0, 1.0, 2.0
 
 
-def face_losses(face_out, t):
-    v = M.sample_face(face_out, t["fcen"])  # B,N,193
+def face_losses(model, feat, t):
+    v = model.face_values(feat, t["fcen"], t["fsize"])  # B,N,193
     w = t["fw"]
     tg = t["ftgt"]
     n_l = w[..., 0].sum().clamp(min=1.0)
@@ -64,7 +64,8 @@ def eval_helen_frames(model, data, device, limit=None, batch=30):
         frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
         x = D.normalize(np.stack([f[0] for f in frames])).to(device)
         det, face = model(x)
-        res = M.decode_faces(det.float().cpu(), face.float().cpu(), threshold=0.2)
+        res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: model.face_values(
+            f, c.to(f.device), s.to(f.device)).float().cpu(), threshold=0.2)
         for k, i in enumerate(idx):
             gt = frames[k][1]
             r = res[k]
@@ -109,26 +110,33 @@ def validate(model, data, device, limit=None):
 # ---------------------------------------------------------------- export
 
 FACE_OUTPUT_LAYOUT = (
-    "face.out [N,193,30,40] (stride 8: cell (row j, col i) centre is input pixel ((i+0.5)*8, (j+0.5)*8)). "
-    "ch 0..135: landmarks k=0..67 as (dx_k, dy_k) pairs (ch 2k, 2k+1) relative to the face centre, in units of the "
+    "face.pw1 [N,128,30,40]: stride-8 face features (cell (row j, col i) centre is input pixel ((i+0.5)*8, "
+    "(j+0.5)*8)). The grid head face_roi (weight [193, G*G*128], bias [193]) maps a face's sampled grid features "
+    "to 193 values: ch 0..135: landmarks k=0..67 as (dx_k, dy_k) pairs (ch 2k, 2k+1) relative to the face centre, in units of the "
     "face size; ch 136..141: first two columns of the head rotation R (canonical face -> camera, the SFN's "
     "convention): R00,R10,R20,R01,R11,R21 (Gram-Schmidt them); ch 142..192: blendshape logits (sigmoid -> [0,1]) "
     "in the SFN's BLENDSHAPE_NAMES order."
 )
 FACE_DECODING = (
     "For each detection from head.out (decoded exactly as the detector, see DETECTOR.md): centre c = box centre, "
-    "size = max(box w, box h). Sample face.out bilinearly at map position (cx/8 - 0.5, cy/8 - 0.5), neighbours "
-    "clamped to the map border. Landmark k = c + (ch 2k, ch 2k+1) * size; R from ch 136..141; blendshapes = "
-    "sigmoid(ch 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels."
+    "size = max(box w, box h). For grid point (gy, gx), gy outer, gx inner, each in 0..G-1, the point "
+    "p = c + ((gx - (G-1)/2) * spacing, (gy - (G-1)/2) * spacing) * size (G = face_grid, spacing = "
+    "face_grid_spacing); sample face.pw1 bilinearly at map position (px/8 - 0.5, py/8 - 0.5), neighbours clamped "
+    "to the map border; concatenate the G*G 128-channel samples point by point; v = face_roi.weight @ that + "
+    "face_roi.bias. Landmark k = c + (v 2k, v 2k+1) * size; R from v 136..141; blendshapes = "
+    "sigmoid(v 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels."
 )
 
 
 def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
     model = model.eval()
     tensors = DM.folded_tensors(model)
+    tensors["face_roi.weight"] = model.roi.weight.detach().float().contiguous()
+    tensors["face_roi.bias"] = model.roi.bias.detach().float().contiguous()
     c = model.config
     md = {
-        "format": "polyface-mfn", "format_version": "1",
+        "format": "polyface-mfn", "format_version": "2",
+        "face_grid": str(c["face_grid"]), "face_grid_spacing": str(c["face_grid_spacing"]),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -141,7 +149,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
         "batchnorm": "folded into the preceding conv (weight, bias); every conv has a bias",
         "architecture": json.dumps(c), "layers": json.dumps(model.program),
         "layers_note": "evaluate `layers` in order (see DETECTOR.md); outputs are the tensors named in `outputs`",
-        "params": str(DM.count_params(model)), "macs": str(DM.count_macs(model.program)),
+        "params": str(DM.count_params(model) + model.roi.weight.numel() + model.roi.bias.numel()),
+        "macs": str(DM.count_macs(model.program)), "macs_per_face": str(model.roi.weight.numel()),
         "training_data": "see training/MFN.md", "git_commit": git_commit(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "validation_metrics": json.dumps(metrics),
@@ -156,11 +165,13 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
         with torch.no_grad():
             y = M.folded_outputs(tensors, model.program, x)
             ref = model(x)
-        err = max((y["head.out"] - ref[0]).abs().max().item(), (y["face.out"] - ref[1]).abs().max().item())
+        err = max((y["head.out"] - ref[0]).abs().max().item(), (y[M.FEATURES] - ref[1]).abs().max().item())
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
-        d = M.decode_faces(y["head.out"], y["face.out"])[0]
+        d = M.decode_faces(y["head.out"], y[M.FEATURES], lambda f, cc, ss: M.face_values(
+            f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
+            c["face_grid_spacing"]))[0]
         k = len(d["scores"])
-        fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_out": y["face.out"].contiguous(),
+        fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
                "landmarks": d["lmk"].reshape(-1, 68, 2).contiguous(), "rotation": d["R"].reshape(-1, 3, 3).contiguous(),
                "blendshapes": d["blend"].reshape(-1, 51).contiguous()}
@@ -168,7 +179,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
             fix.update(boxes=torch.zeros(1, 4), scores=torch.zeros(1), landmarks=torch.zeros(1, 68, 2),
                        rotation=torch.zeros(1, 3, 3), blendshapes=torch.zeros(1, 51))
         _atomic_save(fix, fixture_path, {
-            "description": "MFN parity fixture: input_u8 [1,3,240,320] (already letterboxed); head_out / face_out = "
+            "description": "MFN parity fixture: input_u8 [1,3,240,320] (already letterboxed); head_out / face_features = "
                            "raw outputs of the folded weights in the mfn.safetensors exported together with this "
                            "file; boxes/scores/landmarks/rotation/blendshapes = decoded (score_threshold, nms_iou "
                            "of the model). Tolerance: outputs 1e-3 abs.",
@@ -195,6 +206,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-mfn", default="",
+                    help="start from an MFN checkpoint with the older dense face head (its EMA weights)")
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
     ap.add_argument("--export", default="models/mfn.safetensors", help="'' to skip")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors", help="'' to skip")
@@ -209,7 +222,11 @@ def main():
     dev = torch.device(args.device)
     data = MD.MFNData(args.det_cache, args.sfn_cache)
     model = M.MFN()
-    if args.init and not args.resume:
+    if args.init_mfn and not args.resume:
+        ck = torch.load(args.init_mfn, map_location="cpu", weights_only=False)
+        model.load_dense_mfn(ck["ema"])
+        print(f"initialised from dense-head MFN {args.init_mfn} (epoch {ck.get('epoch')})", flush=True)
+    elif args.init and not args.resume:
         ck = torch.load(args.init, map_location="cpu", weights_only=False)
         model.load_detector(ck.get("ema", ck.get("model")))
         print(f"initialised from detector {args.init} (epoch {ck.get('epoch')})", flush=True)
@@ -270,7 +287,7 @@ def main():
             det, face = model(x)
             l_hm = focal_loss(det[:, 0], t["hm"], t["ign"])
             l_off, l_size, l_kps = reg_losses(det, t["ind"], t["msk"], t["reg"])
-            l_lmk, l_pose, l_blend = face_losses(face, t)
+            l_lmk, l_pose, l_blend = face_losses(model, face, t)
             loss = l_hm + l_off + l_size + l_kps + W_LMK * l_lmk + W_POSE * l_pose + W_BLEND * l_blend
             opt.zero_grad(set_to_none=True)
             loss.backward()
