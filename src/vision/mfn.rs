@@ -1,8 +1,10 @@
 //! The multi-face network (MFN): one pass over the letterboxed frame gives every face's box,
 //! 68 landmarks, head rotation and blendshapes, so its cost does not grow with the number of
 //! people (the design of Chaudhuri et al., CVPR 2019). It is the detector's backbone with a
-//! second, stride-8 head; `training/MFN.md` documents the layout, the model file carries the
-//! layer list.
+//! stride-8 face trunk; each detected face reads a small grid of trunk features spread over its
+//! box into one linear layer (the grid head: a few hundred thousand multiply-adds per face
+//! against ~80 M for the pass). `training/MFN.md` documents the layout, the model file carries
+//! the layer list.
 
 use std::path::Path;
 
@@ -22,7 +24,29 @@ pub const FACE_CHANNELS: usize = 136 + 6 + 51;
 const POSE: std::ops::Range<usize> = 136..142;
 const BLENDSHAPES: std::ops::Range<usize> = 142..193;
 const DETECTION_OUTPUT: &str = "head.out";
-const FACE_OUTPUT: &str = "face.out";
+const FACE_FEATURES: &str = "face.pw1";
+const GRID_HEAD: &str = "face_roi";
+
+/// The per-face linear layer over a `grid` × `grid` set of feature samples.
+struct GridHead {
+    grid: usize,
+    spacing: f32,
+    channels: usize,
+    /// [grid² · channels, FACE_CHANNELS] on the CPU (decode runs there).
+    weight_t: Tensor,
+    bias: Vec<f32>,
+}
+
+impl GridHead {
+    /// Sample offsets in units of the face size, row-major (y outer, x inner).
+    fn offsets(&self) -> impl Iterator<Item = Vec2> + '_ {
+        let mid = (self.grid as f32 - 1.0) / 2.0;
+        (0..self.grid * self.grid).map(move |k| {
+            let (gy, gx) = ((k / self.grid) as f32, (k % self.grid) as f32);
+            Vec2::new(gx - mid, gy - mid) * self.spacing
+        })
+    }
+}
 
 pub struct Mfn {
     program: Program,
@@ -30,12 +54,13 @@ pub struct Mfn {
     input_height: usize,
     stride: usize,
     face_stride: usize,
+    head: GridHead,
     pub score_threshold: f32,
     pub nms_iou: f32,
     device: Device,
 }
 
-/// The two raw outputs of one pass.
+/// The two raw outputs of one pass: the detection map and the stride-8 face features.
 pub struct MfnOutput {
     pub detection: Tensor,
     pub face: Tensor,
@@ -78,12 +103,50 @@ impl Mfn {
                 format!("{DETECTION_OUTPUT} must have 15 channels"),
             ));
         }
-        if channels(FACE_OUTPUT) != Some(FACE_CHANNELS) {
+        let version = file.metadata.get("format_version").map(String::as_str);
+        if version != Some("2") {
             return Err(bad(
-                "layers",
-                format!("{FACE_OUTPUT} must have {FACE_CHANNELS} channels"),
+                "format_version",
+                format!(
+                    "{version:?}: this build reads format 2 (grid face head); \
+                     re-export the model with training/mfn_train.py"
+                ),
             ));
         }
+        let Some(feature_channels) = channels(FACE_FEATURES) else {
+            return Err(bad("layers", format!("no {FACE_FEATURES} layer")));
+        };
+        let grid: usize = file.meta_json("face_grid")?;
+        let spacing: f32 = file.meta_json("face_grid_spacing")?;
+        if !(1..=7).contains(&grid) || !(0.0..=1.0).contains(&spacing) {
+            return Err(bad(
+                "face_grid",
+                format!("grid {grid} / spacing {spacing} out of range"),
+            ));
+        }
+        let inputs = grid * grid * feature_channels;
+        let tensor_error = |e: candle_core::Error| ModelError::Tensor {
+            path: file.path.clone(),
+            tensor: GRID_HEAD.into(),
+            problem: e.to_string(),
+        };
+        let weight_t = file
+            .tensor(&format!("{GRID_HEAD}.weight"), &[FACE_CHANNELS, inputs])?
+            .to_device(&Device::Cpu)
+            .and_then(|w| w.t()?.contiguous())
+            .map_err(tensor_error)?;
+        let bias = file
+            .tensor(&format!("{GRID_HEAD}.bias"), &[FACE_CHANNELS])?
+            .to_device(&Device::Cpu)
+            .and_then(|b| b.to_vec1::<f32>())
+            .map_err(tensor_error)?;
+        let head = GridHead {
+            grid,
+            spacing,
+            channels: feature_channels,
+            weight_t,
+            bias,
+        };
         let number = |key: &str, default: f32| {
             file.metadata
                 .get(key)
@@ -96,6 +159,7 @@ impl Mfn {
             input_height,
             stride,
             face_stride,
+            head,
             score_threshold: number("score_threshold", super::detector::DEFAULT_SCORE_THRESHOLD),
             nms_iou: number("nms_iou", super::detector::DEFAULT_NMS_IOU),
             device: device.clone(),
@@ -118,14 +182,15 @@ impl Mfn {
     pub fn forward(&self, input: &Tensor) -> candle_core::Result<MfnOutput> {
         let mut outputs = self
             .program
-            .forward_outputs(input, &[DETECTION_OUTPUT, FACE_OUTPUT])?;
+            .forward_outputs(input, &[DETECTION_OUTPUT, FACE_FEATURES])?;
         let face = outputs.pop().expect("two outputs");
         let detection = outputs.pop().expect("two outputs");
         Ok(MfnOutput { detection, face })
     }
 
-    /// Every face in frame coordinates: detections from the centre heatmap, then the face head
-    /// sampled at each face centre. O(faces) work on top of the network pass.
+    /// Every face in frame coordinates: detections from the centre heatmap, then the grid head
+    /// on each face's feature samples (one matrix product for all faces). O(faces) work on top
+    /// of the network pass.
     pub fn decode(
         &self,
         output: &MfnOutput,
@@ -153,13 +218,40 @@ impl Mfn {
             .to_vec1()?;
         let map = FaceMap {
             values: &face,
+            channels: self.head.channels,
             rows: self.input_height / self.face_stride,
             columns: self.input_width / self.face_stride,
             stride: self.face_stride as f32,
         };
+        // Face centre and size in network-input pixels, as in training.
+        let places: Vec<(Vec2, f32)> = detections
+            .iter()
+            .map(|d| {
+                (
+                    d.center() * letterbox.scale,
+                    d.width().max(d.height()) * letterbox.scale,
+                )
+            })
+            .collect();
+        let per_face = self.head.grid * self.head.grid * self.head.channels;
+        let mut samples = Vec::with_capacity(places.len() * per_face);
+        for &(center, size) in &places {
+            for offset in self.head.offsets() {
+                samples.extend(map.sample(center + offset * size));
+            }
+        }
+        let samples = Tensor::from_vec(samples, (places.len(), per_face), &Device::Cpu)?;
+        let values: Vec<Vec<f32>> = samples.matmul(&self.head.weight_t)?.to_vec2()?;
         Ok(detections
             .iter()
-            .map(|d| map.observe(d, letterbox))
+            .zip(places)
+            .zip(values)
+            .map(|((d, (center, size)), mut v)| {
+                for (x, b) in v.iter_mut().zip(&self.head.bias) {
+                    *x += b;
+                }
+                observe(d, center, size, &v, letterbox)
+            })
             .collect())
     }
 
@@ -171,9 +263,10 @@ impl Mfn {
     }
 }
 
-/// The stride-8 face head output of one image, channel-major.
+/// The stride-8 face features of one image, channel-major.
 struct FaceMap<'a> {
     values: &'a [f32],
+    channels: usize,
     rows: usize,
     columns: usize,
     stride: f32,
@@ -182,38 +275,40 @@ struct FaceMap<'a> {
 impl FaceMap<'_> {
     /// Bilinear sample of every channel at input position `p` (cell centres at +0.5 cells),
     /// clamped to the map border: what the training code's grid_sample does.
-    fn sample(&self, p: Vec2) -> Vec<f32> {
+    fn sample(&self, p: Vec2) -> impl Iterator<Item = f32> + '_ {
         let u = (p.x / self.stride - 0.5).clamp(0.0, (self.columns - 1) as f32);
         let v = (p.y / self.stride - 0.5).clamp(0.0, (self.rows - 1) as f32);
         let (x0, y0) = (u.floor() as usize, v.floor() as usize);
         let (x1, y1) = ((x0 + 1).min(self.columns - 1), (y0 + 1).min(self.rows - 1));
         let (fx, fy) = (u - x0 as f32, v - y0 as f32);
         let plane = self.rows * self.columns;
-        (0..FACE_CHANNELS)
-            .map(|c| {
-                let at = |x: usize, y: usize| self.values[c * plane + y * self.columns + x];
-                let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
-                let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
-                top * (1.0 - fy) + bottom * fy
-            })
-            .collect()
+        (0..self.channels).map(move |c| {
+            let at = |x: usize, y: usize| self.values[c * plane + y * self.columns + x];
+            let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+            let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+            top * (1.0 - fy) + bottom * fy
+        })
     }
+}
 
-    fn observe(&self, detection: &Detection, letterbox: &Letterbox) -> FaceObservation {
-        let center = detection.center() * letterbox.scale;
-        let size = detection.width().max(detection.height()) * letterbox.scale;
-        let v = self.sample(center);
-        let landmarks: Vec<Vec2> = v[..136]
-            .chunks_exact(2)
-            .map(|d| letterbox.to_frame(center + Vec2::new(d[0], d[1]) * size))
-            .collect();
-        FaceObservation {
-            bbox: tight_box(&landmarks).unwrap_or(detection.bbox),
-            score: detection.score,
-            landmarks,
-            rotation: rotation_from_6d(&v[POSE]),
-            blendshapes: v[BLENDSHAPES].iter().map(|&x| sigmoid(x)).collect(),
-        }
+/// One face from its grid-head values `v` (centre and size in network-input pixels).
+fn observe(
+    detection: &Detection,
+    center: Vec2,
+    size: f32,
+    v: &[f32],
+    letterbox: &Letterbox,
+) -> FaceObservation {
+    let landmarks: Vec<Vec2> = v[..136]
+        .chunks_exact(2)
+        .map(|d| letterbox.to_frame(center + Vec2::new(d[0], d[1]) * size))
+        .collect();
+    FaceObservation {
+        bbox: tight_box(&landmarks).unwrap_or(detection.bbox),
+        score: detection.score,
+        landmarks,
+        rotation: rotation_from_6d(&v[POSE]),
+        blendshapes: v[BLENDSHAPES].iter().map(|&x| sigmoid(x)).collect(),
     }
 }
 
@@ -226,8 +321,9 @@ mod tests {
         let (rows, columns) = (2, 3);
         let plane = rows * columns;
         // channel c at cell (y, x) = 100 c + 10 y + x
-        let mut values = vec![0f32; FACE_CHANNELS * plane];
-        for c in 0..FACE_CHANNELS {
+        let channels = 4;
+        let mut values = vec![0f32; channels * plane];
+        for c in 0..channels {
             for y in 0..rows {
                 for x in 0..columns {
                     values[c * plane + y * columns + x] = (100 * c + 10 * y + x) as f32;
@@ -236,16 +332,19 @@ mod tests {
         }
         let map = FaceMap {
             values: &values,
+            channels,
             rows,
             columns,
             stride: 8.0,
         };
         // cell (0, 1) centre = input (12, 4)
-        assert_eq!(map.sample(Vec2::new(12.0, 4.0))[2], 201.0);
+        let at = |p: Vec2| map.sample(p).collect::<Vec<f32>>();
+        assert_eq!(at(Vec2::new(12.0, 4.0))[2], 201.0);
         // halfway between columns 1 and 2, rows 0 and 1
-        let s = map.sample(Vec2::new(16.0, 8.0));
+        let s = at(Vec2::new(16.0, 8.0));
+        assert_eq!(s.len(), channels);
         assert!((s[0] - 6.5).abs() < 1e-5, "{}", s[0]);
         // outside the map: the border value
-        assert_eq!(map.sample(Vec2::new(-50.0, 500.0))[0], 10.0);
+        assert_eq!(at(Vec2::new(-50.0, 500.0))[0], 10.0);
     }
 }

@@ -34,10 +34,13 @@ fn shipped_mfn_matches_pytorch_within_1e_3() {
         diff < 1e-3,
         "detection head: max |candle - pytorch| = {diff}"
     );
-    let diff = crate::support::max_abs_diff(&output.face, &fixture["face_out"]);
-    assert!(diff < 1e-3, "face head: max |candle - pytorch| = {diff}");
+    let diff = crate::support::max_abs_diff(&output.face, &fixture["face_features"]);
+    assert!(
+        diff < 1e-3,
+        "face features: max |candle - pytorch| = {diff}"
+    );
 
-    // Decoding (detections, then the face head sampled at each centre) agrees with the
+    // Decoding (detections, then the grid head on each face's feature samples) agrees with the
     // training code's, in input pixels.
     let identity = Letterbox {
         scale: 1.0,
@@ -121,4 +124,75 @@ fn a_detector_file_is_not_taken_for_an_mfn() {
         .unwrap()
         .to_string();
     assert!(missing.contains("mfn.safetensors"), "{missing}");
+}
+
+/// A copy of the shipped MFN with its metadata edited and some tensors left out.
+fn altered_copy(
+    dir: &Path,
+    edit: impl Fn(&mut std::collections::HashMap<String, String>),
+    drop: &str,
+) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(root.join("models/mfn.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = meta.metadata().clone().unwrap();
+    edit(&mut metadata);
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != drop)
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, view.shape().to_vec(), values)
+        })
+        .collect();
+    let path = dir.join("mfn.safetensors");
+    polyface::vision::write_model(&path, &tensors, metadata).unwrap();
+    path
+}
+
+#[test]
+fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
+    let Some(_) = shipped() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let old = altered_copy(
+        dir.path(),
+        |m| {
+            m.insert("format_version".into(), "1".into());
+        },
+        "",
+    );
+    let err = Mfn::load(&old, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        err.contains("format_version") && err.contains("re-export"),
+        "{err}"
+    );
+    let no_head = altered_copy(dir.path(), |_| {}, "face_roi.weight");
+    let err = Mfn::load(&no_head, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        err.contains("face_roi.weight") && err.contains("missing"),
+        "{err}"
+    );
+    let wide_grid = altered_copy(
+        dir.path(),
+        |m| {
+            m.insert("face_grid".into(), "4".into());
+        },
+        "",
+    );
+    let err = Mfn::load(&wide_grid, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("face_roi.weight") && err.contains("shape"),
+        "{err}"
+    );
 }
