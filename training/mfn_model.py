@@ -26,7 +26,7 @@ FACE_CH = 193
 
 # face_grid x face_grid sample points at offsets (i - (G-1)/2) * spacing * size from the face centre
 DEFAULT_CONFIG = dict(copy.deepcopy(DM.DEFAULT_CONFIG), face_head=[96, 128], face_stride=FACE_STRIDE,
-                      face_channels=FACE_CH, face_grid=3, face_grid_spacing=0.3)
+                      face_channels=FACE_CH, face_grid=3, face_grid_spacing=0.3, face_mlp=0)
 FEATURES = "face.pw1"
 
 
@@ -62,6 +62,18 @@ class MFN(DM.Detector):
             nn.init.normal_(self.roi.weight, std=0.001)
             self.roi.bias.zero_()
             self.roi.bias[142:] = -2.0  # blendshapes start near 0.12 (most are small)
+        # optional residual MLP beside the linear grid head: v = roi(s) + mlp2(relu(mlp1(s))). mlp2 starts at
+        # zero, so a net that gains it starts exactly where its linear head was
+        self.mlp_hidden = c.get("face_mlp", 0)
+        if self.mlp_hidden:
+            self.mlp1 = nn.Linear(self.roi.in_features, self.mlp_hidden)
+            self.mlp2 = nn.Linear(self.mlp_hidden, c["face_channels"])
+            with torch.no_grad():
+                nn.init.kaiming_normal_(self.mlp1.weight, nonlinearity="relu")
+                self.mlp1.weight.mul_(0.5)
+                self.mlp1.bias.zero_()
+                self.mlp2.weight.zero_()
+                self.mlp2.bias.zero_()
 
     def forward(self, x):
         """-> detection map, stride-8 face features (read per face by face_values)."""
@@ -70,7 +82,20 @@ class MFN(DM.Detector):
 
     def face_values(self, feat, centers, sizes):
         """(B,N,193) raw face outputs for faces at centers (B,N,2) with sizes (B,N), input pixels."""
-        return face_values(feat, centers, sizes, self.roi.weight, self.roi.bias, self.grid, self.spacing)
+        return face_values(feat, centers, sizes, self.roi.weight, self.roi.bias, self.grid, self.spacing,
+                           self.mlp_tensors())
+
+    def mlp_tensors(self):
+        """(w1, b1, w2, b2) of the residual MLP, or None."""
+        if not self.mlp_hidden:
+            return None
+        return self.mlp1.weight, self.mlp1.bias, self.mlp2.weight, self.mlp2.bias
+
+    def load_linear_head(self, state_dict):
+        """start from a grid-head MFN without the MLP (same outputs, since mlp2 starts at zero)."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        assert not unexpected and set(missing) <= {"mlp1.weight", "mlp1.bias", "mlp2.weight", "mlp2.bias"}, \
+            (missing, unexpected)
 
     def load_dense_mfn(self, state_dict):
         """start from an MFN whose face head was one dense 1x1 conv (face.out, read at the centre only): the grid
@@ -132,9 +157,14 @@ def sample_grid(feat, centers, sizes, grid, spacing):
     return s.permute(0, 2, 3, 1).reshape(B, N, P * C)
 
 
-def face_values(feat, centers, sizes, weight, bias, grid, spacing):
-    """the grid head: (B,N,193) = linear(sampled grid features)."""
-    return F.linear(sample_grid(feat, centers, sizes, grid, spacing), weight, bias)
+def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None):
+    """the grid head: (B,N,193) = linear(sampled grid features) [+ mlp2(relu(mlp1(same)))]."""
+    s = sample_grid(feat, centers, sizes, grid, spacing)
+    v = F.linear(s, weight, bias)
+    if mlp is not None:
+        w1, b1, w2, b2 = mlp
+        v = v + F.linear(F.relu(F.linear(s, w1, b1)), w2, b2)
+    return v
 
 
 def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
@@ -160,5 +190,13 @@ if __name__ == "__main__":
     m = MFN()
     print("MACs %.2f M + %d per face, params %d + %d" % (DM.count_macs(m.program) / 1e6, m.roi.weight.numel(),
                                                        DM.count_params(m), m.roi.weight.numel() + m.roi.bias.numel()))
+    m2 = MFN(dict(DEFAULT_CONFIG, face_mlp=256))
+    m2.load_linear_head(m.state_dict())
+    x = torch.randn(1, 3, 240, 320)
+    with torch.no_grad():
+        f = m.eval()(x)[1]
+        c, sz = torch.tensor([[[100.0, 90.0]]]), torch.tensor([[60.0]])
+        assert torch.allclose(m.face_values(f, c, sz), m2.eval().face_values(f, c, sz))
+    print("residual MLP head starts at the linear head's outputs")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -123,7 +123,8 @@ FACE_DECODING = (
     "p = c + ((gx - (G-1)/2) * spacing, (gy - (G-1)/2) * spacing) * size (G = face_grid, spacing = "
     "face_grid_spacing); sample face.pw1 bilinearly at map position (px/8 - 0.5, py/8 - 0.5), neighbours clamped "
     "to the map border; concatenate the G*G 128-channel samples point by point; v = face_roi.weight @ that + "
-    "face_roi.bias. Landmark k = c + (v 2k, v 2k+1) * size; R from v 136..141; blendshapes = "
+    "face_roi.bias; with face_mlp = H > 0 also v += face_mlp2.weight [193,H] @ relu(face_mlp1.weight [H,G*G*128] @ "
+    "that + face_mlp1.bias) + face_mlp2.bias. Landmark k = c + (v 2k, v 2k+1) * size; R from v 136..141; blendshapes = "
     "sigmoid(v 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels."
 )
 
@@ -133,10 +134,19 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
     tensors = DM.folded_tensors(model)
     tensors["face_roi.weight"] = model.roi.weight.detach().float().contiguous()
     tensors["face_roi.bias"] = model.roi.bias.detach().float().contiguous()
+    mlp = model.mlp_tensors()
+    head_params = model.roi.weight.numel() + model.roi.bias.numel()
+    macs_per_face = model.roi.weight.numel()
+    if mlp is not None:
+        for name, t in zip(["face_mlp1.weight", "face_mlp1.bias", "face_mlp2.weight", "face_mlp2.bias"], mlp):
+            tensors[name] = t.detach().float().contiguous()
+            head_params += t.numel()
+        macs_per_face += mlp[0].numel() + mlp[2].numel()
     c = model.config
     md = {
         "format": "polyface-mfn", "format_version": "2",
         "face_grid": str(c["face_grid"]), "face_grid_spacing": str(c["face_grid_spacing"]),
+        "face_mlp": str(c.get("face_mlp", 0)),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -149,8 +159,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
         "batchnorm": "folded into the preceding conv (weight, bias); every conv has a bias",
         "architecture": json.dumps(c), "layers": json.dumps(model.program),
         "layers_note": "evaluate `layers` in order (see DETECTOR.md); outputs are the tensors named in `outputs`",
-        "params": str(DM.count_params(model) + model.roi.weight.numel() + model.roi.bias.numel()),
-        "macs": str(DM.count_macs(model.program)), "macs_per_face": str(model.roi.weight.numel()),
+        "params": str(DM.count_params(model) + head_params),
+        "macs": str(DM.count_macs(model.program)), "macs_per_face": str(macs_per_face),
         "training_data": "see training/MFN.md", "git_commit": git_commit(),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "validation_metrics": json.dumps(metrics),
@@ -169,7 +179,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
         d = M.decode_faces(y["head.out"], y[M.FEATURES], lambda f, cc, ss: M.face_values(
             f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
-            c["face_grid_spacing"]))[0]
+            c["face_grid_spacing"], None if mlp is None else tuple(tensors["face_mlp%d.%s" % (i, k)]
+                                                                for i in (1, 2) for k in ("weight", "bias"))))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
@@ -208,6 +219,11 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init-mfn", default="",
                     help="start from an MFN checkpoint with the older dense face head (its EMA weights)")
+    ap.add_argument("--face-mlp", type=int, default=0,
+                    help="hidden size of a residual MLP beside the linear grid head (0 = none)")
+    ap.add_argument("--init-grid", default="",
+                    help="start from a grid-head MFN checkpoint (e.g. models/checkpoints/mfn_last.pt); with "
+                         "--face-mlp the MLP starts at zero, so the start is that net")
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
     ap.add_argument("--export", default="models/mfn.safetensors", help="'' to skip")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors", help="'' to skip")
@@ -221,8 +237,12 @@ def main():
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
     data = MD.MFNData(args.det_cache, args.sfn_cache)
-    model = M.MFN()
-    if args.init_mfn and not args.resume:
+    model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp))
+    if args.init_grid and not args.resume:
+        ck = torch.load(args.init_grid, map_location="cpu", weights_only=False)
+        model.load_linear_head(ck["ema"])
+        print(f"initialised from grid-head MFN {args.init_grid} (epoch {ck.get('epoch')})", flush=True)
+    elif args.init_mfn and not args.resume:
         ck = torch.load(args.init_mfn, map_location="cpu", weights_only=False)
         model.load_dense_mfn(ck["ema"])
         print(f"initialised from dense-head MFN {args.init_mfn} (epoch {ck.get('epoch')})", flush=True)

@@ -63,8 +63,21 @@ import os
 import cv2
 import numpy as np
 
+TEMPLATE_64 = np.array([[21.5, 29.5], [41.5, 29.5], [31.5, 41.0], [23.0, 52.5], [40.0, 52.5]], dtype=np.float64)
 OUT_SIZE = 64
-TEMPLATE = np.array([[21.5, 29.5], [41.5, 29.5], [31.5, 41.0], [23.0, 52.5], [40.0, 52.5]], dtype=np.float64)
+TEMPLATE = TEMPLATE_64
+
+
+def template_for(size):
+    """the 64x64 template scaled to a size x size output (same face framing, more pixels): pixel-index
+    coordinates scale about the image corner in the continuous convention, t' = (t + 0.5) * size / 64 - 0.5."""
+    return (TEMPLATE_64 + 0.5) * (size / 64.0) - 0.5
+
+
+def set_size(size):
+    """use a size x size output (default 64) for everything below (align, valid_mask, ...)."""
+    global OUT_SIZE, TEMPLATE
+    OUT_SIZE, TEMPLATE = int(size), template_for(size)
 SPLIT_SEED = 20240611
 HELDOUT_FRACTION = 0.15
 
@@ -174,8 +187,11 @@ def main():
     ap.add_argument("--min-images", type=int, default=2,
                     help="keep training identities with at least this many images (1: singletons become classes "
                          "too; that run verified worse, 0.884 vs 0.894)")
+    ap.add_argument("--size", type=int, default=64,
+                    help="output side in pixels; the template is the 64 px one scaled (same framing)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
+    set_size(args.size)
 
     rng = np.random.default_rng(0)
     for _ in range(5):  # closed form == SVD Umeyama
@@ -209,7 +225,7 @@ def main():
     np.savez_compressed(path + ".tmp.npz", faces=faces, identity=ident, names=np.array(names), split=split,
                         files=np.array([r["image"] for r in keep]), matrix=mats, valid=valid,
                         lm68=np.array([r["landmarks68"] for r in keep], np.float32), seed=np.int64(args.seed),
-                        min_images=np.int64(args.min_images))
+                        min_images=np.int64(args.min_images), size=np.int64(OUT_SIZE), template=TEMPLATE)
     os.replace(path + ".tmp.npz", path)
     tr = split == 0
     n_tr_id = len(set(ident[tr].tolist()))

@@ -38,7 +38,7 @@ import reid_prepare as RP  # noqa: E402
 
 PAIR_SEED = 1234
 N_PAIRS = 3000
-NORMALIZATION = "grayscale, NCHW float32 [N,1,64,64], x = (u8/255 - 0.5)/0.5 (i.e. [-1,1]) of the aligned face"
+NORMALIZATION = "grayscale, NCHW float32 [N,1,S,S] (S = input_size), x = (u8/255 - 0.5)/0.5 (i.e. [-1,1]) of the aligned face"
 
 
 # ---------------------------------------------------------------- data
@@ -46,6 +46,8 @@ NORMALIZATION = "grayscale, NCHW float32 [N,1,64,64], x = (u8/255 - 0.5)/0.5 (i.
 class Data:
     def __init__(self, cache, subset_ids=0):
         d = np.load(os.path.join(cache, "faces.npz"))
+        RP.set_size(int(d["size"]) if "size" in d else 64)
+        self.size = RP.OUT_SIZE
         self.faces, self.valid, self.lm68 = d["faces"], d["valid"], d["lm68"]
         ident, split = d["identity"], d["split"]
         self.names, self.files = d["names"], d["files"]
@@ -110,8 +112,10 @@ AUG = {  # probabilities / ranges of the training augmentation (--aug-scale scal
 
 
 def augment(img, valid, rng, scale=1.0):
-    """uint8 [64,64] aligned face + validity mask -> float32 [64,64] in [0,255]."""
+    """uint8 [S,S] aligned face + validity mask -> float32 [S,S] in [0,255]. Pixel ranges are given for 64 px
+    and scale with S."""
     S = RP.OUT_SIZE
+    k = S / 64.0
     p = {k: min(1.0, v * scale) for k, v in AUG.items()}
     p["p_flip"] = AUG["p_flip"]
     x = img.astype(np.float32)
@@ -129,13 +133,13 @@ def augment(img, valid, rng, scale=1.0):
     if rng.random() < p["p_geo"]:  # small similarity jitter about the centre (alignment noise)
         ang = rng.uniform(-10, 10)
         sc = math.exp(rng.uniform(math.log(0.9), math.log(1.1)))
-        M = cv2.getRotationMatrix2D((31.5, 31.5), ang, sc)
-        M[:, 2] += rng.uniform(-2.5, 2.5, 2)
+        M = cv2.getRotationMatrix2D((S / 2 - 0.5, S / 2 - 0.5), ang, sc)
+        M[:, 2] += rng.uniform(-2.5, 2.5, 2) * k
         x = cv2.warpAffine(np.ascontiguousarray(x), M, (S, S), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE)
     r = rng.random()
     if r < p["p_lowres"]:
-        s = int(rng.integers(24, 48))
+        s = int(rng.integers(round(24 * k), round(48 * k)))
         x = cv2.resize(cv2.resize(np.ascontiguousarray(x), (s, s), interpolation=cv2.INTER_AREA), (S, S),
                        interpolation=cv2.INTER_LINEAR)
     elif r < p["p_lowres"] + p["p_blur"]:
@@ -151,7 +155,7 @@ def augment(img, valid, rng, scale=1.0):
 
 
 def to_input(u8_or_f32):
-    """[N,64,64] 0..255 -> [N,1,64,64] float tensor, (x/255 - 0.5)/0.5."""
+    """[N,S,S] 0..255 -> [N,1,S,S] float tensor, (x/255 - 0.5)/0.5."""
     x = torch.from_numpy(np.ascontiguousarray(u8_or_f32, dtype=np.float32))[:, None]
     return (x / 255.0 - 0.5) / 0.5
 
@@ -267,17 +271,18 @@ def build_metadata(model, metrics, data, extra=None):
     md = {
         "format": "polyface-reid",
         "format_version": "1",
-        "input_size": json.dumps([1, 1, RM.IN_SIZE, RM.IN_SIZE]),
+        "input_size": json.dumps([1, 1, RP.OUT_SIZE, RP.OUT_SIZE]),
         "input_layout": "NCHW, 1 channel (grayscale)",
         "normalization": NORMALIZATION,
         "alignment": RP.ALIGNMENT_TEXT,
         "alignment_template": json.dumps(RP.TEMPLATE.tolist()),
-        "alignment_template_convention": "64x64 output, OpenCV pixel-index coordinates (pixel centres at integers)",
+        "alignment_template_convention": f"{RP.OUT_SIZE}x{RP.OUT_SIZE} output, OpenCV pixel-index coordinates (pixel centres at integers); "
+                                         "the 64 px template scaled: t = (t64 + 0.5) * S / 64 - 0.5",
         "embedding_dim": str(model.config["embedding_dim"]),
         "output_shape": json.dumps([1, model.config["embedding_dim"], 1, 1]),
         "embedding_postprocess": "the network output [N,D,1,1] is a raw (unnormalised) embedding; the consumer "
                                  "L2-normalises it. With flip_average=true: e = L2norm(f(x) + f(hflip(x))) where "
-                                 "hflip mirrors the aligned 64x64 input left-right (column j <-> 63-j); compare "
+                                 "hflip mirrors the aligned SxS input left-right (column j <-> S-1-j); compare "
                                  "faces by cosine similarity (dot product of normalised embeddings): same person "
                                  "if cos > threshold.",
         "flip_average": "true",
@@ -327,7 +332,7 @@ def export(model, out_path, fixture_path, metrics, data, extra=None):
         sp = P[P[:, 2] == 1][:2]
         sel = [int(sp[0, 0]), int(sp[0, 1]), int(sp[1, 0]), int(P[P[:, 2] == 0][0, 0])]
         u8 = data.faces[data.held_idx[sel]]
-        inp = torch.from_numpy(np.ascontiguousarray(u8))[:, None].contiguous()  # K,1,64,64
+        inp = torch.from_numpy(np.ascontiguousarray(u8))[:, None].contiguous()  # K,1,S,S
         x = (inp.float() / 255.0 - 0.5) / 0.5
         with torch.no_grad():
             y = folded_forward(tensors, model.program, x)
@@ -340,14 +345,14 @@ def export(model, out_path, fixture_path, metrics, data, extra=None):
                "embedding": e.contiguous(), "cosine": (e @ e.T).contiguous()}
         fix.update(alignment_fixture(data))
         _atomic_save(fix, fixture_path, {
-            "description": "Re-id parity fixture: input_u8 [K,1,64,64] aligned gray faces (uint8); network input "
+            "description": "Re-id parity fixture: input_u8 [K,1,S,S] aligned gray faces (uint8); network input "
                            "= (input_u8/255-0.5)/0.5 as float32; output = raw [K,D,1,1] of the folded weights in "
                            "the reid.safetensors exported together with this file; output_flip = raw output for "
                            "the left-right mirrored input; embedding [K,D] = L2norm(output + output_flip); cosine "
                            "[K,K] = embedding @ embedding^T (faces 0,1 are the same person). Tolerance 1e-3 abs. "
                            "Alignment check: align_src_u8 [H,W] synthetic gray frame, align_landmarks68 [68,2] "
                            "(continuous pixel convention, float32), align_matrix [2,3] float64 (the similarity, "
-                           "pixel-index coordinates), align_out_u8 [64,64] = cv2.warpAffine INTER_LINEAR "
+                           "pixel-index coordinates), align_out_u8 [S,S] = cv2.warpAffine INTER_LINEAR "
                            "BORDER_REPLICATE (tolerance: matrix 1e-6, pixels +-1 grey level).",
             "input_files": json.dumps([str(data.files[data.held_idx[i]]) for i in sel]),
             "model_exported_at": md["exported_at"], "folded_vs_bn_max_abs_diff": f"{err:.3e}"})
@@ -392,6 +397,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--subset-ids", type=int, default=0, help="smoke test: only the first N training identities")
     ap.add_argument("--max-steps", type=int, default=0, help="smoke test: steps per epoch cap")
+    ap.add_argument("--verify-every", type=int, default=1, help="verify every N epochs ...")
+    ap.add_argument("--verify-last", type=int, default=10, help="... and every one of the last N epochs")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--export-only", default="", help="export this checkpoint and exit")
@@ -404,7 +411,8 @@ def main():
     torch.manual_seed(args.seed)
 
     data = Data(args.cache, args.subset_ids)
-    model = ReidNet()
+    config = dict(RM.DEFAULT_CONFIG, input_size=[data.size, data.size])
+    model = ReidNet(config)
     if args.export_only:
         ck = torch.load(args.export_only, map_location="cpu", weights_only=False)
         model = ReidNet(ck["config"])
@@ -481,7 +489,13 @@ def main():
             n += len(b)
             if not math.isfinite(loss.item()):
                 raise SystemExit("loss is not finite")
-        met = verify(model, data)
+        # verification costs ~a fifth of an epoch: skip it early on with --verify-every (the best net is
+        # near the end of the cosine schedule anyway)
+        if (epoch + 1) % args.verify_every and epoch < args.epochs - args.verify_last:
+            met = {k: float("nan") for k in ("acc", "std", "thr", "acc_all", "tar1e-2", "tar1e-3", "same_mean",
+                                             "diff_mean")}
+        else:
+            met = verify(model, data)
         exported = False
         if met["acc"] > best:
             best = met["acc"]

@@ -38,9 +38,11 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 
 def lr_factor(step, steps_per_epoch, t0=10, tmult=2, warmup_epochs=1, restart_decay=0.7, floor=0.02,
-              anneal_by=0):
+              anneal_by=0, restart_at=0):
     """multiplier of the peak LR at a global optimizer step (pure function: resumable). anneal_by > 0 cuts
-    the cycle that contains that epoch short so it ends there (a run that must stop early still anneals)."""
+    the cycle that contains that epoch short so it ends there (a run that must stop early still anneals).
+    restart_at > 0 (with anneal_by > restart_at) starts a new cycle at that epoch, ending at anneal_by: the
+    way to continue a run whose last cycle was cut short by anneal_by, without re-annealing its tail."""
     e = step / steps_per_epoch
     if e < warmup_epochs:
         return max(e / warmup_epochs, 0.01)
@@ -49,6 +51,14 @@ def lr_factor(step, steps_per_epoch, t0=10, tmult=2, warmup_epochs=1, restart_de
         start += cycle_len
         cycle_len *= tmult
         k += 1
+    if 0 < restart_at <= e and anneal_by > restart_at:
+        k = 1 + lr_factor_cycle_index(restart_at - 1e-9, t0, tmult)
+        start, cycle_len = restart_at, anneal_by - restart_at
+        if e >= anneal_by:
+            return floor
+        p = (e - start) / cycle_len
+        peak = restart_decay ** k
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * p))
     if start < anneal_by < start + cycle_len:
         cycle_len = anneal_by - start
         if e >= anneal_by:
@@ -56,6 +66,16 @@ def lr_factor(step, steps_per_epoch, t0=10, tmult=2, warmup_epochs=1, restart_de
     p = (e - start) / cycle_len
     peak = restart_decay ** k
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def lr_factor_cycle_index(e, t0, tmult):
+    """index of the natural cosine cycle (0, 1, 2 ...) that contains epoch e."""
+    cycle_len, start, k = t0, 0.0, 0
+    while e >= start + cycle_len:
+        start += cycle_len
+        cycle_len *= tmult
+        k += 1
+    return k
 
 
 def wing(x, w=10.0, eps=2.0):
@@ -132,6 +152,8 @@ def main():
     ap.add_argument("--w-blend", type=float, default=1.0)
     ap.add_argument("--w-conf", type=float, default=1.0)
     ap.add_argument("--t0", type=int, default=10, help="first cosine cycle length (epochs)")
+    ap.add_argument("--restart-at", type=int, default=0,
+                    help="start a new cosine cycle at this epoch, ending at --anneal-by (continues a cut-short run)")
     ap.add_argument("--anneal-by", type=int, default=0,
                     help="end the cosine cycle that contains this epoch there (0 = full cycles)")
     ap.add_argument("--subset", type=int, default=0, help="positives per epoch (0 = all); for smoke tests")
@@ -176,7 +198,8 @@ def main():
     plan0 = make_plan(cache, args.seed, 0, subset=args.subset)
     steps_per_epoch = len(plan0) // args.batch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, t0=args.t0,
-                                                                          anneal_by=args.anneal_by))
+                                                                          anneal_by=args.anneal_by,
+                                                                          restart_at=args.restart_at))
     ema = EMA(model, args.ema)
     start_epoch, best = 0, float("inf")
     last_path, best_path = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")

@@ -152,7 +152,7 @@ impl People {
         let mut aligned = Vec::new();
         let mut embedded = Vec::new();
         for &i in &in_view {
-            if let Some(face) = crate::vision::reid::align(frame, &persons[i].smoothed.landmarks) {
+            if let Some(face) = reid.net.align(frame, &persons[i].smoothed.landmarks) {
                 aligned.push(face);
                 embedded.push(persons[i].id);
             }

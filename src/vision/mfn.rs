@@ -26,15 +26,40 @@ const BLENDSHAPES: std::ops::Range<usize> = 142..193;
 const DETECTION_OUTPUT: &str = "head.out";
 const FACE_FEATURES: &str = "face.pw1";
 const GRID_HEAD: &str = "face_roi";
+const MLP_HIDDEN: &str = "face_mlp1";
+const MLP_OUT: &str = "face_mlp2";
 
-/// The per-face linear layer over a `grid` × `grid` set of feature samples.
+/// The per-face linear layer over a `grid` × `grid` set of feature samples, plus (in files with
+/// `face_mlp` > 0) a residual one-hidden-layer MLP on the same samples.
 struct GridHead {
     grid: usize,
     spacing: f32,
     channels: usize,
     /// [grid² · channels, FACE_CHANNELS] on the CPU (decode runs there).
     weight_t: Tensor,
+    /// The linear layer's bias plus the MLP's output bias.
     bias: Vec<f32>,
+    mlp: Option<ResidualMlp>,
+}
+
+/// `mlp2(relu(mlp1(samples)))`, added to the linear head's values.
+struct ResidualMlp {
+    /// [grid² · channels, hidden]
+    hidden_weight_t: Tensor,
+    /// [1, hidden]
+    hidden_bias: Tensor,
+    /// [hidden, FACE_CHANNELS]
+    out_weight_t: Tensor,
+}
+
+impl ResidualMlp {
+    fn forward(&self, samples: &Tensor) -> candle_core::Result<Tensor> {
+        samples
+            .matmul(&self.hidden_weight_t)?
+            .broadcast_add(&self.hidden_bias)?
+            .relu()?
+            .matmul(&self.out_weight_t)
+    }
 }
 
 impl GridHead {
@@ -135,17 +160,67 @@ impl Mfn {
             .to_device(&Device::Cpu)
             .and_then(|w| w.t()?.contiguous())
             .map_err(tensor_error)?;
-        let bias = file
+        let mut bias = file
             .tensor(&format!("{GRID_HEAD}.bias"), &[FACE_CHANNELS])?
             .to_device(&Device::Cpu)
             .and_then(|b| b.to_vec1::<f32>())
             .map_err(tensor_error)?;
+        let hidden: usize = match file.metadata.get("face_mlp") {
+            Some(_) => file.meta_json("face_mlp")?,
+            None => 0,
+        };
+        if hidden > 4096 {
+            return Err(bad(
+                "face_mlp",
+                format!("{hidden} hidden units is out of range"),
+            ));
+        }
+        let mlp = if hidden == 0 {
+            None
+        } else {
+            let cpu_tensor = |name: &str, shape: &[usize]| {
+                file.tensor(name, shape)?
+                    .to_device(&Device::Cpu)
+                    .map_err(|e| ModelError::Tensor {
+                        path: file.path.clone(),
+                        tensor: name.into(),
+                        problem: e.to_string(),
+                    })
+            };
+            let transposed = |t: Tensor, name: &str| {
+                t.t()
+                    .and_then(|t| t.contiguous())
+                    .map_err(|e| ModelError::Tensor {
+                        path: file.path.clone(),
+                        tensor: name.into(),
+                        problem: e.to_string(),
+                    })
+            };
+            let w1 = format!("{MLP_HIDDEN}.weight");
+            let b1 = format!("{MLP_HIDDEN}.bias");
+            let w2 = format!("{MLP_OUT}.weight");
+            let b2 = format!("{MLP_OUT}.bias");
+            let out_bias: Vec<f32> = cpu_tensor(&b2, &[FACE_CHANNELS])?
+                .to_vec1()
+                .map_err(tensor_error)?;
+            for (b, o) in bias.iter_mut().zip(out_bias) {
+                *b += o;
+            }
+            Some(ResidualMlp {
+                hidden_weight_t: transposed(cpu_tensor(&w1, &[hidden, inputs])?, &w1)?,
+                hidden_bias: cpu_tensor(&b1, &[hidden])?
+                    .reshape((1, hidden))
+                    .map_err(tensor_error)?,
+                out_weight_t: transposed(cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?, &w2)?,
+            })
+        };
         let head = GridHead {
             grid,
             spacing,
             channels: feature_channels,
             weight_t,
             bias,
+            mlp,
         };
         let number = |key: &str, default: f32| {
             file.metadata
@@ -241,7 +316,11 @@ impl Mfn {
             }
         }
         let samples = Tensor::from_vec(samples, (places.len(), per_face), &Device::Cpu)?;
-        let values: Vec<Vec<f32>> = samples.matmul(&self.head.weight_t)?.to_vec2()?;
+        let mut values = samples.matmul(&self.head.weight_t)?;
+        if let Some(mlp) = &self.head.mlp {
+            values = (values + mlp.forward(&samples)?)?;
+        }
+        let values: Vec<Vec<f32>> = values.to_vec2()?;
         Ok(detections
             .iter()
             .zip(places)

@@ -1,7 +1,8 @@
 //! Face re-identification: a small embedding network trained with an additive angular margin
 //! (ArcFace) loss on identity-labelled faces (`training/REID.md`). A face is aligned from its 68
-//! landmarks to a 64×64 grayscale crop exactly as the training code does, embedded, and compared
-//! by cosine similarity: a person who comes back gets their old ID.
+//! landmarks to a small grayscale crop (its size and template come from the model file) exactly as
+//! the training code does, embedded, and compared by cosine similarity: a person who comes back
+//! gets their old ID.
 
 use std::path::Path;
 
@@ -11,9 +12,11 @@ use glam::Vec2;
 use super::model_file::{ModelError, ModelFile};
 use super::program::{LayerSpec, Program};
 
-pub const SIZE: usize = 64;
-/// Destination of the five alignment points in the 64×64 crop (pixel-index coordinates).
-pub const TEMPLATE: [[f64; 2]; 5] = [
+/// Side of the crop that files without an `input_size` were trained on.
+pub const SIZE_64: usize = 64;
+/// Destination of the five alignment points in a 64×64 crop (pixel-index coordinates); larger
+/// crops use it scaled (`Alignment::scaled`), as the training code does.
+pub const TEMPLATE_64: [[f64; 2]; 5] = [
     [21.5, 29.5],
     [41.5, 29.5],
     [31.5, 41.0],
@@ -21,10 +24,36 @@ pub const TEMPLATE: [[f64; 2]; 5] = [
     [40.0, 52.5],
 ];
 
+/// Where the five points of a face go in the network's square input crop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alignment {
+    pub size: usize,
+    /// Eye centres, nose tip, mouth corners in pixel-index coordinates of the crop.
+    pub template: [[f64; 2]; 5],
+}
+
+impl Alignment {
+    /// The 64 px template scaled to a `size`-pixel crop: the same framing with more pixels.
+    pub fn scaled(size: usize) -> Alignment {
+        let k = size as f64 / SIZE_64 as f64;
+        Alignment {
+            size,
+            template: TEMPLATE_64.map(|[x, y]| [(x + 0.5) * k - 0.5, (y + 0.5) * k - 0.5]),
+        }
+    }
+
+    /// The aligned `size`×`size` grayscale face (u8), as the training code's cv2.warpAffine
+    /// (bilinear, replicated border) of the frame converted to gray first.
+    pub fn align(&self, frame: &image::RgbImage, landmarks: &[Vec2]) -> Option<Vec<u8>> {
+        warp(frame, landmarks, self.size, &self.template)
+    }
+}
+
 pub struct ReId {
     program: Program,
     device: Device,
     flip_average: bool,
+    pub alignment: Alignment,
     /// Cosine similarity above which two faces are taken for the same person (from the held-out
     /// pairs, at a false-accept rate of 1 %).
     pub threshold: f32,
@@ -85,10 +114,13 @@ fn similarity(from: &[[f64; 2]; 5], to: &[[f64; 2]; 5]) -> Option<[f64; 4]> {
     ])
 }
 
-/// The aligned 64×64 grayscale face (u8), as the training code's cv2.warpAffine (bilinear,
-/// replicated border) of the frame converted to gray first.
-pub fn align(frame: &image::RgbImage, landmarks: &[Vec2]) -> Option<Vec<u8>> {
-    let m = similarity(&five_points(landmarks)?, &TEMPLATE)?;
+fn warp(
+    frame: &image::RgbImage,
+    landmarks: &[Vec2],
+    size: usize,
+    template: &[[f64; 2]; 5],
+) -> Option<Vec<u8>> {
+    let m = similarity(&five_points(landmarks)?, template)?;
     let [a, e, bx, by] = m;
     let det = a * a + e * e;
     if det < 1e-12 || frame.width() == 0 || frame.height() == 0 {
@@ -101,9 +133,9 @@ pub fn align(frame: &image::RgbImage, landmarks: &[Vec2]) -> Option<Vec<u8>> {
             .0;
         ((4899 * p[0] as u32 + 9617 * p[1] as u32 + 1868 * p[2] as u32 + 8192) >> 14) as f64
     };
-    let mut out = Vec::with_capacity(SIZE * SIZE);
-    for y in 0..SIZE {
-        for x in 0..SIZE {
+    let mut out = Vec::with_capacity(size * size);
+    for y in 0..size {
+        for x in 0..size {
             // inverse of [[a, -e], [e, a]]: [[a, e], [-e, a]] / det
             let (dx, dy) = (x as f64 - bx, y as f64 - by);
             let u = (a * dx + e * dy) / det;
@@ -135,8 +167,10 @@ impl ReId {
         }
         let specs: Vec<LayerSpec> = file.meta_json("layers")?;
         let number = |key: &str| file.metadata.get(key).and_then(|v| v.parse::<f32>().ok());
+        let alignment = alignment_of(&file)?;
         Ok(ReId {
             program: Program::new(&specs, &file)?,
+            alignment,
             device: device.clone(),
             flip_average: file
                 .metadata
@@ -150,26 +184,38 @@ impl ReId {
         })
     }
 
-    /// L2-normalised embeddings of aligned faces (u8, 64×64 each).
+    /// The face cropped and aligned for this network (None without 68 usable landmarks).
+    pub fn align(&self, frame: &image::RgbImage, landmarks: &[Vec2]) -> Option<Vec<u8>> {
+        self.alignment.align(frame, landmarks)
+    }
+
+    /// L2-normalised embeddings of aligned faces (u8, `alignment.size` squared each).
     pub fn embed_aligned(&self, faces: &[Vec<u8>]) -> candle_core::Result<Vec<Vec<f32>>> {
         if faces.is_empty() {
             return Ok(Vec::new());
         }
+        let size = self.alignment.size;
+        if let Some(f) = faces.iter().find(|f| f.len() != size * size) {
+            candle_core::bail!(
+                "an aligned face has {} pixels, this network takes {size}×{size}",
+                f.len()
+            );
+        }
         let n = faces.len();
-        let mut data = Vec::with_capacity(n * SIZE * SIZE * if self.flip_average { 2 } else { 1 });
+        let mut data = Vec::with_capacity(n * size * size * if self.flip_average { 2 } else { 1 });
         let norm = |v: u8| (v as f32 / 255.0 - 0.5) / 0.5;
         for f in faces {
             data.extend(f.iter().map(|v| norm(*v)));
         }
         if self.flip_average {
             for f in faces {
-                for row in f.chunks_exact(SIZE) {
+                for row in f.chunks_exact(size) {
                     data.extend(row.iter().rev().map(|v| norm(*v)));
                 }
             }
         }
-        let batch = data.len() / (SIZE * SIZE);
-        let input = Tensor::from_vec(data, (batch, 1, SIZE, SIZE), &self.device)?;
+        let batch = data.len() / (size * size);
+        let input = Tensor::from_vec(data, (batch, 1, size, size), &self.device)?;
         let out: Vec<Vec<f32>> = self.program.forward(&input)?.flatten_from(1)?.to_vec2()?;
         Ok((0..n)
             .map(|i| {
@@ -191,6 +237,49 @@ impl ReId {
     }
 }
 
+/// The crop size and template the file was trained with: `input_size` [1,1,S,S] and
+/// `alignment_template` (5 points); files from before those keys are 64 px with the 64 px template.
+fn alignment_of(file: &ModelFile) -> Result<Alignment, ModelError> {
+    let bad = |key: &str, problem: String| ModelError::Metadata {
+        path: file.path.clone(),
+        key: key.into(),
+        problem,
+    };
+    let size = match file.metadata.get("input_size") {
+        None => SIZE_64,
+        Some(_) => {
+            let shape: Vec<usize> = file.meta_json("input_size")?;
+            match shape[..] {
+                [1, 1, h, w] if h == w && (16..=256).contains(&h) => h,
+                _ => {
+                    return Err(bad(
+                        "input_size",
+                        format!("{shape:?} is not [1, 1, S, S] with S in 16..=256"),
+                    ))
+                }
+            }
+        }
+    };
+    let mut alignment = Alignment::scaled(size);
+    if file.metadata.contains_key("alignment_template") {
+        let points: Vec<[f64; 2]> = file.meta_json("alignment_template")?;
+        let inside = |p: &[f64; 2]| {
+            p.iter()
+                .all(|v| v.is_finite() && (0.0..size as f64).contains(v))
+        };
+        match <[[f64; 2]; 5]>::try_from(points) {
+            Ok(t) if t.iter().all(inside) => alignment.template = t,
+            _ => {
+                return Err(bad(
+                    "alignment_template",
+                    format!("needs 5 [x, y] points inside the {size}×{size} crop"),
+                ))
+            }
+        }
+    }
+    Ok(alignment)
+}
+
 fn normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= n);
@@ -207,11 +296,11 @@ mod tests {
 
     #[test]
     fn the_template_maps_onto_itself_and_a_scaled_rotated_copy_back() {
-        let id = similarity(&TEMPLATE, &TEMPLATE).unwrap();
+        let id = similarity(&TEMPLATE_64, &TEMPLATE_64).unwrap();
         assert!((id[0] - 1.0).abs() < 1e-12 && id[1].abs() < 1e-12 && id[2].abs() < 1e-9);
         // a face twice as big, turned 30°, shifted
         let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
-        let moved: Vec<[f64; 2]> = TEMPLATE
+        let moved: Vec<[f64; 2]> = TEMPLATE_64
             .iter()
             .map(|p| {
                 [
@@ -220,31 +309,49 @@ mod tests {
                 ]
             })
             .collect();
-        let m = similarity(&moved.try_into().unwrap(), &TEMPLATE).unwrap();
+        let m = similarity(&moved.try_into().unwrap(), &TEMPLATE_64).unwrap();
         assert!((m[0] - 0.5 * c).abs() < 1e-9 && (m[1] + 0.5 * s).abs() < 1e-9);
     }
 
     #[test]
     fn aligning_a_face_drawn_at_the_template_reproduces_it() {
-        // a frame whose 5 points are exactly the template (+0.5: landmarks are continuous)
-        let frame =
-            image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 0]));
-        let mut lm = vec![Vec2::ZERO; 68];
-        let at = |p: [f64; 2]| Vec2::new(p[0] as f32 + 0.5, p[1] as f32 + 0.5);
-        lm[36..42].fill(at(TEMPLATE[0]));
-        lm[42..48].fill(at(TEMPLATE[1]));
-        lm[30] = at(TEMPLATE[2]);
-        lm[48] = at(TEMPLATE[3]);
-        lm[54] = at(TEMPLATE[4]);
-        let out = align(&frame, &lm).unwrap();
-        for (y, row) in out.chunks(SIZE).enumerate() {
-            for (x, v) in row.iter().enumerate() {
-                let p = frame.get_pixel(x as u32, y as u32).0;
-                let want =
-                    (4899 * p[0] as u32 + 9617 * p[1] as u32 + 1868 * p[2] as u32 + 8192) >> 14;
-                assert!((*v as i32 - want as i32).abs() <= 1);
+        for size in [64, 96] {
+            let alignment = Alignment::scaled(size);
+            let t = alignment.template;
+            // a frame whose 5 points are exactly the template (+0.5: landmarks are continuous)
+            let frame = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
+                image::Rgb([(x * 2) as u8, (y * 2) as u8, 0])
+            });
+            let mut lm = vec![Vec2::ZERO; 68];
+            let at = |p: [f64; 2]| Vec2::new(p[0] as f32 + 0.5, p[1] as f32 + 0.5);
+            lm[36..42].fill(at(t[0]));
+            lm[42..48].fill(at(t[1]));
+            lm[30] = at(t[2]);
+            lm[48] = at(t[3]);
+            lm[54] = at(t[4]);
+            let out = alignment.align(&frame, &lm).unwrap();
+            assert_eq!(out.len(), size * size);
+            for (y, row) in out.chunks(size).enumerate() {
+                for (x, v) in row.iter().enumerate() {
+                    let p = frame.get_pixel(x as u32, y as u32).0;
+                    let want =
+                        (4899 * p[0] as u32 + 9617 * p[1] as u32 + 1868 * p[2] as u32 + 8192) >> 14;
+                    assert!((*v as i32 - want as i32).abs() <= 1);
+                }
             }
+            assert!(alignment.align(&frame, &lm[..10]).is_none());
         }
-        assert!(align(&frame, &lm[..10]).is_none());
+    }
+
+    #[test]
+    fn a_scaled_template_keeps_the_framing() {
+        assert_eq!(Alignment::scaled(64).template, TEMPLATE_64);
+        let t = Alignment::scaled(96).template;
+        // symmetric about the centre of the 96 px crop, eyes 1.5× as far apart
+        assert!((t[0][0] + t[1][0] - 95.0).abs() < 1e-12);
+        assert!(
+            ((t[1][0] - t[0][0]) - 1.5 * (TEMPLATE_64[1][0] - TEMPLATE_64[0][0])).abs() < 1e-12
+        );
+        assert!((t[0][1] - ((29.5 + 0.5) * 1.5 - 0.5)).abs() < 1e-12);
     }
 }

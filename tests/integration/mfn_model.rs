@@ -195,4 +195,21 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         err.contains("face_roi.weight") && err.contains("shape"),
         "{err}"
     );
+    // a file that claims a residual MLP head must carry its tensors
+    let wider_mlp = altered_copy(
+        dir.path(),
+        |m| {
+            let hidden: usize = m.get("face_mlp").map_or(0, |v| v.parse().unwrap());
+            m.insert("face_mlp".into(), (hidden + 8).to_string());
+        },
+        "",
+    );
+    let err = Mfn::load(&wider_mlp, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("face_mlp2.bias") || err.contains("face_mlp1.weight"),
+        "{err}"
+    );
 }

@@ -67,7 +67,7 @@ fn shipped_reid_matches_pytorch_alignment_and_embeddings() {
         .iter()
         .map(|p| glam::Vec2::new(p[0], p[1]))
         .collect();
-    let aligned = polyface::vision::reid::align(&frame, &landmarks).unwrap();
+    let aligned = reid.align(&frame, &landmarks).unwrap();
     let want: Vec<u8> = fixture["align_out_u8"]
         .flatten_all()
         .unwrap()
