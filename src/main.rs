@@ -225,38 +225,37 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         true => Some(polyface::bench::AvatarBench::new()?),
         false => None,
     };
-    let mut results = Vec::new();
+    // Load every network first, then let all (pipeline, faces) cases take turns frame by frame.
+    let mut sfn_models = None;
+    let mut mfn_model = None;
     for pipeline in &args.pipeline {
         match pipeline {
             PipelineKind::Sfn => {
-                let detector =
-                    vision::Detector::load(&models.join("detector.safetensors"), &device)?;
-                let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
-                for &faces in &args.faces {
-                    results.push(polyface::bench::bench_sfn(
-                        &detector,
-                        &sfn,
-                        &crops,
-                        faces,
-                        (args.frames, 5),
-                        avatars.as_mut(),
-                    )?);
-                }
+                sfn_models = Some((
+                    vision::Detector::load(&models.join("detector.safetensors"), &device)?,
+                    vision::Sfn::load(&models.join("sfn.safetensors"), &device)?,
+                ))
             }
             PipelineKind::Mfn => {
-                let mfn = vision::Mfn::load(&models.join("mfn.safetensors"), &device)?;
-                for &faces in &args.faces {
-                    results.push(polyface::bench::bench_mfn(
-                        &mfn,
-                        &crops,
-                        faces,
-                        (args.frames, 5),
-                        avatars.as_mut(),
-                    )?);
-                }
+                mfn_model = Some(vision::Mfn::load(&models.join("mfn.safetensors"), &device)?)
             }
         }
     }
+    let mut cases = Vec::new();
+    for pipeline in &args.pipeline {
+        for &faces in &args.faces {
+            match (pipeline, &sfn_models, &mfn_model) {
+                (PipelineKind::Sfn, Some((detector, sfn)), _) => {
+                    cases.push(polyface::bench::sfn_case(detector, sfn, &crops, faces))
+                }
+                (PipelineKind::Mfn, _, Some(mfn)) => {
+                    cases.push(polyface::bench::mfn_case(mfn, &crops, faces))
+                }
+                _ => {}
+            }
+        }
+    }
+    let results = polyface::bench::run_interleaved(cases, (args.frames, 5), avatars.as_mut())?;
     let device_name = match args.device.as_str() {
         "cpu" => format!("cpu ({} threads)", rayon::current_num_threads()),
         other => other.to_string(),

@@ -192,78 +192,107 @@ fn ms(since: Instant) -> f32 {
     since.elapsed().as_secs_f32() * 1000.0
 }
 
-/// Times `warmup + frames` runs of `step` on `frame` (which reports its own stage times and the
-/// faces it found) followed by fit and tracking, and by the avatars when `avatars` is given; the
-/// warm-up runs are not counted.
-fn run_frames(
-    pipeline: &str,
+/// One network path on the frame for `faces` faces: it reports its own stage times and returns
+/// the faces it found.
+type Step<'a> = Box<
+    dyn FnMut(&mut Vec<(&'static str, f32)>) -> Result<Vec<crate::vision::FaceObservation>> + 'a,
+>;
+
+/// One pipeline at one face count, run a frame at a time so that all cases of a run can take
+/// turns: a machine that gets busier or cooler halfway through then slows every case alike, and
+/// the ratios between cases (10 faces against 1, MFN against SFN) stay fair.
+pub struct Case<'a> {
+    pipeline: &'static str,
     faces: usize,
-    frame: &image::RgbImage,
-    (frames, warmup): (usize, usize),
-    mut avatars: Option<&mut AvatarBench>,
-    mut step: impl FnMut(&mut Vec<(&'static str, f32)>) -> Result<Vec<crate::vision::FaceObservation>>,
-) -> Result<BenchResult> {
-    let mut people = People::default();
-    let mut stages: std::collections::BTreeMap<&'static str, Vec<f32>> = Default::default();
-    let mut total_ms = Vec::with_capacity(frames);
-    let mut times = Vec::new();
-    for i in 0..warmup + frames {
-        times.clear();
+    frame: image::RgbImage,
+    step: Step<'a>,
+    people: People,
+    stages: std::collections::BTreeMap<&'static str, Vec<f32>>,
+    total_ms: Vec<f32>,
+    frames_run: u64,
+}
+
+impl Case<'_> {
+    /// One frame: the network path, then fit and tracking, then the avatars when given.
+    fn run_one(&mut self, record: bool, avatars: Option<&mut AvatarBench>) -> Result<()> {
+        let mut times = Vec::new();
         let start = Instant::now();
-        let observations = step(&mut times)?;
+        let observations = (self.step)(&mut times)?;
         let t = Instant::now();
-        let mut timings = crate::timing::FrameTimings::new(i as u64);
-        let persons = people.update(
-            frame.dimensions(),
+        let i = self.frames_run;
+        let mut timings = crate::timing::FrameTimings::new(i);
+        let persons = self.people.update(
+            self.frame.dimensions(),
             observations,
             i as f64 / 30.0,
             &mut timings,
         );
         times.push(("fit_track", ms(t)));
-        if let Some(avatars) = avatars.as_deref_mut() {
+        if let Some(avatars) = avatars {
             let t = Instant::now();
             avatars.draw(&persons)?;
             times.push(("avatars", ms(t)));
         }
-        if i >= warmup {
-            for (name, value) in &times {
-                stages.entry(name).or_default().push(*value);
+        self.frames_run += 1;
+        if record {
+            for (name, value) in times {
+                self.stages.entry(name).or_default().push(value);
             }
-            total_ms.push(ms(start));
+            self.total_ms.push(ms(start));
+        }
+        Ok(())
+    }
+
+    fn result(self) -> BenchResult {
+        let total = measured(self.total_ms);
+        BenchResult {
+            pipeline: self.pipeline.into(),
+            faces: self.faces,
+            median_ms: total.median_ms,
+            p95_ms: total.p95_ms,
+            stages: self
+                .stages
+                .into_iter()
+                .map(|(name, values)| (name.to_string(), measured(values)))
+                .collect(),
         }
     }
-    let total = measured(total_ms);
-    Ok(BenchResult {
-        pipeline: pipeline.into(),
-        faces,
-        median_ms: total.median_ms,
-        p95_ms: total.p95_ms,
-        stages: stages
-            .into_iter()
-            .map(|(name, values)| (name.to_string(), measured(values)))
-            .collect(),
-    })
+}
+
+/// Runs every case for `warmup` uncounted frames, then `frames` counted ones, the cases taking
+/// turns frame by frame; results in the order of `cases`.
+pub fn run_interleaved(
+    mut cases: Vec<Case<'_>>,
+    (frames, warmup): (usize, usize),
+    mut avatars: Option<&mut AvatarBench>,
+) -> Result<Vec<BenchResult>> {
+    for round in 0..warmup + frames {
+        for case in &mut cases {
+            case.run_one(round >= warmup, avatars.as_deref_mut())?;
+        }
+    }
+    Ok(cases.into_iter().map(Case::result).collect())
 }
 
 /// Detector on the whole frame + the SFN on every face in one batch + fit and tracking.
-pub fn bench_sfn(
-    detector: &Detector,
-    sfn: &Sfn,
+pub fn sfn_case<'a>(
+    detector: &'a Detector,
+    sfn: &'a Sfn,
     crops: &[(image::RgbImage, Vec<Vec2>)],
     faces: usize,
-    (frames, warmup): (usize, usize),
-    avatars: Option<&mut AvatarBench>,
-) -> Result<BenchResult> {
+) -> Case<'a> {
     let (frame, boxes) = compose_frame(faces, crops);
     let device = sfn.device().clone();
-    run_frames("sfn", faces, &frame, (frames, warmup), avatars, |times| {
+    let network_frame = frame.clone();
+    let step: Step<'a> = Box::new(move |times| {
+        let frame = &network_frame;
         let t = Instant::now();
-        let _detections = detector.detect(&frame)?;
+        let _detections = detector.detect(frame)?;
         times.push(("detector", ms(t)));
         // The benchmark gives the SFN the known face crops, so its cost is measured for exactly
         // `faces` faces whatever the detector finds.
         let t = Instant::now();
-        let input = crop_batch(&frame, &boxes, &device)?;
+        let input = crop_batch(frame, &boxes, &device)?;
         times.push(("sfn_crop", ms(t)));
         let t_net = Instant::now();
         let raw = sfn.forward(&input)?;
@@ -272,21 +301,21 @@ pub fn bench_sfn(
         let observations = decode(&raw, &boxes)?;
         times.push(("sfn", ms(t)));
         Ok(observations)
-    })
+    });
+    case("sfn", faces, frame, step)
 }
 
 /// The multi-face network on the whole frame (one pass, every face) + fit and tracking.
-pub fn bench_mfn(
-    mfn: &Mfn,
+pub fn mfn_case<'a>(
+    mfn: &'a Mfn,
     crops: &[(image::RgbImage, Vec<Vec2>)],
     faces: usize,
-    (frames, warmup): (usize, usize),
-    avatars: Option<&mut AvatarBench>,
-) -> Result<BenchResult> {
+) -> Case<'a> {
     let (frame, _) = compose_frame(faces, crops);
-    run_frames("mfn", faces, &frame, (frames, warmup), avatars, |times| {
+    let network_frame = frame.clone();
+    let step: Step<'a> = Box::new(move |times| {
         let start = Instant::now();
-        let (input, letterbox) = mfn.prepare(&frame)?;
+        let (input, letterbox) = mfn.prepare(&network_frame)?;
         times.push(("mfn_preprocess", ms(start)));
         let t = Instant::now();
         let output = mfn.forward(&input)?;
@@ -297,7 +326,26 @@ pub fn bench_mfn(
         times.push(("mfn_decode", ms(t)));
         times.push(("mfn", ms(start)));
         Ok(observations)
-    })
+    });
+    case("mfn", faces, frame, step)
+}
+
+fn case<'a>(
+    pipeline: &'static str,
+    faces: usize,
+    frame: image::RgbImage,
+    step: Step<'a>,
+) -> Case<'a> {
+    Case {
+        pipeline,
+        faces,
+        frame,
+        step,
+        people: People::default(),
+        stages: Default::default(),
+        total_ms: Vec::new(),
+        frames_run: 0,
+    }
 }
 
 /// Largest difference between the networks' raw outputs on `device` and on the CPU, per network
