@@ -56,7 +56,7 @@ fn sfn_forward(c: &mut Criterion) {
 
 fn pose_fit(c: &mut Criterion) {
     use glam::{Mat3, Vec3};
-    use polyface::fit::{fit_pose, Camera, FitOptions, MEAN_FACE_68};
+    use polyface::fit::{fit_pose, fit_pose_from, Camera, FitOptions, MEAN_FACE_68};
     let camera = Camera::assumed(640, 480, 63.0);
     let rotation = Mat3::from_rotation_y(0.4) * Mat3::from_rotation_x(-0.2);
     let points: Vec<glam::Vec2> = MEAN_FACE_68
@@ -66,6 +66,14 @@ fn pose_fit(c: &mut Criterion) {
     let network = Mat3::from_rotation_y(0.35);
     c.bench_function("fit_pose 68 points (LM, Huber, network prior)", |bench| {
         bench.iter(|| fit_pose(&points, &camera, Some(network), &FitOptions::default()).unwrap())
+    });
+    // A tracked face: the previous frame's answer is the start.
+    let options = FitOptions::default();
+    let previous = fit_pose(&points, &camera, Some(network), &options)
+        .unwrap()
+        .pose;
+    c.bench_function("fit_pose 68 points, warm start", |bench| {
+        bench.iter(|| fit_pose_from(&points, &camera, Some(network), previous, &options).unwrap())
     });
 }
 

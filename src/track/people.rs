@@ -5,7 +5,10 @@ use glam::Vec2;
 
 use super::identities::{Gallery, MatchRules, Sighting};
 use super::{TrackState, Tracker, TrackerConfig};
-use crate::fit::{fit_pose, refine_blendshapes, rotation_in_camera, Camera, FitOptions, HeadPose};
+use crate::fit::{
+    fit_pose, fit_pose_from, log_so3, refine_blendshapes, rotation_in_camera, Camera, FitOptions,
+    HeadPose,
+};
 use crate::timing::{FrameTimings, Stage};
 use crate::vision::{FaceObservation, ReId};
 
@@ -31,7 +34,14 @@ pub struct People {
     pub vertical_fov_deg: f32,
     /// Face embeddings that give returning people their old IDs (when a re-ID model is loaded).
     pub reid: Option<Reidentifier>,
+    /// Last frame's fitted pose per person and the frame size it was fitted in: next frame's
+    /// solve starts there.
+    last_poses: std::collections::HashMap<u32, ((u32, u32), HeadPose)>,
 }
+
+/// A warm start further than this from the network's rotation is not trusted (a relabelled
+/// ID, a fit that went astray): the fit starts from the network's rotation instead.
+const WARM_START_MAX_TURN_RAD: f32 = 0.25;
 
 /// The re-identification state: the embedding network and everyone seen this session.
 pub struct Reidentifier {
@@ -61,6 +71,7 @@ impl Default for People {
             fit_options: FitOptions::default(),
             vertical_fov_deg: 63.0,
             reid: None,
+            last_poses: Default::default(),
         }
     }
 }
@@ -83,16 +94,25 @@ impl People {
             }
         });
         let tracked = timings.time(Stage::Track, || self.tracker.update(faces, time_s));
-        timings.time(Stage::Fit, || {
+        let last_poses = std::mem::take(&mut self.last_poses);
+        let persons: Vec<Person> = timings.time(Stage::Fit, || {
             tracked
                 .into_iter()
                 .map(|t| {
-                    let fit = fit_pose(
-                        &t.smoothed.landmarks,
-                        &camera,
-                        Some(t.smoothed.rotation),
-                        &self.fit_options,
-                    );
+                    let network = t.smoothed.rotation;
+                    let warm = last_poses.get(&t.id).filter(|(size, pose)| {
+                        *size == frame_size
+                            && log_so3(&(network.transpose() * pose.rotation)).length()
+                                < WARM_START_MAX_TURN_RAD
+                    });
+                    let points = &t.smoothed.landmarks;
+                    let options = &self.fit_options;
+                    let fit = match warm {
+                        Some(&(_, start)) => {
+                            fit_pose_from(points, &camera, Some(network), start, options)
+                        }
+                        None => fit_pose(points, &camera, Some(network), options),
+                    };
                     Person {
                         id: t.id,
                         state: t.state,
@@ -103,7 +123,12 @@ impl People {
                     }
                 })
                 .collect()
-        })
+        });
+        self.last_poses = persons
+            .iter()
+            .filter_map(|p| Some((p.id, (frame_size, p.pose?))))
+            .collect();
+        persons
     }
 
     /// Loads `reid.safetensors` from `models` if it is there (re-ID is optional: without it
@@ -209,6 +234,7 @@ impl People {
 
     pub fn reset(&mut self) {
         self.tracker.reset();
+        self.last_poses.clear();
         if let Some(reid) = self.reid.as_mut() {
             reid.gallery.clear();
         }
