@@ -145,7 +145,7 @@ pub struct BenchResult {
     pub median_ms: f32,
     pub p95_ms: f32,
     /// Per stage: detector, sfn (all faces, one batch: crop + network + decode), sfn_crop,
-    /// sfn_network, fit_track; mfn, mfn_preprocess, mfn_network, mfn_decode; avatars (with
+    /// sfn_network, fit_track (= fit + track); mfn, mfn_preprocess, mfn_network, mfn_decode; avatars (with
     /// `--avatars`).
     pub stages: std::collections::BTreeMap<String, Measured>,
 }
@@ -228,6 +228,10 @@ impl Case<'_> {
             &mut timings,
         );
         times.push(("fit_track", ms(t)));
+        // Its two parts, as the app's timing panel shows them.
+        for stage in [crate::timing::Stage::Fit, crate::timing::Stage::Track] {
+            times.push((stage.name(), timings.get(stage).unwrap_or(0.0)));
+        }
         if let Some(avatars) = avatars {
             let t = Instant::now();
             avatars.draw(&persons)?;
