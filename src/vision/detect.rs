@@ -2,6 +2,7 @@
 //! centre-heatmap output into boxes, and non-maximum suppression. All O(cells + faces).
 
 use glam::Vec2;
+use rayon::prelude::*;
 
 /// One detected face, in frame pixels.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,17 +98,31 @@ impl Letterbox {
         };
         let columns: Vec<(usize, usize, f32)> = (0..nw).map(|x| taps(x, nw, w)).collect();
         let pixels = frame.as_raw();
-        for y in 0..nh {
-            let (y0, y1, fy) = taps(y, nh, h);
-            for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
-                for c in 0..3 {
-                    let p = |yy: usize, xx: usize| pixels[(yy * w + xx) * 3 + c] as f32;
-                    let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
-                    let bottom = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
-                    out[c * plane + y * iw + x] = (top * (1.0 - fy) + bottom * fy) / 127.5 - 1.0;
+        let (red, rest) = out[..3 * plane].split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        // Rows are independent: split them over the CPU threads (this runs before every pass).
+        red.par_chunks_mut(iw)
+            .zip(green.par_chunks_mut(iw))
+            .zip(blue.par_chunks_mut(iw))
+            .take(nh)
+            .enumerate()
+            .for_each(|(y, ((r, g), b))| {
+                let (y0, y1, fy) = taps(y, nh, h);
+                let top = &pixels[y0 * w * 3..(y0 + 1) * w * 3];
+                let bottom = &pixels[y1 * w * 3..(y1 + 1) * w * 3];
+                for (x, &(x0, x1, fx)) in columns.iter().enumerate() {
+                    let (i0, i1) = (x0 * 3, x1 * 3);
+                    let mut value = [0f32; 3];
+                    for (c, v) in value.iter_mut().enumerate() {
+                        let t = top[i0 + c] as f32 * (1.0 - fx) + top[i1 + c] as f32 * fx;
+                        let u = bottom[i0 + c] as f32 * (1.0 - fx) + bottom[i1 + c] as f32 * fx;
+                        *v = (t * (1.0 - fy) + u * fy) / 127.5 - 1.0;
+                    }
+                    r[x] = value[0];
+                    g[x] = value[1];
+                    b[x] = value[2];
                 }
-            }
-        }
+            });
     }
 
     pub fn to_frame(&self, input_point: Vec2) -> Vec2 {
