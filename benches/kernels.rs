@@ -1,9 +1,10 @@
-//! Hot kernels: depthwise convolution (ours vs candle's grouped conv), 1×1 conv, the whole SFN.
+//! Hot kernels: depthwise convolution (ours vs candle's grouped conv), 1×1 conv, the stem conv,
+//! the whole SFN and the shipped MFN.
 //! `cargo bench --bench kernels`
 
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use polyface::vision::ops::{depthwise3x3, pointwise, Activation};
+use polyface::vision::ops::{conv2d, depthwise3x3, pointwise, Activation};
 use polyface::vision::sfn::{self, SfnConfig, DEFAULT_CONFIG_JSON};
 use polyface::vision::Sfn;
 
@@ -33,6 +34,32 @@ fn depthwise(c: &mut Criterion) {
     let b = Tensor::randn(0f32, 1.0, 144, &dev).unwrap();
     c.bench_function("pointwise 24->144 at 56x56", |bench| {
         bench.iter(|| pointwise(&x, &w, &b, Activation::Relu).unwrap())
+    });
+}
+
+fn stem_and_strided(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    // The detector / MFN stem: 3→16, stride 2, on the 320×240 letterboxed frame.
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 240, 320), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (16, 3, 3, 3), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+    c.bench_function("conv3x3 stem 3->16 stride 2 at 320x240", |bench| {
+        bench.iter(|| conv2d(&x, &w, &b, 2, 1, Activation::Relu).unwrap())
+    });
+    // The first stride-2 depthwise layer after it.
+    let x = Tensor::randn(0f32, 1.0, (1, 16, 120, 160), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (16, 1, 3, 3), &dev).unwrap();
+    c.bench_function("depthwise stride 2 16x120x160", |bench| {
+        bench.iter(|| depthwise3x3(&x, &w, &b, 2, Activation::Relu).unwrap())
+    });
+}
+
+fn mfn_forward(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mfn.safetensors");
+    let model = polyface::vision::Mfn::load(&path, &Device::Cpu).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 240, 320), &Device::Cpu).unwrap();
+    c.bench_function("mfn forward 320x240 (shipped model)", |bench| {
+        bench.iter(|| model.forward(&x).unwrap())
     });
 }
 
@@ -162,7 +189,9 @@ fn render_morph_pass(c: &mut Criterion) {
 criterion_group!(
     benches,
     depthwise,
+    stem_and_strided,
     sfn_forward,
+    mfn_forward,
     pose_fit,
     detection_decode,
     render_morph_pass

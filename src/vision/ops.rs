@@ -74,6 +74,7 @@ impl CustomOp3 for Depthwise3x3 {
         let plane_in = h * w;
         let plane_out = ho * wo;
         let mut out = vec![0f32; n * c * plane_out];
+        let zeros = vec![0f32; w];
         if plane_out > 0 {
             out.par_chunks_mut(plane_out)
                 .with_min_len((4096 / plane_out).max(1))
@@ -82,12 +83,17 @@ impl CustomOp3 for Depthwise3x3 {
                     let ch = plane % c;
                     let kernel: &[f32; 9] = weight[ch * 9..ch * 9 + 9].try_into().expect("9 taps");
                     let input = &input[plane * plane_in..(plane + 1) * plane_in];
-                    depthwise_plane(input, (h, w), kernel, bias[ch], self.stride, out, (ho, wo));
-                    if self.activation != Activation::None {
-                        for v in out.iter_mut() {
-                            *v = self.activation.apply(*v);
-                        }
-                    }
+                    depthwise_plane(
+                        input,
+                        (h, w),
+                        kernel,
+                        bias[ch],
+                        self.stride,
+                        self.activation,
+                        out,
+                        (ho, wo),
+                        &zeros,
+                    );
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, c, ho, wo])))
@@ -183,46 +189,157 @@ fn conv_out_size(h: usize, w: usize, stride: usize) -> (usize, usize) {
     ((h + 2 - 3) / stride + 1, (w + 2 - 3) / stride + 1)
 }
 
-/// One channel plane. Rows are accumulated as whole-row multiply-adds so the stride-1 case
-/// vectorises; the borders are handled by clipping the column range, not by branches per pixel.
+/// One channel plane, a row at a time. Each output row is one pass that reads its three input
+/// rows (a shared zero row stands in for the padding above and below), so the stride-1 interior
+/// is a single vectorised loop with one store per pixel; stride 2 first splits the rows into
+/// even and odd columns so that it is contiguous too. Only the border columns take the scalar
+/// path with bounds checks.
+#[allow(clippy::too_many_arguments)]
 fn depthwise_plane(
     input: &[f32],
     (h, w): (usize, usize),
     kernel: &[f32; 9],
     bias: f32,
     stride: usize,
+    activation: Activation,
     out: &mut [f32],
     (ho, wo): (usize, usize),
+    zeros: &[f32],
 ) {
+    let mut split = if stride == 2 {
+        vec![0f32; 3 * w]
+    } else {
+        Vec::new()
+    };
     for oy in 0..ho {
-        let row = &mut out[oy * wo..(oy + 1) * wo];
-        row.fill(bias);
-        for ky in 0..3 {
+        let row_of = |ky: usize| -> &[f32] {
             let iy = (oy * stride + ky) as isize - 1;
             if iy < 0 || iy >= h as isize {
-                continue;
+                zeros
+            } else {
+                &input[iy as usize * w..(iy as usize + 1) * w]
             }
-            let in_row = &input[iy as usize * w..(iy as usize + 1) * w];
-            for kx in 0..3 {
-                let tap = kernel[ky * 3 + kx];
-                // Output columns whose input column ox*stride + kx - 1 lies inside the row.
-                let first = if kx == 0 { 1 } else { 0 };
-                let last = ((w + 1 - kx).div_ceil(stride)).min(wo);
-                if first >= last {
-                    continue;
-                }
-                if stride == 1 {
-                    let src = &in_row[first + kx - 1..last + kx - 1];
-                    for (o, i) in row[first..last].iter_mut().zip(src) {
-                        *o += tap * i;
-                    }
-                } else {
-                    for (ox, o) in row.iter_mut().enumerate().take(last).skip(first) {
-                        *o += tap * in_row[ox * stride + kx - 1];
-                    }
-                }
+        };
+        let rows = [row_of(0), row_of(1), row_of(2)];
+        let row = &mut out[oy * wo..(oy + 1) * wo];
+        if stride == 1 {
+            depthwise_row_stride1(rows, kernel, bias, row);
+        } else {
+            depthwise_row_stride2(rows, kernel, bias, row, &mut split);
+        }
+        if activation != Activation::None {
+            for v in row.iter_mut() {
+                *v = activation.apply(*v);
             }
         }
+    }
+}
+
+/// Output column `x` from the three input rows, with zero padding: the border path.
+fn depthwise_pixel(
+    rows: [&[f32]; 3],
+    kernel: &[f32; 9],
+    bias: f32,
+    stride: usize,
+    x: usize,
+) -> f32 {
+    let mut sum = bias;
+    for (ky, row) in rows.iter().enumerate() {
+        for kx in 0..3 {
+            let ix = (x * stride + kx) as isize - 1;
+            if ix >= 0 && (ix as usize) < row.len() {
+                sum += kernel[ky * 3 + kx] * row[ix as usize];
+            }
+        }
+    }
+    sum
+}
+
+fn depthwise_row_stride1(rows: [&[f32]; 3], k: &[f32; 9], bias: f32, out: &mut [f32]) {
+    let w = out.len();
+    if w < 3 {
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = depthwise_pixel(rows, k, bias, 1, x);
+        }
+        return;
+    }
+    out[0] = depthwise_pixel(rows, k, bias, 1, 0);
+    out[w - 1] = depthwise_pixel(rows, k, bias, 1, w - 1);
+    // Interior: every tap is inside the row. Equal-length slices let the compiler drop the
+    // bounds checks and vectorise.
+    let n = w - 2;
+    let [r0, r1, r2] = rows;
+    let (a0, a1, a2) = (&r0[0..n], &r0[1..n + 1], &r0[2..n + 2]);
+    let (b0, b1, b2) = (&r1[0..n], &r1[1..n + 1], &r1[2..n + 2]);
+    let (c0, c1, c2) = (&r2[0..n], &r2[1..n + 1], &r2[2..n + 2]);
+    let o = &mut out[1..n + 1];
+    for i in 0..n {
+        o[i] = bias
+            + k[0] * a0[i]
+            + k[1] * a1[i]
+            + k[2] * a2[i]
+            + k[3] * b0[i]
+            + k[4] * b1[i]
+            + k[5] * b2[i]
+            + k[6] * c0[i]
+            + k[7] * c1[i]
+            + k[8] * c2[i];
+    }
+}
+
+/// Stride 2: output x reads input columns 2x−1, 2x, 2x+1 = odd[x−1], even[x], odd[x].
+fn depthwise_row_stride2(
+    rows: [&[f32]; 3],
+    k: &[f32; 9],
+    bias: f32,
+    out: &mut [f32],
+    split: &mut [f32],
+) {
+    let w = rows[0].len();
+    let wo = out.len();
+    let (evens, odds) = (w.div_ceil(2), w / 2);
+    // Columns 1.. while all three taps are inside the row.
+    let end = wo.min(odds);
+    if end < 2 {
+        for (x, o) in out.iter_mut().enumerate() {
+            *o = depthwise_pixel(rows, k, bias, 2, x);
+        }
+        return;
+    }
+    for (row, dst) in rows.iter().zip(split.chunks_exact_mut(w)) {
+        let (even, odd) = dst.split_at_mut(evens);
+        for (e, v) in even.iter_mut().zip(row.iter().step_by(2)) {
+            *e = *v;
+        }
+        for (o, v) in odd.iter_mut().zip(row.iter().skip(1).step_by(2)) {
+            *o = *v;
+        }
+    }
+    let n = end - 1;
+    let part = |r: usize| {
+        let dst = &split[r * w..(r + 1) * w];
+        let (even, odd) = dst.split_at(evens);
+        (&odd[0..n], &even[1..n + 1], &odd[1..n + 1])
+    };
+    let (a0, a1, a2) = part(0);
+    let (b0, b1, b2) = part(1);
+    let (c0, c1, c2) = part(2);
+    let o = &mut out[1..n + 1];
+    for i in 0..n {
+        o[i] = bias
+            + k[0] * a0[i]
+            + k[1] * a1[i]
+            + k[2] * a2[i]
+            + k[3] * b0[i]
+            + k[4] * b1[i]
+            + k[5] * b2[i]
+            + k[6] * c0[i]
+            + k[7] * c1[i]
+            + k[8] * c2[i];
+    }
+    out[0] = depthwise_pixel(rows, k, bias, 2, 0);
+    for (x, o) in out.iter_mut().enumerate().skip(end) {
+        *o = depthwise_pixel(rows, k, bias, 2, x);
     }
 }
 
@@ -387,7 +504,8 @@ impl CustomOp3 for GemmConv {
     }
 }
 
-/// Unfolds 3×3 patches (padding 1) into a (cin·9) × (ho·wo) matrix.
+/// Unfolds 3×3 patches (padding 1) into a (cin·9) × (ho·wo) matrix, one matrix row per
+/// (channel, tap) in parallel (the stem's unfolded input is 2 MB: worth both cores).
 fn im2col3x3(
     input: &[f32],
     (cin, h, w): (usize, usize, usize),
@@ -395,28 +513,35 @@ fn im2col3x3(
     (ho, wo): (usize, usize),
 ) -> Vec<f32> {
     let mut columns = vec![0f32; cin * 9 * ho * wo];
-    for c in 0..cin {
-        let plane = &input[c * h * w..(c + 1) * h * w];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let row = &mut columns
-                    [((c * 9 + ky * 3 + kx) * ho * wo)..((c * 9 + ky * 3 + kx + 1) * ho * wo)];
-                for oy in 0..ho {
-                    let iy = (oy * stride + ky) as isize - 1;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    for ox in 0..wo {
-                        let ix = (ox * stride + kx) as isize - 1;
-                        if ix >= 0 && ix < w as isize {
-                            row[oy * wo + ox] = src[ix as usize];
-                        }
+    if ho * wo == 0 {
+        return columns;
+    }
+    columns
+        .par_chunks_mut(ho * wo)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, ky, kx) = (r / 9, (r % 9) / 3, r % 3);
+            let plane = &input[c * h * w..(c + 1) * h * w];
+            // Output columns whose input column ox·stride + kx − 1 lies inside the row.
+            let first = usize::from(kx == 0);
+            let last = (w + 1 - kx).div_ceil(stride).min(wo);
+            for oy in 0..ho {
+                let iy = (oy * stride + ky) as isize - 1;
+                if iy < 0 || iy >= h as isize || first >= last {
+                    continue;
+                }
+                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                let dst = &mut row[oy * wo + first..oy * wo + last];
+                if stride == 1 {
+                    dst.copy_from_slice(&src[first + kx - 1..last + kx - 1]);
+                } else {
+                    let start = first * stride + kx - 1;
+                    for (d, v) in dst.iter_mut().zip(src[start..].iter().step_by(stride)) {
+                        *d = *v;
                     }
                 }
             }
-        }
-    }
+        });
     columns
 }
 
@@ -538,6 +663,10 @@ mod tests {
             (3, 5, 9, 12),
             (1, 2, 1, 1),
             (1, 4, 2, 3),
+            (1, 2, 4, 2),
+            (1, 2, 3, 4),
+            (1, 2, 5, 6),
+            (2, 3, 6, 9),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (c, 1, 3, 3), &dev).unwrap();
@@ -597,7 +726,13 @@ mod tests {
     #[test]
     fn conv3x3_matches_candle_conv_with_stride_1_and_2() {
         let dev = Device::Cpu;
-        for (n, cin, h, w) in [(1, 3, 112, 112), (2, 3, 9, 14), (1, 5, 1, 2)] {
+        for (n, cin, h, w) in [
+            (1, 3, 112, 112),
+            (2, 3, 9, 14),
+            (1, 5, 1, 2),
+            (1, 2, 7, 5),
+            (1, 2, 1, 1),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (16, cin, 3, 3), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
