@@ -35,8 +35,8 @@ struct GridHead {
     grid: usize,
     spacing: f32,
     channels: usize,
-    /// [grid² · channels, FACE_CHANNELS] on the CPU (decode runs there).
-    weight_t: Tensor,
+    /// grid² · channels → FACE_CHANNELS.
+    linear: Dense,
     /// The linear layer's bias plus the MLP's output bias.
     bias: Vec<f32>,
     mlp: Option<ResidualMlp>,
@@ -44,21 +44,89 @@ struct GridHead {
 
 /// `mlp2(relu(mlp1(samples)))`, added to the linear head's values.
 struct ResidualMlp {
-    /// [grid² · channels, hidden]
-    hidden_weight_t: Tensor,
-    /// [1, hidden]
-    hidden_bias: Tensor,
-    /// [hidden, FACE_CHANNELS]
-    out_weight_t: Tensor,
+    /// grid² · channels → hidden
+    hidden: Dense,
+    hidden_bias: Vec<f32>,
+    /// hidden → FACE_CHANNELS (its bias is folded into `GridHead::bias`)
+    out: Dense,
+}
+
+/// A dense layer's weight, transposed to [inputs, outputs] row-major, multiplied on the CPU
+/// with the gemm crate on the calling thread: candle's matmul re-packed the weights and woke
+/// the thread pool on every call, which cost ~0.25 ms per frame, several times the product
+/// itself at a handful of faces.
+struct Dense {
+    weight_t: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Dense {
+    /// From a [outputs, inputs] weight tensor.
+    fn new(weight: &Tensor) -> candle_core::Result<Dense> {
+        let (outputs, inputs) = weight.dims2()?;
+        let weight_t = weight.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Dense {
+            weight_t,
+            inputs,
+            outputs,
+        })
+    }
+
+    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ.
+    fn accumulate(&self, x: &[f32], out: &mut [f32]) {
+        let rows = x.len() / self.inputs;
+        assert_eq!(x.len(), rows * self.inputs, "dense input");
+        assert_eq!(out.len(), rows * self.outputs, "dense output");
+        if rows == 0 {
+            return;
+        }
+        // SAFETY: row-major matrices of the sizes checked above: out (rows × outputs),
+        // x (rows × inputs), weight_t (inputs × outputs).
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                true,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.weight_t.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+}
+
+/// `rows` copies of `bias`, one after another: the starting values of a dense layer's output.
+fn repeated(bias: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * bias.len());
+    for _ in 0..rows {
+        out.extend_from_slice(bias);
+    }
+    out
 }
 
 impl ResidualMlp {
-    fn forward(&self, samples: &Tensor) -> candle_core::Result<Tensor> {
-        samples
-            .matmul(&self.hidden_weight_t)?
-            .broadcast_add(&self.hidden_bias)?
-            .relu()?
-            .matmul(&self.out_weight_t)
+    /// Adds the MLP's output (without its bias) to `values`.
+    fn accumulate(&self, samples: &[f32], rows: usize, values: &mut [f32]) {
+        let mut hidden = repeated(&self.hidden_bias, rows);
+        self.hidden.accumulate(samples, &mut hidden);
+        for h in hidden.iter_mut() {
+            *h = h.max(0.0);
+        }
+        self.out.accumulate(&hidden, values);
     }
 }
 
@@ -155,10 +223,10 @@ impl Mfn {
             tensor: GRID_HEAD.into(),
             problem: e.to_string(),
         };
-        let weight_t = file
+        let linear = file
             .tensor(&format!("{GRID_HEAD}.weight"), &[FACE_CHANNELS, inputs])?
             .to_device(&Device::Cpu)
-            .and_then(|w| w.t()?.contiguous())
+            .and_then(|w| Dense::new(&w))
             .map_err(tensor_error)?;
         let mut bias = file
             .tensor(&format!("{GRID_HEAD}.bias"), &[FACE_CHANNELS])?
@@ -187,14 +255,12 @@ impl Mfn {
                         problem: e.to_string(),
                     })
             };
-            let transposed = |t: Tensor, name: &str| {
-                t.t()
-                    .and_then(|t| t.contiguous())
-                    .map_err(|e| ModelError::Tensor {
-                        path: file.path.clone(),
-                        tensor: name.into(),
-                        problem: e.to_string(),
-                    })
+            let dense = |t: Tensor, name: &str| {
+                Dense::new(&t).map_err(|e| ModelError::Tensor {
+                    path: file.path.clone(),
+                    tensor: name.into(),
+                    problem: e.to_string(),
+                })
             };
             let w1 = format!("{MLP_HIDDEN}.weight");
             let b1 = format!("{MLP_HIDDEN}.bias");
@@ -207,18 +273,18 @@ impl Mfn {
                 *b += o;
             }
             Some(ResidualMlp {
-                hidden_weight_t: transposed(cpu_tensor(&w1, &[hidden, inputs])?, &w1)?,
+                hidden: dense(cpu_tensor(&w1, &[hidden, inputs])?, &w1)?,
                 hidden_bias: cpu_tensor(&b1, &[hidden])?
-                    .reshape((1, hidden))
+                    .to_vec1()
                     .map_err(tensor_error)?,
-                out_weight_t: transposed(cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?, &w2)?,
+                out: dense(cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?, &w2)?,
             })
         };
         let head = GridHead {
             grid,
             spacing,
             channels: feature_channels,
-            weight_t,
+            linear,
             bias,
             mlp,
         };
@@ -315,22 +381,17 @@ impl Mfn {
                 samples.extend(map.sample(center + offset * size));
             }
         }
-        let samples = Tensor::from_vec(samples, (places.len(), per_face), &Device::Cpu)?;
-        let mut values = samples.matmul(&self.head.weight_t)?;
+        let rows = places.len();
+        let mut values = repeated(&self.head.bias, rows);
+        self.head.linear.accumulate(&samples, &mut values);
         if let Some(mlp) = &self.head.mlp {
-            values = (values + mlp.forward(&samples)?)?;
+            mlp.accumulate(&samples, rows, &mut values);
         }
-        let values: Vec<Vec<f32>> = values.to_vec2()?;
         Ok(detections
             .iter()
             .zip(places)
-            .zip(values)
-            .map(|((d, (center, size)), mut v)| {
-                for (x, b) in v.iter_mut().zip(&self.head.bias) {
-                    *x += b;
-                }
-                observe(d, center, size, &v, letterbox)
-            })
+            .zip(values.chunks_exact(FACE_CHANNELS))
+            .map(|((d, (center, size)), v)| observe(d, center, size, v, letterbox))
             .collect())
     }
 
@@ -394,6 +455,31 @@ fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dense_layers_match_a_plain_matrix_product() {
+        let (rows, inputs, outputs) = (3, 37, 11);
+        let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
+        let weight: Vec<f32> = (0..outputs * inputs).map(value).collect();
+        let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 5)).collect();
+        let w = Tensor::from_vec(weight.clone(), (outputs, inputs), &Device::Cpu).unwrap();
+        let dense = Dense::new(&w).unwrap();
+        let start: Vec<f32> = (0..rows * outputs).map(|i| i as f32).collect();
+        let mut out = start.clone();
+        dense.accumulate(&x, &mut out);
+        for r in 0..rows {
+            for o in 0..outputs {
+                let expected = start[r * outputs + o]
+                    + (0..inputs)
+                        .map(|i| x[r * inputs + i] * weight[o * inputs + i])
+                        .sum::<f32>();
+                let got = out[r * outputs + o];
+                assert!((got - expected).abs() < 1e-4, "({r}, {o}): {got} vs {expected}");
+            }
+        }
+        // no faces: nothing to do, no panic
+        dense.accumulate(&[], &mut []);
+    }
 
     #[test]
     fn face_map_sampling_is_bilinear_and_clamped() {
