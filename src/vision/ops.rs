@@ -400,11 +400,13 @@ pub fn depthwise3x3_shifted(
     activation.forward(&y)
 }
 
-/// Convolution as matrix multiply (1×1 directly, 3×3 through im2col), bias and activation fused.
+/// Convolution as matrix multiply (1×1 directly, 3×3 through im2col), bias and activation fused;
+/// with `residual`, the residual block's add too (before the activation).
 struct GemmConv {
     kernel: usize,
     stride: usize,
     activation: Activation,
+    residual: Option<Tensor>,
 }
 
 impl CustomOp3 for GemmConv {
@@ -444,6 +446,23 @@ impl CustomOp3 for GemmConv {
         }
         let depth = cin * k * k;
         let plane_out = ho * wo;
+        let residual_storage = self.residual.as_ref().map(|r| r.storage_and_layout());
+        let residual: Option<&[f32]> = match &residual_storage {
+            None => None,
+            Some((storage, layout)) => {
+                if layout.shape().dims() != [n, cout, ho, wo] {
+                    candle_core::bail!(
+                        "conv: residual {:?} does not match the output {:?}",
+                        layout.shape(),
+                        [n, cout, ho, wo]
+                    );
+                }
+                let candle_core::Storage::Cpu(storage) = &**storage else {
+                    candle_core::bail!("conv: the residual must be on the CPU");
+                };
+                Some(contiguous(storage, layout, "residual")?)
+            }
+        };
         let mut out = vec![0f32; n * cout * plane_out];
         let image = |index: usize, out: &mut [f32], parallelism: gemm::Parallelism| {
             let input = &input[index * cin * h * w..(index + 1) * cin * h * w];
@@ -454,8 +473,24 @@ impl CustomOp3 for GemmConv {
                 columns = im2col3x3(input, (cin, h, w), self.stride, (ho, wo));
                 &columns[..]
             };
-            for (row, b) in out.chunks_exact_mut(plane_out).zip(bias) {
-                row.fill(*b);
+            match residual {
+                None => {
+                    for (row, b) in out.chunks_exact_mut(plane_out).zip(bias) {
+                        row.fill(*b);
+                    }
+                }
+                Some(residual) => {
+                    let residual = &residual[index * out.len()..(index + 1) * out.len()];
+                    for ((row, r), b) in out
+                        .chunks_exact_mut(plane_out)
+                        .zip(residual.chunks_exact(plane_out))
+                        .zip(bias)
+                    {
+                        for (o, r) in row.iter_mut().zip(r) {
+                            *o = r + b;
+                        }
+                    }
+                }
             }
             // SAFETY: the pointers and strides describe the row-major matrices allocated above:
             // out (cout × plane_out), weight (cout × depth), rhs (depth × plane_out).
@@ -557,6 +592,7 @@ fn gemm_conv(
         kernel,
         stride,
         activation,
+        residual: None,
     };
     x.contiguous()?
         .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
@@ -581,6 +617,29 @@ pub fn pointwise(
         .matmul(&x.reshape((n, cin, h * w))?)?
         .broadcast_add(&bias.reshape((1, cout, 1))?)?;
     activation.forward(&y)?.reshape((n, cout, h, w))
+}
+
+/// The end of a residual block: `activation(pointwise(x) + residual)` in one pass over the
+/// output, without the separate add and its extra tensor. `residual` has the output's shape.
+pub fn pointwise_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    activation: Activation,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && residual.dtype() == DType::F32 {
+        let op = GemmConv {
+            kernel: 1,
+            stride: 1,
+            activation,
+            residual: Some(residual.contiguous()?),
+        };
+        return x
+            .contiguous()?
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op);
+    }
+    activation.forward(&(pointwise(x, weight, bias, Activation::None)? + residual)?)
 }
 
 /// Standard convolution (groups 1) + bias + activation; 3×3 kernels (padding 1) take the fast
@@ -721,6 +780,30 @@ mod tests {
             let slow = reference_conv(&x, &w, &b, 1, 0, Activation::Relu);
             assert!(max_abs_diff(&fast, &slow) < 1e-4);
         }
+    }
+
+    #[test]
+    fn pointwise_with_a_residual_matches_conv_then_add() {
+        let dev = Device::Cpu;
+        for n in [1, 3] {
+            let x = Tensor::randn(0f32, 1.0, (n, 6, 5, 7), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (4, 6, 1, 1), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (n, 4, 5, 7), &dev).unwrap();
+            for act in [Activation::None, Activation::Relu] {
+                let fused = pointwise_residual(&x, &wt, &b, &r, act).unwrap();
+                let plain = pointwise(&x, &wt, &b, Activation::None).unwrap();
+                let expected = act.forward(&(plain + &r).unwrap()).unwrap();
+                let d = max_abs_diff(&fused, &expected);
+                assert!(d < 1e-5, "n {n} {act:?}: {d}");
+            }
+        }
+        // a residual of the wrong shape is an error, not a panic
+        let x = Tensor::zeros((1, 6, 5, 7), DType::F32, &dev).unwrap();
+        let wt = Tensor::zeros((4, 6, 1, 1), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        let r = Tensor::zeros((1, 4, 5, 6), DType::F32, &dev).unwrap();
+        assert!(pointwise_residual(&x, &wt, &b, &r, Activation::None).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use candle_core::{Module, Result as CandleResult, Tensor};
 use serde::Deserialize;
 
 use super::model_file::{ModelError, ModelFile};
-use super::ops::{conv2d, depthwise3x3, pointwise, Activation};
+use super::ops::{conv2d, depthwise3x3, pointwise, pointwise_residual, Activation};
 
 /// One layer as the training code writes it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -195,13 +195,32 @@ impl Program {
         }
         let mut tensors: Vec<Option<Tensor>> = vec![None; self.layers.len() + 1];
         tensors[0] = Some(input.clone());
+        let mut fused_into_previous = false;
         for (i, layer) in self.layers.iter().enumerate() {
+            if std::mem::take(&mut fused_into_previous) {
+                continue;
+            }
             let get = |slot: usize| {
                 tensors[slot].as_ref().ok_or_else(|| {
                     candle_core::Error::Msg(format!("tensor {slot} already released"))
                 })
             };
             let x = get(layer.inputs[0])?;
+            if let Some((skip, next)) = self.residual_after(i, &last_use) {
+                // conv1x1 (no activation) then add: one pass, no intermediate tensor.
+                let Op::Pointwise { weight, bias } = &layer.op else {
+                    unreachable!("residual_after checks the op")
+                };
+                let y = pointwise_residual(x, weight, bias, get(skip)?, next.activation)?;
+                for &slot in layer.inputs.iter().chain(&next.inputs) {
+                    if last_use[slot] <= i + 1 {
+                        tensors[slot] = None;
+                    }
+                }
+                tensors[i + 2] = Some(y);
+                fused_into_previous = true;
+                continue;
+            }
             let y = match &layer.op {
                 Op::Conv3x3 {
                     weight,
@@ -233,6 +252,28 @@ impl Program {
             tensors[i + 1] = Some(y);
         }
         Ok(tensors)
+    }
+}
+
+impl Program {
+    /// When layer `i` is a conv1x1 without activation whose output only the next layer reads,
+    /// and that layer adds it to another tensor: the other tensor's slot and the add layer.
+    fn residual_after(&self, i: usize, last_use: &[usize]) -> Option<(usize, &Layer)> {
+        let layer = &self.layers[i];
+        let next = self.layers.get(i + 1)?;
+        let own = i + 1;
+        if !matches!(layer.op, Op::Pointwise { .. })
+            || layer.activation != Activation::None
+            || !matches!(next.op, Op::Add)
+            || last_use[own] != i + 1
+        {
+            return None;
+        }
+        match next.inputs[..] {
+            [a, b] if a == own && b != own => Some((b, next)),
+            [a, b] if b == own && a != own => Some((a, next)),
+            _ => None,
+        }
     }
 }
 
@@ -362,6 +403,54 @@ mod tests {
         assert_eq!(outs[1].dims(), &[2, 4, 8, 12]);
         assert!(program.has_output("sum") && !program.has_output("input"));
         assert!(program.forward_outputs(&x, &["nope"]).is_err());
+    }
+
+    #[test]
+    fn a_1x1_conv_then_add_runs_fused_and_matches_the_two_layers() {
+        let specs = vec![
+            spec("stem", "conv3x3", &["input"], 3, 8, 1, "relu"),
+            spec("pw1", "conv1x1", &["stem"], 8, 8, 1, "none"),
+            spec("res1", "add", &["pw1", "stem"], 8, 8, 1, "relu"),
+            spec("pw2", "conv1x1", &["res1"], 8, 8, 1, "none"),
+            spec("res2", "add", &["res1", "pw2"], 8, 8, 1, "none"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.safetensors");
+        let tensors = random_tensors(&specs, 5);
+        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
+        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
+        let program = Program::new(&specs, &file).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 9, 11), &Device::Cpu).unwrap();
+        let t = |name: &str| {
+            file.tensor(name, &tensors.iter().find(|t| t.0 == name).unwrap().1)
+                .unwrap()
+        };
+        let conv = |x: &Tensor, w: &str, pad: usize| {
+            let y = x.conv2d(&t(&format!("{w}.weight")), pad, 1, 1, 1).unwrap();
+            let b = t(&format!("{w}.bias"));
+            y.broadcast_add(&b.reshape((1, 8, 1, 1)).unwrap()).unwrap()
+        };
+        let stem = conv(&x, "stem", 1).relu().unwrap();
+        let pw1 = conv(&stem, "pw1", 0);
+        let res1 = (&pw1 + &stem).unwrap().relu().unwrap();
+        let res2 = (&res1 + conv(&res1, "pw2", 0)).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert!(program.residual_after(1, &[0, 2, 2, 4, 4, 9]).is_some());
+        let got = program.forward(&x).unwrap();
+        assert!(diff(&got, &res2) < 1e-4, "{}", diff(&got, &res2));
+        // A conv output somebody asked for is not fused away.
+        let outs = program.forward_outputs(&x, &["pw1", "res2"]).unwrap();
+        assert!(diff(&outs[0], &pw1) < 1e-4);
+        assert!(diff(&outs[1], &res2) < 1e-4);
     }
 
     #[test]

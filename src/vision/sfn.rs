@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::face::{tight_box, CropBox, FaceObservation};
 use super::model_file::{random_values, write_model, ModelError, ModelFile};
-use super::ops::{conv2d, depthwise3x3, pointwise, Activation};
+use super::ops::{conv2d, depthwise3x3, pointwise, pointwise_residual, Activation};
 use super::preprocess::resample;
 
 /// Side of the square input crop in pixels.
@@ -52,7 +52,7 @@ struct Conv {
     kind: ConvKind,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum ConvKind {
     Full3x3,
     Depthwise3x3,
@@ -110,7 +110,16 @@ impl Module for Block {
             Some(expand) => expand.forward(x)?,
             None => x.clone(),
         };
-        y = self.project.forward(&self.depthwise.forward(&y)?)?;
+        y = self.depthwise.forward(&y)?;
+        let project = &self.project;
+        if self.residual
+            && project.kind == ConvKind::Pointwise
+            && project.activation == Activation::None
+        {
+            // The projection and the skip connection in one pass.
+            return pointwise_residual(&y, &project.weight, &project.bias, x, Activation::None);
+        }
+        y = project.forward(&y)?;
         if self.residual {
             y = (y + x)?;
         }
