@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use polyface::vision::ops::{conv2d, depthwise3x3, pointwise, Activation};
+use polyface::vision::ops::{conv2d, depthwise3x3, pointwise, upsample2x, Activation};
 use polyface::vision::sfn::{self, SfnConfig, DEFAULT_CONFIG_JSON};
 use polyface::vision::Sfn;
 
@@ -52,6 +52,17 @@ fn stem_and_strided(c: &mut Criterion) {
     c.bench_function("depthwise stride 2 16x120x160", |bench| {
         bench.iter(|| depthwise3x3(&x, &w, &b, 2, Activation::Relu).unwrap())
     });
+}
+
+fn upsampling(c: &mut Criterion) {
+    // The FPN's stride-8 → stride-4 step.
+    let x = Tensor::randn(0f32, 1.0, (1, 32, 30, 40), &Device::Cpu).unwrap();
+    let mut group = c.benchmark_group("upsample2x 32x30x40");
+    group.bench_function("polyface", |bench| bench.iter(|| upsample2x(&x).unwrap()));
+    group.bench_function("candle upsample_nearest2d", |bench| {
+        bench.iter(|| x.upsample_nearest2d(60, 80).unwrap())
+    });
+    group.finish();
 }
 
 fn mfn_forward(c: &mut Criterion) {
@@ -191,6 +202,7 @@ criterion_group!(
     depthwise,
     stem_and_strided,
     sfn_forward,
+    upsampling,
     mfn_forward,
     pose_fit,
     detection_decode,

@@ -10,7 +10,7 @@ use candle_core::{Module, Result as CandleResult, Tensor};
 use serde::Deserialize;
 
 use super::model_file::{ModelError, ModelFile};
-use super::ops::{conv2d, depthwise3x3, pointwise, pointwise_residual, Activation};
+use super::ops::{conv2d, depthwise3x3, pointwise, pointwise_residual, upsample2x, Activation};
 
 /// One layer as the training code writes it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -234,12 +234,7 @@ impl Program {
                 } => depthwise3x3(x, weight, bias, *stride, layer.activation)?,
                 Op::Pointwise { weight, bias } => pointwise(x, weight, bias, layer.activation)?,
                 Op::Add => layer.activation.forward(&(x + get(layer.inputs[1])?)?)?,
-                Op::Upsample2x => {
-                    let (_, _, h, w) = x.dims4()?;
-                    layer
-                        .activation
-                        .forward(&x.upsample_nearest2d(2 * h, 2 * w)?)?
-                }
+                Op::Upsample2x => layer.activation.forward(&upsample2x(x)?)?,
                 Op::GlobalAveragePool => layer
                     .activation
                     .forward(&x.mean_keepdim(3)?.mean_keepdim(2)?)?,
