@@ -422,6 +422,19 @@ mod tests {
         }
     }
 
+    /// Moves every point by a seeded uniform offset in ±amplitude/2 along x and y.
+    fn jitter(points: &mut [Vec2], seed: u32, amplitude: f32) {
+        let mut state = seed;
+        let mut uniform = || {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            (state >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for p in points.iter_mut() {
+            let (a, b) = (uniform(), uniform());
+            *p += Vec2::new(a, b) * amplitude;
+        }
+    }
+
     fn angle_between(a: &Mat3, b: &Mat3) -> f32 {
         log_so3(&(a.transpose() * *b)).length().to_degrees()
     }
@@ -458,14 +471,7 @@ mod tests {
         let camera = Camera::assumed(640, 480, 63.0);
         let truth = pose(25.0, 10.0, -8.0, Vec3::new(4.0, 1.0, -45.0));
         let mut points = project_mean_face(&truth, &camera);
-        let mut state = 12345u32;
-        for p in points.iter_mut() {
-            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-            let a = (state >> 8) as f32 / (1 << 24) as f32 - 0.5;
-            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-            let b = (state >> 8) as f32 / (1 << 24) as f32 - 0.5;
-            *p += Vec2::new(a, b); // ±0.5 px
-        }
+        jitter(&mut points, 12345, 1.0); // ±0.5 px
         points[8] += Vec2::new(40.0, 25.0); // a wild chin point
         let options = FitOptions {
             prior_strength: 0.0,
@@ -492,14 +498,7 @@ mod tests {
         for p in &mut points[17..27] {
             p.y -= 0.06 * iod;
         }
-        let mut state = 777u32;
-        for p in points.iter_mut() {
-            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-            let a = (state >> 8) as f32 / (1 << 24) as f32 - 0.5;
-            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-            let b = (state >> 8) as f32 / (1 << 24) as f32 - 0.5;
-            *p += Vec2::new(a, b) * 4.0;
-        }
+        jitter(&mut points, 777, 4.0);
         let network = pose(-16.0, 8.0, 4.0, Vec3::ZERO).rotation;
         let quick = fit_pose(&points, &camera, Some(network), &FitOptions::default()).unwrap();
         let tight_options = FitOptions {

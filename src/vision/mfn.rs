@@ -474,7 +474,10 @@ mod tests {
                         .map(|i| x[r * inputs + i] * weight[o * inputs + i])
                         .sum::<f32>();
                 let got = out[r * outputs + o];
-                assert!((got - expected).abs() < 1e-4, "({r}, {o}): {got} vs {expected}");
+                assert!(
+                    (got - expected).abs() < 1e-4,
+                    "({r}, {o}): {got} vs {expected}"
+                );
             }
         }
         // no faces: nothing to do, no panic

@@ -269,12 +269,28 @@ fn depthwise_row_stride1(rows: [&[f32]; 3], k: &[f32; 9], bias: f32, out: &mut [
     // bounds checks and vectorise.
     let n = w - 2;
     let [r0, r1, r2] = rows;
-    let (a0, a1, a2) = (&r0[0..n], &r0[1..n + 1], &r0[2..n + 2]);
-    let (b0, b1, b2) = (&r1[0..n], &r1[1..n + 1], &r1[2..n + 2]);
-    let (c0, c1, c2) = (&r2[0..n], &r2[1..n + 1], &r2[2..n + 2]);
-    let o = &mut out[1..n + 1];
+    let taps = [
+        &r0[0..n],
+        &r0[1..n + 1],
+        &r0[2..n + 2],
+        &r1[0..n],
+        &r1[1..n + 1],
+        &r1[2..n + 2],
+        &r2[0..n],
+        &r2[1..n + 1],
+        &r2[2..n + 2],
+    ];
+    depthwise_interior(&mut out[1..n + 1], taps, k, bias);
+}
+
+/// `out[i] = bias + Σ k[t]·taps[t][i]`: the inside of a row, where every tap is in the image.
+/// Equal-length slices let the compiler drop the bounds checks and vectorise.
+#[inline(always)]
+fn depthwise_interior(out: &mut [f32], taps: [&[f32]; 9], k: &[f32; 9], bias: f32) {
+    let n = out.len();
+    let [a0, a1, a2, b0, b1, b2, c0, c1, c2] = taps.map(|t| &t[..n]);
     for i in 0..n {
-        o[i] = bias
+        out[i] = bias
             + k[0] * a0[i]
             + k[1] * a1[i]
             + k[2] * a2[i]
@@ -321,22 +337,9 @@ fn depthwise_row_stride2(
         let (even, odd) = dst.split_at(evens);
         (&odd[0..n], &even[1..n + 1], &odd[1..n + 1])
     };
-    let (a0, a1, a2) = part(0);
-    let (b0, b1, b2) = part(1);
-    let (c0, c1, c2) = part(2);
-    let o = &mut out[1..n + 1];
-    for i in 0..n {
-        o[i] = bias
-            + k[0] * a0[i]
-            + k[1] * a1[i]
-            + k[2] * a2[i]
-            + k[3] * b0[i]
-            + k[4] * b1[i]
-            + k[5] * b2[i]
-            + k[6] * c0[i]
-            + k[7] * c1[i]
-            + k[8] * c2[i];
-    }
+    let ((a0, a1, a2), (b0, b1, b2), (c0, c1, c2)) = (part(0), part(1), part(2));
+    let taps = [a0, a1, a2, b0, b1, b2, c0, c1, c2];
+    depthwise_interior(&mut out[1..n + 1], taps, k, bias);
     out[0] = depthwise_pixel(rows, k, bias, 2, 0);
     for (x, o) in out.iter_mut().enumerate().skip(end) {
         *o = depthwise_pixel(rows, k, bias, 2, x);
@@ -703,7 +706,7 @@ pub fn conv2d(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -729,7 +732,7 @@ mod tests {
     }
     use candle_core::Device;
 
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

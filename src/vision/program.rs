@@ -336,6 +336,48 @@ mod tests {
         }
     }
 
+    /// The program for `specs` with seeded random weights, its file (kept alive by the folder)
+    /// and the weights themselves.
+    struct Built {
+        program: Program,
+        file: ModelFile,
+        tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn build(specs: &[LayerSpec], seed: u64) -> Built {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.safetensors");
+        let tensors = random_tensors(specs, seed);
+        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
+        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
+        let program = Program::new(specs, &file).unwrap();
+        Built {
+            program,
+            file,
+            tensors,
+            _dir: dir,
+        }
+    }
+
+    impl Built {
+        /// Layer `name` as candle's own conv2d + bias (the reference).
+        fn conv(&self, x: &Tensor, name: &str, pad: usize, stride: usize, groups: usize) -> Tensor {
+            let t = |tensor: &str| {
+                let shape = &self.tensors.iter().find(|t| t.0 == tensor).unwrap().1;
+                self.file.tensor(tensor, shape).unwrap()
+            };
+            let y = x
+                .conv2d(&t(&format!("{name}.weight")), pad, stride, 1, groups)
+                .unwrap();
+            let b = t(&format!("{name}.bias"));
+            let c = b.dim(0).unwrap();
+            y.broadcast_add(&b.reshape((1, c, 1, 1)).unwrap()).unwrap()
+        }
+    }
+
+    use crate::vision::ops::tests::max_abs_diff;
+
     #[test]
     fn program_runs_its_layers_like_candle_does() {
         let specs = vec![
@@ -346,54 +388,24 @@ mod tests {
             spec("sum", "add", &["stem", "up"], 8, 8, 1, "relu"),
             spec("head", "conv1x1", &["sum"], 8, 4, 1, "none"),
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.safetensors");
-        let tensors = random_tensors(&specs, 3);
-        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
-        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
-        let program = Program::new(&specs, &file).unwrap();
+        let built = build(&specs, 3);
+        let program = &built.program;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 24), &Device::Cpu).unwrap();
         let got = program.forward(&x).unwrap();
 
-        let t = |name: &str| {
-            file.tensor(name, &tensors.iter().find(|t| t.0 == name).unwrap().1)
-                .unwrap()
-        };
-        let conv = |x: &Tensor, w: &str, pad: usize, stride: usize, groups: usize| {
-            let y = x
-                .conv2d(&t(&format!("{w}.weight")), pad, stride, 1, groups)
-                .unwrap();
-            let b = t(&format!("{w}.bias"));
-            let c = b.dim(0).unwrap();
-            y.broadcast_add(&b.reshape((1, c, 1, 1)).unwrap()).unwrap()
-        };
-        let stem = conv(&x, "stem", 1, 2, 1).relu().unwrap();
-        let dw = conv(&stem, "dw", 1, 2, 8).relu().unwrap();
-        let pw = conv(&dw, "pw", 0, 1, 1);
+        let stem = built.conv(&x, "stem", 1, 2, 1).relu().unwrap();
+        let dw = built.conv(&stem, "dw", 1, 2, 8).relu().unwrap();
+        let pw = built.conv(&dw, "pw", 0, 1, 1);
         let up = pw.upsample_nearest2d(8, 12).unwrap();
         let sum = (&stem + up).unwrap().relu().unwrap();
-        let want = conv(&sum, "head", 0, 1, 1);
+        let want = built.conv(&sum, "head", 0, 1, 1);
         assert_eq!(got.dims(), &[2, 4, 8, 12]);
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-4, "{diff}");
 
         // Named outputs: an intermediate tensor survives even though later layers consumed it.
         let outs = program.forward_outputs(&x, &["stem", "head"]).unwrap();
-        let stem_diff: f32 = (&outs[0] - &stem)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let stem_diff = max_abs_diff(&outs[0], &stem);
         assert!(stem_diff < 1e-4, "{stem_diff}");
         assert_eq!(outs[1].dims(), &[2, 4, 8, 12]);
         assert!(program.has_output("sum") && !program.has_output("input"));
@@ -409,36 +421,14 @@ mod tests {
             spec("pw2", "conv1x1", &["res1"], 8, 8, 1, "none"),
             spec("res2", "add", &["res1", "pw2"], 8, 8, 1, "none"),
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.safetensors");
-        let tensors = random_tensors(&specs, 5);
-        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
-        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
-        let program = Program::new(&specs, &file).unwrap();
+        let built = build(&specs, 5);
+        let program = &built.program;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 9, 11), &Device::Cpu).unwrap();
-        let t = |name: &str| {
-            file.tensor(name, &tensors.iter().find(|t| t.0 == name).unwrap().1)
-                .unwrap()
-        };
-        let conv = |x: &Tensor, w: &str, pad: usize| {
-            let y = x.conv2d(&t(&format!("{w}.weight")), pad, 1, 1, 1).unwrap();
-            let b = t(&format!("{w}.bias"));
-            y.broadcast_add(&b.reshape((1, 8, 1, 1)).unwrap()).unwrap()
-        };
-        let stem = conv(&x, "stem", 1).relu().unwrap();
-        let pw1 = conv(&stem, "pw1", 0);
+        let stem = built.conv(&x, "stem", 1, 1, 1).relu().unwrap();
+        let pw1 = built.conv(&stem, "pw1", 0, 1, 1);
         let res1 = (&pw1 + &stem).unwrap().relu().unwrap();
-        let res2 = (&res1 + conv(&res1, "pw2", 0)).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let res2 = (&res1 + built.conv(&res1, "pw2", 0, 1, 1)).unwrap();
+        let diff = max_abs_diff;
         assert!(program.residual_after(1, &[0, 2, 2, 4, 4, 9]).is_some());
         let got = program.forward(&x).unwrap();
         assert!(diff(&got, &res2) < 1e-4, "{}", diff(&got, &res2));
@@ -454,12 +444,8 @@ mod tests {
             spec("pool", "gap", &["input"], 3, 3, 1, "none"),
             spec("embed", "conv1x1", &["pool"], 3, 2, 1, "none"),
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.safetensors");
-        let tensors = random_tensors(&specs, 5);
-        super::super::model_file::write_model(&path, &tensors, Default::default()).unwrap();
-        let file = ModelFile::open(&path, &Device::Cpu).unwrap();
-        let program = Program::new(&specs, &file).unwrap();
+        let built = build(&specs, 5);
+        let (program, tensors) = (&built.program, &built.tensors);
         let x = Tensor::randn(0f32, 1.0, (1, 3, 4, 6), &Device::Cpu).unwrap();
         let got: Vec<f32> = program
             .forward(&x)
