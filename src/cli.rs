@@ -118,6 +118,10 @@ pub struct BenchArgs {
     /// Measure landmark jitter on still input (and the lag smoothing adds) instead of latency.
     #[arg(long)]
     pub jitter: bool,
+    /// Time the detector's and the MFN's layers one by one instead (medians over --frames passes
+    /// on a frame with the first --faces count): where each network's time goes.
+    #[arg(long)]
+    pub layers: bool,
     /// The shared data folder (face crops to compose frames from).
     #[arg(long, value_name = "DIR", default_value = "../shared/data")]
     pub data: PathBuf,

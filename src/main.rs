@@ -199,6 +199,30 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.layers {
+        let faces = args.faces.first().copied().unwrap_or(1);
+        let (frame, _) = polyface::bench::compose_frame(faces, &crops);
+        let detector = vision::Detector::load(&models.join("detector.safetensors"), &device)?;
+        let mfn = vision::Mfn::load(&models.join("mfn.safetensors"), &device)?;
+        let (detector_input, _) = detector.prepare(&frame)?;
+        let (mfn_input, _) = mfn.prepare(&frame)?;
+        let detector_layers = polyface::bench::layer_profile(args.frames, || {
+            Ok(detector.layer_times(&detector_input)?)
+        })?;
+        let mfn_layers =
+            polyface::bench::layer_profile(args.frames, || Ok(mfn.layer_times(&mfn_input)?))?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({ "faces": faces, "detector": detector_layers, "mfn": mfn_layers })
+            );
+        } else {
+            for (net, layers) in [("detector", &detector_layers), ("mfn", &mfn_layers)] {
+                println!("{}", polyface::bench::layer_table(net, layers));
+            }
+        }
+        return Ok(());
+    }
     // Off the CPU, first check the device computes what the CPU computes.
     let mut max_diff_vs_cpu = None;
     if !device.is_cpu() {

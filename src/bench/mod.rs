@@ -427,6 +427,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn layer_profile_takes_each_layers_median_and_the_table_sums_blocks() {
+        let mut pass = 0;
+        let layers = layer_profile(5, || {
+            pass += 1;
+            // Layer a.x: 1, 2, ..., layer a.y: always 3, layer b: 10 × pass.
+            Ok(vec![
+                ("a.x".to_string(), pass as f64),
+                ("a.y".to_string(), 3.0),
+                ("b".to_string(), 10.0 * pass as f64),
+            ])
+        })
+        .unwrap();
+        assert_eq!(pass, 8, "3 warm-up passes + 5 timed");
+        // Timed passes 4..=8: medians 6, 3, 60.
+        let medians: Vec<f64> = layers.iter().map(|l| l.median_ms).collect();
+        assert_eq!(medians, [6.0, 3.0, 60.0]);
+        let table = layer_table("net", &layers);
+        assert!(table.contains("sum of medians 69.000 ms"), "{table}");
+        assert!(table.contains("a              9.000 ms"), "{table}");
+        assert!(table.lines().nth(4).unwrap().contains("b "), "{table}");
+    }
+
+    #[test]
     fn composed_frames_hold_the_asked_number_of_faces_inside_the_frame() {
         let crop = image::RgbImage::from_pixel(256, 256, image::Rgb([200, 150, 120]));
         let points: Vec<Vec2> = (0..68)
@@ -446,6 +469,67 @@ mod tests {
             }
         }
     }
+}
+
+/// One network layer's median wall time over repeated passes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerTime {
+    pub layer: String,
+    pub median_ms: f64,
+}
+
+/// Runs `pass` (one forward pass returning each layer's time) 3 times to warm up, then
+/// `frames` times; the median of every layer, in layer order.
+pub fn layer_profile(
+    frames: usize,
+    mut pass: impl FnMut() -> Result<Vec<(String, f64)>>,
+) -> Result<Vec<LayerTime>> {
+    for _ in 0..3 {
+        pass()?;
+    }
+    let mut runs: Vec<Vec<(String, f64)>> = Vec::with_capacity(frames.max(1));
+    for _ in 0..frames.max(1) {
+        runs.push(pass()?);
+    }
+    let layers = runs[0].len();
+    Ok((0..layers)
+        .map(|i| {
+            let mut samples: Vec<f64> = runs.iter().map(|run| run[i].1).collect();
+            samples.sort_by(|a, b| a.total_cmp(b));
+            LayerTime {
+                layer: runs[0][i].0.clone(),
+                median_ms: samples[samples.len() / 2],
+            }
+        })
+        .collect())
+}
+
+/// The layer profile as text: each block (the layer name up to its first '.') with its share of
+/// the sum, then the ten slowest layers.
+pub fn layer_table(network: &str, layers: &[LayerTime]) -> String {
+    let total: f64 = layers.iter().map(|l| l.median_ms).sum();
+    let mut blocks: Vec<(String, f64)> = Vec::new();
+    for l in layers {
+        let block = l.layer.split('.').next().unwrap_or(&l.layer).to_string();
+        match blocks.iter_mut().find(|(b, _)| *b == block) {
+            Some((_, ms)) => *ms += l.median_ms,
+            None => blocks.push((block, l.median_ms)),
+        }
+    }
+    let mut out = format!(
+        "{network}: {} layers, sum of medians {total:.3} ms\n",
+        layers.len()
+    );
+    for (block, ms) in &blocks {
+        out += &format!("  {block:<12} {ms:7.3} ms {:5.1} %\n", 100.0 * ms / total);
+    }
+    let mut slowest: Vec<&LayerTime> = layers.iter().collect();
+    slowest.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
+    out += "  slowest:\n";
+    for l in slowest.iter().take(10) {
+        out += &format!("    {:<24} {:7.3} ms\n", l.layer, l.median_ms);
+    }
+    out
 }
 
 /// Landmark jitter on still input, and the lag smoothing adds.

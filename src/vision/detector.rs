@@ -110,6 +110,11 @@ impl Detector {
         self.program.forward(input)
     }
 
+    /// Each layer's wall time for one pass (`bench --layers`).
+    pub fn layer_times(&self, input: &Tensor) -> candle_core::Result<Vec<(String, f64)>> {
+        self.program.layer_times(input)
+    }
+
     /// Decodes a raw output into frame-space detections (thresholded, NMS applied).
     pub fn decode(
         &self,

@@ -329,6 +329,11 @@ impl Mfn {
         Ok(MfnOutput { detection, face })
     }
 
+    /// Each layer's wall time for one pass (`bench --layers`).
+    pub fn layer_times(&self, input: &Tensor) -> candle_core::Result<Vec<(String, f64)>> {
+        self.program.layer_times(input)
+    }
+
     /// Every face in frame coordinates: detections from the centre heatmap, then the grid head
     /// on each face's feature samples (one matrix product for all faces). O(faces) work on top
     /// of the network pass.

@@ -5,7 +5,9 @@
 //! activation fused, and 1×1 convolutions as one batched matrix multiply. The depthwise kernel has
 //! a CUDA twin (src/vision/kernels/depthwise.cu, built by build.rs with the `cuda` feature).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Activation applied after a convolution.
@@ -664,6 +666,45 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
     x.upsample_nearest2d(2 * h, 2 * w)
 }
 
+/// Elementwise `activation(a + b)` for two tensors of one shape, in one pass.
+struct AddActivate(Activation);
+
+impl CustomOp2 for AddActivate {
+    fn name(&self) -> &'static str {
+        "add-activate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s_a: &CpuStorage,
+        l_a: &Layout,
+        s_b: &CpuStorage,
+        l_b: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l_a.shape() != l_b.shape() {
+            candle_core::bail!("add: shapes {:?} and {:?} differ", l_a.shape(), l_b.shape());
+        }
+        let (a, b) = (contiguous(s_a, l_a, "lhs")?, contiguous(s_b, l_b, "rhs")?);
+        let activation = self.0;
+        let out: Vec<f32> = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| activation.apply(a + b))
+            .collect();
+        Ok((CpuStorage::F32(out), l_a.shape().clone()))
+    }
+}
+
+/// `activation(a + b)` for two tensors of the same shape (the FPN's merges).
+pub fn add_activate(a: &Tensor, b: &Tensor, activation: Activation) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        return a
+            .contiguous()?
+            .apply_op2_no_bwd(&b.contiguous()?, &AddActivate(activation));
+    }
+    activation.forward(&(a + b)?)
+}
+
 /// The end of a residual block: `activation(pointwise(x) + residual)` in one pass over the
 /// output, without the separate add and its extra tensor. `residual` has the output's shape.
 pub fn pointwise_residual(
@@ -861,6 +902,30 @@ pub(crate) mod tests {
         let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
         let r = Tensor::zeros((1, 4, 5, 6), DType::F32, &dev).unwrap();
         assert!(pointwise_residual(&x, &wt, &b, &r, Activation::None).is_err());
+    }
+
+    #[test]
+    fn add_activate_matches_candle_add_then_activation() {
+        let dev = Device::Cpu;
+        // The FPN's largest merge (above candle's parallel elementwise threshold) and a small one;
+        // a transposed operand takes the copy-to-contiguous path.
+        for dims in [(1, 32, 60, 80), (2, 3, 4, 5)] {
+            let a = Tensor::randn(0f32, 1.0, dims, &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, dims, &dev).unwrap();
+            let b_t = b.transpose(2, 3).unwrap().contiguous().unwrap();
+            for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+                let got = add_activate(&a, &b, act).unwrap();
+                let want = act.forward(&(&a + &b).unwrap()).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert_eq!(max_abs_diff(&got, &want), 0.0, "{dims:?} {act:?}");
+                let got_t = add_activate(&a.transpose(2, 3).unwrap(), &b_t, act).unwrap();
+                let want_t = act.forward(&want.transpose(2, 3).unwrap()).unwrap();
+                assert!(max_abs_diff(&got_t, &want_t) < 1e-6);
+            }
+        }
+        let a = Tensor::zeros((1, 2, 3, 4), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((1, 2, 4, 3), DType::F32, &dev).unwrap();
+        assert!(add_activate(&a, &b, Activation::None).is_err());
     }
 
     #[test]

@@ -10,7 +10,9 @@ use candle_core::{Module, Result as CandleResult, Tensor};
 use serde::Deserialize;
 
 use super::model_file::{ModelError, ModelFile};
-use super::ops::{conv2d, depthwise3x3, pointwise, pointwise_residual, upsample2x, Activation};
+use super::ops::{
+    add_activate, conv2d, depthwise3x3, pointwise, pointwise_residual, upsample2x, Activation,
+};
 
 /// One layer as the training code writes it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -62,6 +64,7 @@ enum Op {
 }
 
 struct Layer {
+    name: String,
     /// Indices into the tensor table: 0 is the input, layer i writes slot i + 1.
     inputs: Vec<usize>,
     op: Op,
@@ -144,6 +147,7 @@ impl Program {
                 }
             };
             layers.push(Layer {
+                name: spec.name.clone(),
                 inputs,
                 op,
                 activation,
@@ -172,7 +176,7 @@ impl Program {
                 })
             })
             .collect::<CandleResult<Vec<usize>>>()?;
-        let mut tensors = self.run(input, &keep)?;
+        let mut tensors = self.run(input, &keep, None)?;
         keep.iter()
             .map(|&slot| {
                 tensors[slot]
@@ -182,8 +186,23 @@ impl Program {
             .collect()
     }
 
+    /// Runs every layer once and returns each layer's wall time in milliseconds, in order (a
+    /// fused 1×1 conv + add is one entry named `<conv>+add`). CPU timings: queued GPU work is
+    /// not waited for.
+    pub fn layer_times(&self, input: &Tensor) -> CandleResult<Vec<(String, f64)>> {
+        let mut times = Vec::with_capacity(self.layers.len());
+        self.run(input, &[], Some(&mut times))?;
+        Ok(times)
+    }
+
     /// Evaluates the layers; slots no later layer reads are released early unless in `keep`.
-    fn run(&self, input: &Tensor, keep: &[usize]) -> CandleResult<Vec<Option<Tensor>>> {
+    /// With `times`, each layer's wall time is appended to it.
+    fn run(
+        &self,
+        input: &Tensor,
+        keep: &[usize],
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> CandleResult<Vec<Option<Tensor>>> {
         let mut last_use = vec![0usize; self.layers.len() + 1];
         for (i, layer) in self.layers.iter().enumerate() {
             for &slot in &layer.inputs {
@@ -206,12 +225,19 @@ impl Program {
                 })
             };
             let x = get(layer.inputs[0])?;
+            let started = times.is_some().then(std::time::Instant::now);
+            let mut record = |name: String| {
+                if let (Some(times), Some(started)) = (times.as_deref_mut(), started) {
+                    times.push((name, started.elapsed().as_secs_f64() * 1e3));
+                }
+            };
             if let Some((skip, next)) = self.residual_after(i, &last_use) {
                 // conv1x1 (no activation) then add: one pass, no intermediate tensor.
                 let Op::Pointwise { weight, bias } = &layer.op else {
                     unreachable!("residual_after checks the op")
                 };
                 let y = pointwise_residual(x, weight, bias, get(skip)?, next.activation)?;
+                record(format!("{}+add", layer.name));
                 for &slot in layer.inputs.iter().chain(&next.inputs) {
                     if last_use[slot] <= i + 1 {
                         tensors[slot] = None;
@@ -233,12 +259,13 @@ impl Program {
                     stride,
                 } => depthwise3x3(x, weight, bias, *stride, layer.activation)?,
                 Op::Pointwise { weight, bias } => pointwise(x, weight, bias, layer.activation)?,
-                Op::Add => layer.activation.forward(&(x + get(layer.inputs[1])?)?)?,
+                Op::Add => add_activate(x, get(layer.inputs[1])?, layer.activation)?,
                 Op::Upsample2x => layer.activation.forward(&upsample2x(x)?)?,
                 Op::GlobalAveragePool => layer
                     .activation
                     .forward(&x.mean_keepdim(3)?.mean_keepdim(2)?)?,
             };
+            record(layer.name.clone());
             for &slot in &layer.inputs {
                 if last_use[slot] == i {
                     tensors[slot] = None;
@@ -276,7 +303,7 @@ impl Module for Program {
     /// Runs every layer; returns the last layer's output. Tensors no later layer reads are
     /// dropped as soon as possible to keep memory flat.
     fn forward(&self, input: &Tensor) -> CandleResult<Tensor> {
-        self.run(input, &[])?
+        self.run(input, &[], None)?
             .pop()
             .flatten()
             .ok_or_else(|| candle_core::Error::Msg("empty program".into()))
@@ -436,6 +463,11 @@ mod tests {
         let outs = program.forward_outputs(&x, &["pw1", "res2"]).unwrap();
         assert!(diff(&outs[0], &pw1) < 1e-4);
         assert!(diff(&outs[1], &res2) < 1e-4);
+        // Layer timings: one entry per pass the interpreter makes, fused pairs as one.
+        let times = program.layer_times(&x).unwrap();
+        let names: Vec<&str> = times.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["stem", "pw1+add", "pw2+add"]);
+        assert!(times.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
     }
 
     #[test]
