@@ -494,11 +494,12 @@ pub fn layer_profile(
     let layers = runs[0].len();
     Ok((0..layers)
         .map(|i| {
-            let mut samples: Vec<f64> = runs.iter().map(|run| run[i].1).collect();
+            // The same nearest-rank median as every other bench figure.
+            let mut samples: Vec<f32> = runs.iter().map(|run| run[i].1 as f32).collect();
             samples.sort_by(|a, b| a.total_cmp(b));
             LayerTime {
                 layer: runs[0][i].0.clone(),
-                median_ms: samples[samples.len() / 2],
+                median_ms: percentile(&samples, 0.5) as f64,
             }
         })
         .collect())
