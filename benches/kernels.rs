@@ -74,6 +74,72 @@ fn mfn_forward(c: &mut Criterion) {
     });
 }
 
+/// A 640×480 camera frame letterboxed into the networks' 320×240 input (before every pass).
+fn letterbox(c: &mut Criterion) {
+    let frame = image::RgbImage::from_fn(640, 480, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8])
+    });
+    c.bench_function("letterbox 640x480 -> 320x240", |bench| {
+        bench.iter(|| {
+            polyface::vision::detector::letterboxed_input(&frame, 320, 240, &Device::Cpu).unwrap()
+        })
+    });
+}
+
+/// The MFN's per-frame decode (heatmap peaks, grid-head samples, the head's matrix products)
+/// on a synthetic network output holding `faces` well-separated face peaks.
+fn mfn_decode(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mfn.safetensors");
+    let model = polyface::vision::Mfn::load(&path, &Device::Cpu).unwrap();
+    let (width, height) = model.input_size();
+    let (columns, rows) = (width / 4, height / 4);
+    let face = Tensor::randn(0f32, 1.0, (1, 128, height / 8, width / 8), &Device::Cpu).unwrap();
+    let letterbox =
+        polyface::vision::Letterbox::for_frame(width as u32, height as u32, width, height);
+    let mut group = c.benchmark_group("mfn decode");
+    for faces in [1usize, 10] {
+        let plane = rows * columns;
+        let mut heat = vec![0f32; 15 * plane];
+        heat[..plane].fill(-10.0);
+        for k in 0..faces {
+            let (row, col) = (8 + 20 * (k / 5), 8 + 14 * (k % 5));
+            heat[row * columns + col] = 5.0;
+            // 32-pixel boxes: exp(ln 8) cells of stride 4.
+            heat[3 * plane + row * columns + col] = 8f32.ln();
+            heat[4 * plane + row * columns + col] = 8f32.ln();
+        }
+        let detection = Tensor::from_vec(heat, (1, 15, rows, columns), &Device::Cpu).unwrap();
+        let output = polyface::vision::mfn::MfnOutput {
+            detection,
+            face: face.clone(),
+        };
+        assert_eq!(model.decode(&output, &letterbox).unwrap().len(), faces);
+        group.bench_with_input(
+            BenchmarkId::from_parameter(faces),
+            &output,
+            |bench, output| bench.iter(|| model.decode(output, &letterbox).unwrap()),
+        );
+        let x = Tensor::randn(0f32, 1.0, (1, 3, height, width), &Device::Cpu).unwrap();
+        group.bench_with_input(
+            BenchmarkId::new("after a network pass", faces),
+            &output,
+            |bench, output| {
+                bench.iter_custom(|iters| {
+                    let mut total = std::time::Duration::ZERO;
+                    for _ in 0..iters {
+                        model.forward(&x).unwrap();
+                        let t = std::time::Instant::now();
+                        std::hint::black_box(model.decode(output, &letterbox).unwrap());
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
 fn sfn_forward(c: &mut Criterion) {
     let config: SfnConfig = serde_json::from_str(DEFAULT_CONFIG_JSON).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -204,6 +270,8 @@ criterion_group!(
     sfn_forward,
     upsampling,
     mfn_forward,
+    mfn_decode,
+    letterbox,
     pose_fit,
     detection_decode,
     render_morph_pass

@@ -15,6 +15,7 @@ use super::detect::{Detection, HeatmapLayout, Letterbox};
 use super::detector::{detections_from_heatmap, letterboxed_input};
 use super::face::tight_box;
 use super::model_file::{ModelError, ModelFile};
+use super::ops::read_f32;
 use super::program::{LayerSpec, Program};
 use super::sfn::{rotation_from_6d, sigmoid};
 use super::FaceObservation;
@@ -30,33 +31,27 @@ const MLP_HIDDEN: &str = "face_mlp1";
 const MLP_OUT: &str = "face_mlp2";
 
 /// The per-face linear layer over a `grid` × `grid` set of feature samples, plus (in files with
-/// `face_mlp` > 0) a residual one-hidden-layer MLP on the same samples.
+/// `face_mlp` > 0) a residual one-hidden-layer MLP on the same samples:
+/// `values = linear(samples) + mlp2(relu(mlp1(samples)))`.
 struct GridHead {
     grid: usize,
     spacing: f32,
     channels: usize,
-    /// grid² · channels → FACE_CHANNELS.
-    linear: Dense,
-    /// The linear layer's bias plus the MLP's output bias.
-    bias: Vec<f32>,
-    mlp: Option<ResidualMlp>,
+    /// The linear layer and the MLP's first layer side by side (they read the same samples, so
+    /// one product serves both): grid² · channels → FACE_CHANNELS + hidden.
+    first: Dense,
+    /// Their biases, the MLP's output bias folded into the linear layer's.
+    first_bias: Vec<f32>,
+    /// hidden → FACE_CHANNELS, when the file has an MLP.
+    mlp_out: Option<Dense>,
 }
 
-/// `mlp2(relu(mlp1(samples)))`, added to the linear head's values.
-struct ResidualMlp {
-    /// grid² · channels → hidden
-    hidden: Dense,
-    hidden_bias: Vec<f32>,
-    /// hidden → FACE_CHANNELS (its bias is folded into `GridHead::bias`)
-    out: Dense,
-}
-
-/// A dense layer's weight, transposed to [inputs, outputs] row-major, multiplied on the CPU
-/// with the gemm crate on the calling thread: candle's matmul re-packed the weights and woke
+/// A dense layer's weight, multiplied on the CPU with the gemm crate on the calling thread: candle's matmul re-packed the weights and woke
 /// the thread pool on every call, which cost ~0.25 ms per frame, several times the product
 /// itself at a handful of faces.
 struct Dense {
-    weight_t: Vec<f32>,
+    /// [outputs, inputs], row-major.
+    weight: Vec<f32>,
     inputs: usize,
     outputs: usize,
 }
@@ -65,15 +60,18 @@ impl Dense {
     /// From a [outputs, inputs] weight tensor.
     fn new(weight: &Tensor) -> candle_core::Result<Dense> {
         let (outputs, inputs) = weight.dims2()?;
-        let weight_t = weight.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        let weight = weight.contiguous()?.flatten_all()?.to_vec1()?;
         Ok(Dense {
-            weight_t,
+            weight,
             inputs,
             outputs,
         })
     }
 
-    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ.
+    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ, on the calling thread: splitting
+    /// the product over both cores (gemm's threads, or half the columns each) was slower for
+    /// these short, wide products (10 faces: 0.24 vs 0.19 ms). The weight (2.3 MB for the MFN's
+    /// head) no longer sits in cache after a network pass, so the product mostly waits on memory.
     fn accumulate(&self, x: &[f32], out: &mut [f32]) {
         let rows = x.len() / self.inputs;
         assert_eq!(x.len(), rows * self.inputs, "dense input");
@@ -81,23 +79,25 @@ impl Dense {
         if rows == 0 {
             return;
         }
-        // SAFETY: row-major matrices of the sizes checked above: out (rows × outputs),
-        // x (rows × inputs), weight_t (inputs × outputs).
+        // Computed as outᵀ (outputs × rows) = weight · xᵀ, so the large weight is the left
+        // operand, which gemm streams through once in packed blocks.
+        // SAFETY: strides of the sizes checked above: out row-major (rows × outputs) read as
+        // outputs × rows, weight row-major (outputs × inputs), x (rows × inputs) read as xᵀ.
         unsafe {
             gemm::gemm(
-                rows,
                 self.outputs,
+                rows,
                 self.inputs,
                 out.as_mut_ptr(),
-                1,
                 self.outputs as isize,
+                1,
                 true,
-                x.as_ptr(),
+                self.weight.as_ptr(),
                 1,
                 self.inputs as isize,
-                self.weight_t.as_ptr(),
+                x.as_ptr(),
+                self.inputs as isize,
                 1,
-                self.outputs as isize,
                 1.0,
                 1.0,
                 false,
@@ -118,19 +118,26 @@ fn repeated(bias: &[f32], rows: usize) -> Vec<f32> {
     out
 }
 
-impl ResidualMlp {
-    /// Adds the MLP's output (without its bias) to `values`.
-    fn accumulate(&self, samples: &[f32], rows: usize, values: &mut [f32]) {
-        let mut hidden = repeated(&self.hidden_bias, rows);
-        self.hidden.accumulate(samples, &mut hidden);
-        for h in hidden.iter_mut() {
-            *h = h.max(0.0);
-        }
-        self.out.accumulate(&hidden, values);
-    }
-}
-
 impl GridHead {
+    /// The head's FACE_CHANNELS values for each row of `samples` (rows × grid² · channels).
+    fn apply(&self, samples: &[f32], rows: usize) -> Vec<f32> {
+        let width = self.first.outputs;
+        let mut first = repeated(&self.first_bias, rows);
+        self.first.accumulate(samples, &mut first);
+        let mut values = Vec::with_capacity(rows * FACE_CHANNELS);
+        for row in first.chunks_exact(width) {
+            values.extend_from_slice(&row[..FACE_CHANNELS]);
+        }
+        if let Some(out) = &self.mlp_out {
+            let mut hidden = Vec::with_capacity(rows * (width - FACE_CHANNELS));
+            for row in first.chunks_exact(width) {
+                hidden.extend(row[FACE_CHANNELS..].iter().map(|h| h.max(0.0)));
+            }
+            out.accumulate(&hidden, &mut values);
+        }
+        values
+    }
+
     /// Sample offsets in units of the face size, row-major (y outer, x inner).
     fn offsets(&self) -> impl Iterator<Item = Vec2> + '_ {
         let mid = (self.grid as f32 - 1.0) / 2.0;
@@ -226,7 +233,6 @@ impl Mfn {
         let linear = file
             .tensor(&format!("{GRID_HEAD}.weight"), &[FACE_CHANNELS, inputs])?
             .to_device(&Device::Cpu)
-            .and_then(|w| Dense::new(&w))
             .map_err(tensor_error)?;
         let mut bias = file
             .tensor(&format!("{GRID_HEAD}.bias"), &[FACE_CHANNELS])?
@@ -243,25 +249,18 @@ impl Mfn {
                 format!("{hidden} hidden units is out of range"),
             ));
         }
-        let mlp = if hidden == 0 {
-            None
-        } else {
-            let cpu_tensor = |name: &str, shape: &[usize]| {
-                file.tensor(name, shape)?
-                    .to_device(&Device::Cpu)
-                    .map_err(|e| ModelError::Tensor {
-                        path: file.path.clone(),
-                        tensor: name.into(),
-                        problem: e.to_string(),
-                    })
-            };
-            let dense = |t: Tensor, name: &str| {
-                Dense::new(&t).map_err(|e| ModelError::Tensor {
+        let cpu_tensor = |name: &str, shape: &[usize]| {
+            file.tensor(name, shape)?
+                .to_device(&Device::Cpu)
+                .map_err(|e| ModelError::Tensor {
                     path: file.path.clone(),
                     tensor: name.into(),
                     problem: e.to_string(),
                 })
-            };
+        };
+        let (first_weight, mlp_out) = if hidden == 0 {
+            (linear, None)
+        } else {
             let w1 = format!("{MLP_HIDDEN}.weight");
             let b1 = format!("{MLP_HIDDEN}.bias");
             let w2 = format!("{MLP_OUT}.weight");
@@ -272,21 +271,22 @@ impl Mfn {
             for (b, o) in bias.iter_mut().zip(out_bias) {
                 *b += o;
             }
-            Some(ResidualMlp {
-                hidden: dense(cpu_tensor(&w1, &[hidden, inputs])?, &w1)?,
-                hidden_bias: cpu_tensor(&b1, &[hidden])?
-                    .to_vec1()
-                    .map_err(tensor_error)?,
-                out: dense(cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?, &w2)?,
-            })
+            let hidden_bias: Vec<f32> = cpu_tensor(&b1, &[hidden])?
+                .to_vec1()
+                .map_err(tensor_error)?;
+            bias.extend(hidden_bias);
+            let both = Tensor::cat(&[&linear, &cpu_tensor(&w1, &[hidden, inputs])?], 0)
+                .map_err(tensor_error)?;
+            let out = cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?;
+            (both, Some(Dense::new(&out).map_err(tensor_error)?))
         };
         let head = GridHead {
             grid,
             spacing,
             channels: feature_channels,
-            linear,
-            bias,
-            mlp,
+            first: Dense::new(&first_weight).map_err(tensor_error)?,
+            first_bias: bias,
+            mlp_out,
         };
         let number = |key: &str, default: f32| {
             file.metadata
@@ -342,33 +342,17 @@ impl Mfn {
         output: &MfnOutput,
         letterbox: &Letterbox,
     ) -> candle_core::Result<Vec<FaceObservation>> {
-        let heat: Vec<f32> = output
-            .detection
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
         let layout = HeatmapLayout {
             stride: self.stride as f32,
             rows: self.input_height / self.stride,
             columns: self.input_width / self.stride,
         };
-        let detections =
-            detections_from_heatmap(&heat, layout, letterbox, self.score_threshold, self.nms_iou);
+        let detections = read_f32(&output.detection, |heat| {
+            detections_from_heatmap(heat, layout, letterbox, self.score_threshold, self.nms_iou)
+        })?;
         if detections.is_empty() {
             return Ok(Vec::new());
         }
-        let face: Vec<f32> = output
-            .face
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1()?;
-        let map = FaceMap {
-            values: &face,
-            channels: self.head.channels,
-            rows: self.input_height / self.face_stride,
-            columns: self.input_width / self.face_stride,
-            stride: self.face_stride as f32,
-        };
         // Face centre and size in network-input pixels, as in training.
         let places: Vec<(Vec2, f32)> = detections
             .iter()
@@ -380,18 +364,23 @@ impl Mfn {
             })
             .collect();
         let per_face = self.head.grid * self.head.grid * self.head.channels;
-        let mut samples = Vec::with_capacity(places.len() * per_face);
-        for &(center, size) in &places {
-            for offset in self.head.offsets() {
-                samples.extend(map.sample(center + offset * size));
+        let samples = read_f32(&output.face, |face| {
+            let map = FaceMap {
+                values: face,
+                channels: self.head.channels,
+                rows: self.input_height / self.face_stride,
+                columns: self.input_width / self.face_stride,
+                stride: self.face_stride as f32,
+            };
+            let mut samples = Vec::with_capacity(places.len() * per_face);
+            for &(center, size) in &places {
+                for offset in self.head.offsets() {
+                    samples.extend(map.sample(center + offset * size));
+                }
             }
-        }
-        let rows = places.len();
-        let mut values = repeated(&self.head.bias, rows);
-        self.head.linear.accumulate(&samples, &mut values);
-        if let Some(mlp) = &self.head.mlp {
-            mlp.accumulate(&samples, rows, &mut values);
-        }
+            samples
+        })?;
+        let values = self.head.apply(&samples, places.len());
         Ok(detections
             .iter()
             .zip(places)
@@ -463,26 +452,28 @@ mod tests {
 
     #[test]
     fn dense_layers_match_a_plain_matrix_product() {
-        let (rows, inputs, outputs) = (3, 37, 11);
+        let (inputs, outputs) = (37, 11);
         let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
         let weight: Vec<f32> = (0..outputs * inputs).map(value).collect();
-        let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 5)).collect();
         let w = Tensor::from_vec(weight.clone(), (outputs, inputs), &Device::Cpu).unwrap();
         let dense = Dense::new(&w).unwrap();
-        let start: Vec<f32> = (0..rows * outputs).map(|i| i as f32).collect();
-        let mut out = start.clone();
-        dense.accumulate(&x, &mut out);
-        for r in 0..rows {
-            for o in 0..outputs {
-                let expected = start[r * outputs + o]
-                    + (0..inputs)
-                        .map(|i| x[r * inputs + i] * weight[o * inputs + i])
-                        .sum::<f32>();
-                let got = out[r * outputs + o];
-                assert!(
-                    (got - expected).abs() < 1e-4,
-                    "({r}, {o}): {got} vs {expected}"
-                );
+        for rows in [1, 3, 10] {
+            let x: Vec<f32> = (0..rows * inputs).map(|i| value(i + 5)).collect();
+            let start: Vec<f32> = (0..rows * outputs).map(|i| i as f32).collect();
+            let mut out = start.clone();
+            dense.accumulate(&x, &mut out);
+            for r in 0..rows {
+                for o in 0..outputs {
+                    let expected = start[r * outputs + o]
+                        + (0..inputs)
+                            .map(|i| x[r * inputs + i] * weight[o * inputs + i])
+                            .sum::<f32>();
+                    let got = out[r * outputs + o];
+                    assert!(
+                        (got - expected).abs() < 1e-4,
+                        "{rows} rows, ({r}, {o}): {got} vs {expected}"
+                    );
+                }
             }
         }
         // no faces: nothing to do, no panic

@@ -54,6 +54,26 @@ fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Resul
     Ok(&data[start..end])
 }
 
+/// Calls `read` with a tensor's f32 values in row-major order: borrowed in place when the tensor
+/// is contiguous f32 on the CPU (a network output read once per frame: copying the MFN's two
+/// maps cost ~50 us of its decode), copied otherwise (GPU tensors, views).
+pub fn read_f32<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = tensor.storage_and_layout();
+        if let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage {
+            if let Some((start, end)) = layout.contiguous_offsets() {
+                return Ok(read(&data[start..end]));
+            }
+        }
+    }
+    let values: Vec<f32> = tensor
+        .to_device(&candle_core::Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    Ok(read(&values))
+}
+
 impl CustomOp3 for Depthwise3x3 {
     fn name(&self) -> &'static str {
         "depthwise3x3"
@@ -749,6 +769,22 @@ pub fn conv2d(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn read_f32_gives_row_major_values_of_views_too() {
+        let t = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let whole = read_f32(&t, |v| v.to_vec()).unwrap();
+        assert_eq!(whole, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        // a transposed view is not contiguous: copied in its own row-major order
+        let transposed = read_f32(&t.t().unwrap(), |v| v.to_vec()).unwrap();
+        assert_eq!(transposed, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        // a slice of rows is contiguous at an offset: borrowed
+        let second_row = read_f32(&t.narrow(0, 1, 1).unwrap(), |v| v.to_vec()).unwrap();
+        assert_eq!(second_row, [3.0, 4.0, 5.0]);
+    }
 
     #[test]
     fn shifted_depthwise_matches_the_fast_kernel_at_both_strides() {
