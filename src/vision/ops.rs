@@ -489,6 +489,21 @@ impl CustomOp3 for GemmConv {
             }
         };
         let mut out = vec![0f32; n * cout * plane_out];
+        if k == 3 && cin <= DIRECT_MAX_INPUTS && residual.is_none() {
+            for (index, out) in out.chunks_exact_mut(cout * plane_out).enumerate() {
+                conv3x3_direct(
+                    &input[index * cin * h * w..(index + 1) * cin * h * w],
+                    (cin, h, w),
+                    weight,
+                    bias,
+                    self.stride,
+                    (ho, wo),
+                    self.activation,
+                    out,
+                );
+            }
+            return Ok((CpuStorage::F32(out), Shape::from_dims(&[n, cout, ho, wo])));
+        }
         let image = |index: usize, out: &mut [f32], parallelism: gemm::Parallelism| {
             let input = &input[index * cin * h * w..(index + 1) * cin * h * w];
             let columns;
@@ -561,6 +576,185 @@ impl CustomOp3 for GemmConv {
                 .for_each(|(i, out)| image(i, out, gemm::Parallelism::None));
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, cout, ho, wo])))
+    }
+}
+
+/// Input channels up to which a 3×3 convolution runs directly rather than as im2col + gemm.
+const DIRECT_MAX_INPUTS: usize = 4;
+
+/// 3×3 convolution (padding 1) + bias + activation of one image with few input channels (the
+/// stem: 3 → 16 at stride 2). Each output row gathers its cin·9 input taps once (zero outside the
+/// image); then blocks of 4 output channels × 8 columns are summed over the taps in registers
+/// (AVX2 + FMA where the CPU has them: the crate's baseline target is SSE2). With three input
+/// channels im2col + gemm spent most of its time writing and reading the unfolded input (2 MB
+/// for the 320×240 frame). Each thread takes a band of output rows.
+#[allow(clippy::too_many_arguments)]
+fn conv3x3_direct(
+    input: &[f32],
+    (cin, h, w): (usize, usize, usize),
+    weight: &[f32],
+    bias: &[f32],
+    stride: usize,
+    (ho, wo): (usize, usize),
+    activation: Activation,
+    out: &mut [f32],
+) {
+    let plane_out = ho * wo;
+    if plane_out == 0 {
+        return;
+    }
+    let depth = cin * 9;
+    // Each block's weights tap-major ([tap][channel]) and biases; missing channels zero.
+    let blocks: Vec<(Vec<f32>, [f32; BLOCK])> = (0..bias.len())
+        .step_by(BLOCK)
+        .map(|first| {
+            let mut taps = vec![0f32; depth * BLOCK];
+            let mut biases = [0f32; BLOCK];
+            for j in 0..BLOCK.min(bias.len() - first) {
+                biases[j] = bias[first + j];
+                for t in 0..depth {
+                    taps[t * BLOCK + j] = weight[(first + j) * depth + t];
+                }
+            }
+            (taps, biases)
+        })
+        .collect();
+    // Bands of whole rows, one per thread: every output plane split at the same rows.
+    let band_rows = ho.div_ceil(rayon::current_num_threads()).max(1);
+    let mut bands: Vec<(usize, Vec<&mut [f32]>)> = (0..ho)
+        .step_by(band_rows)
+        .map(|first| (first, Vec::new()))
+        .collect();
+    for plane in out.chunks_exact_mut(plane_out) {
+        for (band, rows) in bands.iter_mut().zip(plane.chunks_mut(band_rows * wo)) {
+            band.1.push(rows);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let fma = false;
+    bands.into_par_iter().for_each(|(first_row, mut planes)| {
+        let padded = wo.next_multiple_of(LANES);
+        let mut taps = vec![0f32; depth * padded];
+        let rows = planes[0].len() / wo;
+        for oy in first_row..first_row + rows {
+            for (t, tap) in taps.chunks_exact_mut(padded).enumerate() {
+                let (c, ky, kx) = (t / 9, (t % 9) / 3, t % 3);
+                let iy = (oy * stride + ky) as isize - 1;
+                tap.fill(0.0);
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &input[(c * h + iy as usize) * w..][..w];
+                // Output columns whose input column ox·stride + kx − 1 lies inside the row.
+                let first = usize::from(kx == 0);
+                let last = (w + 1 - kx).div_ceil(stride).min(wo);
+                if first >= last {
+                    continue;
+                }
+                let start = first * stride + kx - 1;
+                for (v, x) in tap[first..last]
+                    .iter_mut()
+                    .zip(row[start..].iter().step_by(stride))
+                {
+                    *v = *x;
+                }
+            }
+            let row = (oy - first_row) * wo;
+            for (b, (block, biases)) in blocks.iter().enumerate() {
+                let mut outputs: Vec<&mut [f32]> = planes[b * BLOCK..]
+                    .iter_mut()
+                    .take(BLOCK)
+                    .map(|plane| &mut plane[row..row + wo])
+                    .collect();
+                if fma {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    unsafe {
+                        block_row_fma(&taps, padded, block, biases, activation, &mut outputs)
+                    }
+                } else {
+                    block_row(&taps, padded, block, biases, activation, &mut outputs);
+                }
+            }
+        }
+    });
+}
+
+/// Output columns per register in [`conv3x3_direct`] (one AVX register of f32).
+const LANES: usize = 8;
+/// Output channels summed together in [`conv3x3_direct`], sharing each tap load.
+const BLOCK: usize = 4;
+
+/// One output row of a block of channels: `outputs[j][x] = activation(biases[j] +
+/// Σ_t block[t][j] · taps[t][x])` (tap rows `padded` long, zero past the row's end).
+fn block_row(
+    taps: &[f32],
+    padded: usize,
+    block: &[f32],
+    biases: &[f32; BLOCK],
+    activation: Activation,
+    outputs: &mut [&mut [f32]],
+) {
+    for (j, out) in outputs.iter_mut().enumerate() {
+        out.fill(biases[j]);
+        for (tap, k) in taps.chunks_exact(padded).zip(block.chunks_exact(BLOCK)) {
+            for (o, v) in out.iter_mut().zip(tap) {
+                *o += k[j] * v;
+            }
+        }
+        for o in out.iter_mut() {
+            *o = activation.apply(*o);
+        }
+    }
+}
+
+/// [`block_row`] with AVX2 fused multiply-adds, LANES columns × BLOCK channels in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_row_fma(
+    taps: &[f32],
+    padded: usize,
+    block: &[f32],
+    biases: &[f32; BLOCK],
+    activation: Activation,
+    outputs: &mut [&mut [f32]],
+) {
+    use std::arch::x86_64::*;
+    let depth = block.len() / BLOCK;
+    let width = outputs.first().map_or(0, |o| o.len());
+    assert!(
+        width <= padded && padded % LANES == 0 && taps.len() >= depth * padded,
+        "tap rows"
+    );
+    let (low, high) = match activation {
+        Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
+        Activation::Relu => (0.0, f32::INFINITY),
+        Activation::Relu6 => (0.0, 6.0),
+    };
+    let (low, high) = (_mm256_set1_ps(low), _mm256_set1_ps(high));
+    for x0 in (0..width).step_by(LANES) {
+        let mut acc = biases.map(|b| _mm256_set1_ps(b));
+        for t in 0..depth {
+            // SAFETY: x0 < width ≤ padded, padded is a multiple of LANES and t < depth: the
+            // load stays inside `taps` (asserted above).
+            let v = _mm256_loadu_ps(taps.as_ptr().add(t * padded + x0));
+            let k = &block[t * BLOCK..(t + 1) * BLOCK];
+            for (a, k) in acc.iter_mut().zip(k) {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(*k), v, *a);
+            }
+        }
+        let columns = LANES.min(width - x0);
+        for (out, a) in outputs.iter_mut().zip(acc) {
+            let mut values = [0f32; LANES];
+            // SAFETY: `values` holds exactly LANES f32.
+            _mm256_storeu_ps(
+                values.as_mut_ptr(),
+                _mm256_min_ps(_mm256_max_ps(a, low), high),
+            );
+            out[x0..x0 + columns].copy_from_slice(&values[..columns]);
+        }
     }
 }
 
@@ -965,6 +1159,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn direct_conv_rows_agree_with_and_without_fma() {
+        let (depth, padded, width) = (27, 24, 19);
+        let value = |i: usize| ((i * 7919) % 97) as f32 / 48.0 - 1.0;
+        let taps: Vec<f32> = (0..depth * padded)
+            .map(|i| if i % padded < width { value(i) } else { 0.0 })
+            .collect();
+        let block: Vec<f32> = (0..depth * BLOCK).map(|i| value(i + 3)).collect();
+        let biases = [0.5, -0.25, 3.0, -4.0];
+        for activation in [Activation::None, Activation::Relu, Activation::Relu6] {
+            let mut plain = vec![vec![0f32; width]; 3];
+            let mut rows: Vec<&mut [f32]> = plain.iter_mut().map(|r| &mut r[..]).collect();
+            block_row(&taps, padded, &block, &biases, activation, &mut rows);
+            // channel 0, column 0 by hand
+            let expected = biases[0]
+                + (0..depth)
+                    .map(|t| block[t * BLOCK] * taps[t * padded])
+                    .sum::<f32>();
+            assert!((plain[0][0] - activation.apply(expected)).abs() < 1e-4);
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let mut fused = vec![vec![0f32; width]; 3];
+                let mut rows: Vec<&mut [f32]> = fused.iter_mut().map(|r| &mut r[..]).collect();
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { block_row_fma(&taps, padded, &block, &biases, activation, &mut rows) };
+                for (p, f) in plain.iter().flatten().zip(fused.iter().flatten()) {
+                    assert!((p - f).abs() < 1e-4, "{activation:?}: {p} vs {f}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn conv3x3_matches_candle_conv_with_stride_1_and_2() {
         let dev = Device::Cpu;
         for (n, cin, h, w) in [
@@ -973,6 +1199,8 @@ pub(crate) mod tests {
             (1, 5, 1, 2),
             (1, 2, 7, 5),
             (1, 2, 1, 1),
+            (2, 4, 24, 33),
+            (1, 6, 10, 11),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1.0, (16, cin, 3, 3), &dev).unwrap();
