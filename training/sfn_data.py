@@ -178,7 +178,7 @@ def occlude(img, rng, neg_pool):
     return img
 
 
-def photometric(img, rng, gray_src, neg_pool=None):
+def photometric(img, rng, gray_src, neg_pool=None, occlusion_prob=0.35):
     img = img.astype(np.float32)
     if not gray_src and rng.random() < 0.2:
         g = img @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -197,7 +197,7 @@ def photometric(img, rng, gray_src, neg_pool=None):
         img = img * rng.uniform(0.12, 0.45)
         img = img + rng.normal(0, rng.uniform(1, 6), img.shape)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    if rng.random() < 0.35:
+    if rng.random() < occlusion_prob:
         img = occlude(img, rng, neg_pool)
     r = rng.random()
     if r < 0.2:
@@ -239,8 +239,10 @@ def iou_sq(c1, s1, c2, s2):
 class SFNTrainSet(torch.utils.data.Dataset):
     """plan: int array (M,2) of (kind, index). Sample m uses rng seeded by (seed, epoch, m): deterministic."""
 
-    def __init__(self, cache, plan, seed, epoch, aug=True):
+    def __init__(self, cache, plan, seed, epoch, aug=True, wide_rotation_prob=0.85, occlusion_prob=0.35):
         self.c, self.plan, self.seed, self.epoch, self.aug = cache, plan, seed, epoch, aug
+        # a late fine-tuning phase lowers both (train_sfn.py --wide-rotation-prob / --occlusion-prob)
+        self.wide_rotation_prob, self.occlusion_prob = wide_rotation_prob, occlusion_prob
         self.bperm = blend_flip_perm(cache.blend_names)
 
     def __len__(self):
@@ -259,7 +261,7 @@ class SFNTrainSet(torch.utils.data.Dataset):
             img = c.decode(i)
             gray = bool(c.gray[i])
             center, side = box_of(c.lmk[i])
-            ang = float(rng.uniform(-35, 35)) if rng.random() < 0.85 else float(rng.uniform(-8, 8))
+            ang = float(rng.uniform(-35, 35)) if rng.random() < self.wide_rotation_prob else float(rng.uniform(-8, 8))
             flip = bool(rng.random() < 0.5)
             if kind == KIND_POS:
                 side2 = side * float(np.exp(rng.uniform(np.log(0.8), np.log(1.2))))
@@ -295,7 +297,7 @@ class SFNTrainSet(torch.utils.data.Dataset):
         else:
             img = random_texture(rng)
         if self.aug:
-            img = photometric(img, rng, gray, c.neg)
+            img = photometric(img, rng, gray, c.neg, self.occlusion_prob)
         conf = 1.0 if kind == KIND_POS else 0.0
         R6 = np.concatenate([R[:, 0], R[:, 1]]).astype(np.float32)
         return (torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),

@@ -156,6 +156,9 @@ def main():
                     help="start a new cosine cycle at this epoch, ending at --anneal-by (continues a cut-short run)")
     ap.add_argument("--anneal-by", type=int, default=0,
                     help="end the cosine cycle that contains this epoch there (0 = full cycles)")
+    ap.add_argument("--wide-rotation-prob", type=float, default=0.85,
+                    help="share of faces rotated up to +-35 deg (the rest +-8 deg); lower for a final fine-tune")
+    ap.add_argument("--occlusion-prob", type=float, default=0.35, help="share of faces given synthetic occluders")
     ap.add_argument("--subset", type=int, default=0, help="positives per epoch (0 = all); for smoke tests")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -227,7 +230,8 @@ def main():
     for epoch in range(start_epoch, args.epochs):
         te = time.time()
         plan = make_plan(cache, args.seed, epoch, subset=args.subset)
-        ds = SFNTrainSet(cache, plan, args.seed, epoch)
+        ds = SFNTrainSet(cache, plan, args.seed, epoch, wide_rotation_prob=args.wide_rotation_prob,
+                          occlusion_prob=args.occlusion_prob)
         g = torch.Generator()
         g.manual_seed(args.seed * 1000 + epoch)
         dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, drop_last=True,
