@@ -105,17 +105,17 @@ impl CustomOp3 for Depthwise3x3 {
                     let ch = plane % c;
                     let kernel: &[f32; 9] = weight[ch * 9..ch * 9 + 9].try_into().expect("9 taps");
                     let input = &input[plane * plane_in..(plane + 1) * plane_in];
-                    depthwise_plane(
+                    DepthwisePlane {
                         input,
-                        (h, w),
+                        size: (h, w),
                         kernel,
-                        bias[ch],
-                        self.stride,
-                        self.activation,
-                        out,
-                        (ho, wo),
-                        &zeros,
-                    );
+                        bias: bias[ch],
+                        stride: self.stride,
+                        activation: self.activation,
+                        out_size: (ho, wo),
+                        zeros: &zeros,
+                    }
+                    .run(out);
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, c, ho, wo])))
@@ -219,113 +219,72 @@ fn conv_out_size(h: usize, w: usize, stride: usize) -> (usize, usize) {
 /// Compiled twice: for the crate's SSE2 baseline and, picked at run time where the CPU has it,
 /// for AVX2 (8-wide instead of 4-wide vectors; the same operations in the same order, so the
 /// results are bit-identical).
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    input: &[f32],
-    (h, w): (usize, usize),
-    kernel: &[f32; 9],
+struct DepthwisePlane<'a> {
+    input: &'a [f32],
+    size: (usize, usize),
+    kernel: &'a [f32; 9],
     bias: f32,
     stride: usize,
     activation: Activation,
-    out: &mut [f32],
-    (ho, wo): (usize, usize),
-    zeros: &[f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked on the line above).
-        unsafe {
-            depthwise_plane_avx2(
-                input,
-                (h, w),
-                kernel,
-                bias,
-                stride,
-                activation,
-                out,
-                (ho, wo),
-                zeros,
-            )
-        };
-        return;
-    }
-    depthwise_plane_body(
-        input,
-        (h, w),
-        kernel,
-        bias,
-        stride,
-        activation,
-        out,
-        (ho, wo),
-        zeros,
-    );
+    out_size: (usize, usize),
+    /// A zero row at least as wide as the input: the padding above and below.
+    zeros: &'a [f32],
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_plane_avx2(
-    input: &[f32],
-    (h, w): (usize, usize),
-    kernel: &[f32; 9],
-    bias: f32,
-    stride: usize,
-    activation: Activation,
-    out: &mut [f32],
-    (ho, wo): (usize, usize),
-    zeros: &[f32],
-) {
-    depthwise_plane_body(
-        input,
-        (h, w),
-        kernel,
-        bias,
-        stride,
-        activation,
-        out,
-        (ho, wo),
-        zeros,
-    );
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane_body(
-    input: &[f32],
-    (h, w): (usize, usize),
-    kernel: &[f32; 9],
-    bias: f32,
-    stride: usize,
-    activation: Activation,
-    out: &mut [f32],
-    (ho, wo): (usize, usize),
-    zeros: &[f32],
-) {
-    let mut split = if stride == 2 {
-        vec![0f32; 3 * w]
-    } else {
-        Vec::new()
-    };
-    for oy in 0..ho {
-        let row_of = |ky: usize| -> &[f32] {
-            let iy = (oy * stride + ky) as isize - 1;
-            if iy < 0 || iy >= h as isize {
-                zeros
-            } else {
-                &input[iy as usize * w..(iy as usize + 1) * w]
-            }
-        };
-        let rows = [row_of(0), row_of(1), row_of(2)];
-        let row = &mut out[oy * wo..(oy + 1) * wo];
-        if stride == 1 {
-            depthwise_row_stride1(rows, kernel, bias, row);
-        } else {
-            depthwise_row_stride2(rows, kernel, bias, row, &mut split);
+impl DepthwisePlane<'_> {
+    fn run(&self, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked on the line above).
+            unsafe { self.run_avx2(out) };
+            return;
         }
-        if activation != Activation::None {
-            for v in row.iter_mut() {
-                *v = activation.apply(*v);
+        self.compute(out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, out: &mut [f32]) {
+        self.compute(out);
+    }
+
+    #[inline(always)]
+    fn compute(&self, out: &mut [f32]) {
+        let DepthwisePlane {
+            input,
+            size: (h, w),
+            kernel,
+            bias,
+            stride,
+            activation,
+            out_size: (ho, wo),
+            zeros,
+        } = *self;
+        let mut split = if stride == 2 {
+            vec![0f32; 3 * w]
+        } else {
+            Vec::new()
+        };
+        for oy in 0..ho {
+            let row_of = |ky: usize| -> &[f32] {
+                let iy = (oy * stride + ky) as isize - 1;
+                if iy < 0 || iy >= h as isize {
+                    zeros
+                } else {
+                    &input[iy as usize * w..(iy as usize + 1) * w]
+                }
+            };
+            let rows = [row_of(0), row_of(1), row_of(2)];
+            let row = &mut out[oy * wo..(oy + 1) * wo];
+            if stride == 1 {
+                depthwise_row_stride1(rows, kernel, bias, row);
+            } else {
+                depthwise_row_stride2(rows, kernel, bias, row, &mut split);
+            }
+            if activation != Activation::None {
+                for v in row.iter_mut() {
+                    *v = activation.apply(*v);
+                }
             }
         }
     }
