@@ -46,9 +46,9 @@ struct GridHead {
     mlp_out: Option<Dense>,
 }
 
-/// A dense layer's weight, multiplied on the CPU with the gemm crate on the calling thread: candle's matmul re-packed the weights and woke
-/// the thread pool on every call, which cost ~0.25 ms per frame, several times the product
-/// itself at a handful of faces.
+/// A dense layer's weight, multiplied on the CPU with the gemm crate on the calling thread:
+/// candle's matmul re-packed the weights and woke the thread pool on every call, which cost
+/// ~0.25 ms per frame, several times the product itself at a handful of faces.
 struct Dense {
     /// [outputs, inputs], row-major.
     weight: Vec<f32>,

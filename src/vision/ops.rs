@@ -216,6 +216,7 @@ fn conv_out_size(h: usize, w: usize, stride: usize) -> (usize, usize) {
 /// is a single vectorised loop with one store per pixel; stride 2 first splits the rows into
 /// even and odd columns so that it is contiguous too. Only the border columns take the scalar
 /// path with bounds checks.
+///
 /// Compiled twice: for the crate's SSE2 baseline and, picked at run time where the CPU has it,
 /// for AVX2 (8-wide instead of 4-wide vectors; the same operations in the same order, so the
 /// results are bit-identical).
@@ -1239,14 +1240,20 @@ pub(crate) mod tests {
             (1, 6, 10, 11),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
-            let wt = Tensor::randn(0f32, 1.0, (16, cin, 3, 3), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
-            for stride in [1, 2] {
-                let fast = conv2d(&x, &wt, &b, stride, 1, Activation::Relu6).unwrap();
-                let slow = reference_conv(&x, &wt, &b, stride, 1, Activation::Relu6);
-                assert_eq!(fast.dims(), slow.dims());
-                let d = max_abs_diff(&fast, &slow);
-                assert!(d < 1e-4, "{n}x{cin}x{h}x{w} stride {stride}: {d}");
+            // 6 output channels: the direct path's last block of 4 is partial
+            for cout in [16, 6] {
+                let wt = Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap();
+                let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+                for stride in [1, 2] {
+                    let fast = conv2d(&x, &wt, &b, stride, 1, Activation::Relu6).unwrap();
+                    let slow = reference_conv(&x, &wt, &b, stride, 1, Activation::Relu6);
+                    assert_eq!(fast.dims(), slow.dims());
+                    let d = max_abs_diff(&fast, &slow);
+                    assert!(
+                        d < 1e-4,
+                        "{n}x{cin}x{h}x{w} -> {cout}, stride {stride}: {d}"
+                    );
+                }
             }
         }
     }
