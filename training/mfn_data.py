@@ -23,9 +23,13 @@ def face_label_weight(lmk):
     return float(np.clip((size - 8.0) / 32.0, 0.0, 1.0))
 
 
-def face_targets(objs, labels, content):
+def face_targets(objs, labels, content, rng=None, box_jitter=0.0):
     """objs as for D.make_targets, labels[i] = (R 3x3 or None, blend (51,) or None) per obj.
-    -> centre (MAX_OBJ,2), size (MAX_OBJ,), target (MAX_OBJ,193), weights (MAX_OBJ,3) in make_targets' order."""
+    -> centre (MAX_OBJ,2), size (MAX_OBJ,), target (MAX_OBJ,193), weights (MAX_OBJ,3) in make_targets' order.
+    box_jitter > 0: the grid is read around a perturbed centre (std box_jitter x size per axis) and size (log-normal,
+    std 1.3 x box_jitter, biased 0.7 x box_jitter small), and the landmark targets are relative to that box, as
+    inference reads around the detector's box, which is off by about that much (HELEN-as-frame: centre 3.7 % of
+    the size, size -3 %)."""
     cen = np.zeros((D.MAX_OBJ, 2), np.float32)
     size = np.ones(D.MAX_OBJ, np.float32)
     tgt = np.zeros((D.MAX_OBJ, FACE_DIM), np.float32)
@@ -39,6 +43,9 @@ def face_targets(objs, labels, content):
         b = D.box_of(lmk)
         c = np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
         s = max(b[2] - b[0], b[3] - b[1], 1.0)
+        if box_jitter > 0 and rng is not None and rng.random() < 0.8:
+            c = c + rng.normal(0.0, box_jitter, 2) * s
+            s = s * float(np.exp(rng.normal(-0.7 * box_jitter, 1.3 * box_jitter)))
         cen[n], size[n] = c, s
         tgt[n, :136] = ((lmk - c) / s).reshape(-1)
         wts[n, 0] = face_label_weight(lmk)
@@ -89,8 +96,9 @@ class MFNData:
 class MFNTrainSet(torch.utils.data.Dataset):
     """same sample mix as the detector's TrainSet: real scene, composite, scene + pasted faces."""
 
-    def __init__(self, data, n, seed, epoch, p_scene=0.25, p_mixed=0.2):
+    def __init__(self, data, n, seed, epoch, p_scene=0.25, p_mixed=0.2, box_jitter=0.0):
         self.d, self.n, self.seed, self.epoch = data, n, seed, epoch
+        self.box_jitter = box_jitter
         self.p_scene, self.p_mixed = p_scene, p_mixed
 
     def __len__(self):
@@ -131,7 +139,7 @@ class MFNTrainSet(torch.utils.data.Dataset):
             labels = [d.pasted_label(*m) for m in meta]
         img = D.degrade(img, rng)
         t = D.make_targets(objs, content)
-        cen, size, tgt, wts = face_targets(objs, labels, content)
+        cen, size, tgt, wts = face_targets(objs, labels, content, rng, self.box_jitter)
         t.update(fcen=cen, fsize=size, ftgt=tgt, fw=wts)
         x = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0 - 0.5) / 0.5
         return x, {k: torch.from_numpy(v) for k, v in t.items()}
