@@ -620,11 +620,12 @@ impl CustomOp3 for GemmConv {
 const DIRECT_MAX_INPUTS: usize = 4;
 
 /// 3×3 convolution (padding 1) + bias + activation of one image with few input channels (the
-/// stem: 3 → 16 at stride 2). Each output row gathers its cin·9 input taps once (zero outside the
-/// image); then blocks of 4 output channels × 8 columns are summed over the taps in registers
-/// (AVX2 + FMA where the CPU has them: the crate's baseline target is SSE2). With three input
-/// channels im2col + gemm spent most of its time writing and reading the unfolded input (2 MB
-/// for the 320×240 frame). Each thread takes a band of output rows.
+/// stem: 3 → 16 at stride 2). For each output row, every (channel, kernel row) input row is split
+/// once into its stride phases, zero-padded, so that each of the cin·9 tap rows is a slice of
+/// those copies; then blocks of 8 output channels × 8 columns are summed over the taps in
+/// registers (AVX2 + FMA where the CPU has them: the crate's baseline target is SSE2). With three
+/// input channels im2col + gemm spent most of its time writing and reading the unfolded input
+/// (2 MB for the 320×240 frame). Each thread takes a band of output rows.
 #[allow(clippy::too_many_arguments)]
 fn conv3x3_direct(
     input: &[f32],
@@ -637,7 +638,7 @@ fn conv3x3_direct(
     out: &mut [f32],
 ) {
     let plane_out = ho * wo;
-    if plane_out == 0 {
+    if plane_out == 0 || stride == 0 {
         return;
     }
     let depth = cin * 9;
@@ -671,33 +672,66 @@ fn conv3x3_direct(
     let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let fma = false;
+    // Input column of output column x for kernel column kx: stride·x + kx − 1 =
+    // stride·(x + kx / stride) + (kx % stride) − 1, so tap kx reads phase kx % stride from
+    // offset kx / stride (≤ 2) on, where phase p holds row[stride·j + p − 1].
+    let phases = stride.min(3);
     bands.into_par_iter().for_each(|(first_row, mut planes)| {
         let padded = wo.next_multiple_of(LANES);
-        let mut taps = vec![0f32; depth * padded];
+        let line = padded + 2;
+        let mut lines = vec![0f32; cin * 3 * phases * line];
+        let zeros = vec![0f32; padded];
         let rows = planes[0].len() / wo;
         for oy in first_row..first_row + rows {
-            for (t, tap) in taps.chunks_exact_mut(padded).enumerate() {
-                let (c, ky, kx) = (t / 9, (t % 9) / 3, t % 3);
-                let iy = (oy * stride + ky) as isize - 1;
-                tap.fill(0.0);
-                if iy < 0 || iy >= h as isize {
+            let inside = |ky: usize| (oy * stride + ky).checked_sub(1).filter(|&iy| iy < h);
+            // Only the in-row positions are written, the same ones every row: the zeros
+            // around them stay from the allocation.
+            for (index, group) in lines.chunks_exact_mut(phases * line).enumerate() {
+                let (c, ky) = (index / 3, index % 3);
+                let Some(iy) = inside(ky) else { continue };
+                let row = &input[(c * h + iy) * w..][..w];
+                if stride == 2 {
+                    // One pass over the row: phase 0 gets the odd columns from j = 1 on,
+                    // phase 1 the even ones.
+                    let (odd, even) = group.split_at_mut(line);
+                    for ((o, e), pair) in odd[1..]
+                        .iter_mut()
+                        .zip(even.iter_mut())
+                        .zip(row.chunks_exact(2))
+                    {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if w % 2 == 1 {
+                        even[w / 2] = row[w - 1];
+                    }
                     continue;
                 }
-                let row = &input[(c * h + iy as usize) * w..][..w];
-                // Output columns whose input column ox·stride + kx − 1 lies inside the row.
-                let first = usize::from(kx == 0);
-                let last = (w + 1 - kx).div_ceil(stride).min(wo);
-                if first >= last {
-                    continue;
-                }
-                let start = first * stride + kx - 1;
-                for (v, x) in tap[first..last]
-                    .iter_mut()
-                    .zip(row[start..].iter().step_by(stride))
-                {
-                    *v = *x;
+                for (phase, phase_line) in group.chunks_exact_mut(line).enumerate() {
+                    // j whose column stride·j + phase − 1 lies inside the row
+                    let first = usize::from(phase == 0);
+                    let end = (w + 1 - phase).div_ceil(stride).clamp(first, line);
+                    if first < end {
+                        let start = stride * first + phase - 1;
+                        for (v, x) in phase_line[first..end]
+                            .iter_mut()
+                            .zip(row[start..].iter().step_by(stride))
+                        {
+                            *v = *x;
+                        }
+                    }
                 }
             }
+            let taps: Vec<&[f32]> = (0..depth)
+                .map(|t| {
+                    let (c, ky, kx) = (t / 9, (t % 9) / 3, t % 3);
+                    if inside(ky).is_none() {
+                        return &zeros[..];
+                    }
+                    let start = ((c * 3 + ky) * phases + kx % stride) * line + kx / stride;
+                    &lines[start..start + padded]
+                })
+                .collect();
             let row = (oy - first_row) * wo;
             for (b, (block, biases)) in blocks.iter().enumerate() {
                 let mut outputs: Vec<&mut [f32]> = planes[b * BLOCK..]
@@ -709,10 +743,10 @@ fn conv3x3_direct(
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU has AVX2 and FMA (checked above).
                     unsafe {
-                        block_row_fma(&taps, padded, block, biases, activation, &mut outputs)
+                        block_row_fma(&taps, block, biases, activation, &mut outputs)
                     }
                 } else {
-                    block_row(&taps, padded, block, biases, activation, &mut outputs);
+                    block_row(&taps, block, biases, activation, &mut outputs);
                 }
             }
         }
@@ -722,13 +756,13 @@ fn conv3x3_direct(
 /// Output columns per register in [`conv3x3_direct`] (one AVX register of f32).
 const LANES: usize = 8;
 /// Output channels summed together in [`conv3x3_direct`], sharing each tap load.
-const BLOCK: usize = 4;
+const BLOCK: usize = 8;
 
 /// One output row of a block of channels: `outputs[j][x] = activation(biases[j] +
-/// Σ_t block[t][j] · taps[t][x])` (tap rows `padded` long, zero past the row's end).
+/// Σ_t block[t][j] · taps[t][x])` (each tap row at least the outputs' width rounded up to
+/// LANES).
 fn block_row(
-    taps: &[f32],
-    padded: usize,
+    taps: &[&[f32]],
     block: &[f32],
     biases: &[f32; BLOCK],
     activation: Activation,
@@ -736,8 +770,8 @@ fn block_row(
 ) {
     for (j, out) in outputs.iter_mut().enumerate() {
         out.fill(biases[j]);
-        for (tap, k) in taps.chunks_exact(padded).zip(block.chunks_exact(BLOCK)) {
-            for (o, v) in out.iter_mut().zip(tap) {
+        for (tap, k) in taps.iter().zip(block.chunks_exact(BLOCK)) {
+            for (o, v) in out.iter_mut().zip(tap.iter()) {
                 *o += k[j] * v;
             }
         }
@@ -751,8 +785,7 @@ fn block_row(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_row_fma(
-    taps: &[f32],
-    padded: usize,
+    taps: &[&[f32]],
     block: &[f32],
     biases: &[f32; BLOCK],
     activation: Activation,
@@ -761,8 +794,9 @@ unsafe fn block_row_fma(
     use std::arch::x86_64::*;
     let depth = block.len() / BLOCK;
     let width = outputs.first().map_or(0, |o| o.len());
+    let padded = width.next_multiple_of(LANES);
     assert!(
-        width <= padded && padded % LANES == 0 && taps.len() >= depth * padded,
+        taps.len() >= depth && taps.iter().all(|tap| tap.len() >= padded),
         "tap rows"
     );
     let (low, high) = match activation {
@@ -774,23 +808,26 @@ unsafe fn block_row_fma(
     for x0 in (0..width).step_by(LANES) {
         let mut acc = biases.map(|b| _mm256_set1_ps(b));
         for t in 0..depth {
-            // SAFETY: x0 < width ≤ padded, padded is a multiple of LANES and t < depth: the
-            // load stays inside `taps` (asserted above).
-            let v = _mm256_loadu_ps(taps.as_ptr().add(t * padded + x0));
+            // SAFETY: x0 < width, so x0 + LANES ≤ padded ≤ the tap row's length (asserted
+            // above), and t < depth ≤ taps.len().
+            let v = _mm256_loadu_ps(taps.get_unchecked(t).as_ptr().add(x0));
             let k = &block[t * BLOCK..(t + 1) * BLOCK];
             for (a, k) in acc.iter_mut().zip(k) {
                 *a = _mm256_fmadd_ps(_mm256_set1_ps(*k), v, *a);
             }
         }
-        let columns = LANES.min(width - x0);
         for (out, a) in outputs.iter_mut().zip(acc) {
-            let mut values = [0f32; LANES];
-            // SAFETY: `values` holds exactly LANES f32.
-            _mm256_storeu_ps(
-                values.as_mut_ptr(),
-                _mm256_min_ps(_mm256_max_ps(a, low), high),
-            );
-            out[x0..x0 + columns].copy_from_slice(&values[..columns]);
+            let a = _mm256_min_ps(_mm256_max_ps(a, low), high);
+            if x0 + LANES <= out.len() {
+                // SAFETY: the LANES values x0.. lie inside `out` (checked just above).
+                _mm256_storeu_ps(out.as_mut_ptr().add(x0), a);
+            } else {
+                let mut values = [0f32; LANES];
+                // SAFETY: `values` holds exactly LANES f32.
+                _mm256_storeu_ps(values.as_mut_ptr(), a);
+                let columns = out.len() - x0;
+                out[x0..].copy_from_slice(&values[..columns]);
+            }
         }
     }
 }
@@ -1202,16 +1239,18 @@ pub(crate) mod tests {
         let taps: Vec<f32> = (0..depth * padded)
             .map(|i| if i % padded < width { value(i) } else { 0.0 })
             .collect();
+        let taps: Vec<&[f32]> = taps.chunks_exact(padded).collect();
         let block: Vec<f32> = (0..depth * BLOCK).map(|i| value(i + 3)).collect();
-        let biases = [0.5, -0.25, 3.0, -4.0];
+        let biases: [f32; BLOCK] =
+            std::array::from_fn(|j| [0.5, -0.25, 3.0, -4.0][j % 4] * (1 + j / 4) as f32);
         for activation in [Activation::None, Activation::Relu, Activation::Relu6] {
             let mut plain = vec![vec![0f32; width]; 3];
             let mut rows: Vec<&mut [f32]> = plain.iter_mut().map(|r| &mut r[..]).collect();
-            block_row(&taps, padded, &block, &biases, activation, &mut rows);
+            block_row(&taps, &block, &biases, activation, &mut rows);
             // channel 0, column 0 by hand
             let expected = biases[0]
                 + (0..depth)
-                    .map(|t| block[t * BLOCK] * taps[t * padded])
+                    .map(|t| block[t * BLOCK] * taps[t][0])
                     .sum::<f32>();
             assert!((plain[0][0] - activation.apply(expected)).abs() < 1e-4);
             #[cfg(target_arch = "x86_64")]
@@ -1219,7 +1258,7 @@ pub(crate) mod tests {
                 let mut fused = vec![vec![0f32; width]; 3];
                 let mut rows: Vec<&mut [f32]> = fused.iter_mut().map(|r| &mut r[..]).collect();
                 // SAFETY: the CPU has AVX2 and FMA.
-                unsafe { block_row_fma(&taps, padded, &block, &biases, activation, &mut rows) };
+                unsafe { block_row_fma(&taps, &block, &biases, activation, &mut rows) };
                 for (p, f) in plain.iter().flatten().zip(fused.iter().flatten()) {
                     assert!((p - f).abs() < 1e-4, "{activation:?}: {p} vs {f}");
                 }
@@ -1228,7 +1267,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn conv3x3_matches_candle_conv_with_stride_1_and_2() {
+    fn conv3x3_matches_candle_conv_with_strides_1_to_3() {
         let dev = Device::Cpu;
         for (n, cin, h, w) in [
             (1, 3, 112, 112),
@@ -1240,11 +1279,11 @@ pub(crate) mod tests {
             (1, 6, 10, 11),
         ] {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
-            // 6 output channels: the direct path's last block of 4 is partial
-            for cout in [16, 6] {
+            // 6 and 12 output channels: the direct path's only or last block of 8 is partial
+            for cout in [16, 12, 6] {
                 let wt = Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap();
                 let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
-                for stride in [1, 2] {
+                for stride in [1, 2, 3] {
                     let fast = conv2d(&x, &wt, &b, stride, 1, Activation::Relu6).unwrap();
                     let slow = reference_conv(&x, &wt, &b, stride, 1, Activation::Relu6);
                     assert_eq!(fast.dims(), slow.dims());
