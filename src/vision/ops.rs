@@ -28,6 +28,16 @@ impl Activation {
         }
     }
 
+    /// In place over a row of values.
+    #[inline(always)]
+    fn apply_all(self, values: &mut [f32]) {
+        if self != Activation::None {
+            for v in values.iter_mut() {
+                *v = self.apply(*v);
+            }
+        }
+    }
+
     /// The same activation with candle's stock ops (for paths without a fused kernel).
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         match self {
@@ -261,11 +271,30 @@ impl DepthwisePlane<'_> {
             out_size: (ho, wo),
             zeros,
         } = *self;
-        let mut split = if stride == 2 {
-            vec![0f32; 3 * w]
-        } else {
-            Vec::new()
-        };
+        if stride == 2 {
+            // Every input row split once into its even and odd columns (each is read by up to
+            // two output rows), in one pass over the row.
+            let mut split = vec![0f32; h * w];
+            for (row, dst) in input.chunks_exact(w).zip(split.chunks_exact_mut(w)) {
+                let (even, odd) = dst.split_at_mut(w.div_ceil(2));
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                if w % 2 == 1 {
+                    even[w / 2] = row[w - 1];
+                }
+            }
+            for (oy, row) in out.chunks_exact_mut(wo).take(ho).enumerate() {
+                // Input row of kernel rows 0, 1, 2 (None: the zero padding).
+                let iy = [0, 1, 2].map(|ky| (oy * 2 + ky).checked_sub(1).filter(|&iy| iy < h));
+                let rows = iy.map(|iy| iy.map_or(&zeros[..w], |iy| &input[iy * w..(iy + 1) * w]));
+                let split = iy.map(|iy| iy.map_or(&zeros[..w], |iy| &split[iy * w..(iy + 1) * w]));
+                depthwise_row_stride2(rows, split, kernel, bias, row);
+                activation.apply_all(row);
+            }
+            return;
+        }
         for oy in 0..ho {
             let row_of = |ky: usize| -> &[f32] {
                 let iy = (oy * stride + ky) as isize - 1;
@@ -277,16 +306,8 @@ impl DepthwisePlane<'_> {
             };
             let rows = [row_of(0), row_of(1), row_of(2)];
             let row = &mut out[oy * wo..(oy + 1) * wo];
-            if stride == 1 {
-                depthwise_row_stride1(rows, kernel, bias, row);
-            } else {
-                depthwise_row_stride2(rows, kernel, bias, row, &mut split);
-            }
-            if activation != Activation::None {
-                for v in row.iter_mut() {
-                    *v = activation.apply(*v);
-                }
-            }
+            depthwise_row_stride1(rows, kernel, bias, row);
+            activation.apply_all(row);
         }
     }
 }
@@ -362,13 +383,14 @@ fn depthwise_interior(out: &mut [f32], taps: [&[f32]; 9], k: &[f32; 9], bias: f3
 }
 
 /// Stride 2: output x reads input columns 2x−1, 2x, 2x+1 = odd[x−1], even[x], odd[x].
+/// `split`: the three rows with their even columns first, then their odd ones.
 #[inline(always)]
 fn depthwise_row_stride2(
     rows: [&[f32]; 3],
+    split: [&[f32]; 3],
     k: &[f32; 9],
     bias: f32,
     out: &mut [f32],
-    split: &mut [f32],
 ) {
     let w = rows[0].len();
     let wo = out.len();
@@ -381,19 +403,9 @@ fn depthwise_row_stride2(
         }
         return;
     }
-    for (row, dst) in rows.iter().zip(split.chunks_exact_mut(w)) {
-        let (even, odd) = dst.split_at_mut(evens);
-        for (e, v) in even.iter_mut().zip(row.iter().step_by(2)) {
-            *e = *v;
-        }
-        for (o, v) in odd.iter_mut().zip(row.iter().skip(1).step_by(2)) {
-            *o = *v;
-        }
-    }
     let n = end - 1;
     let part = |r: usize| {
-        let dst = &split[r * w..(r + 1) * w];
-        let (even, odd) = dst.split_at(evens);
+        let (even, odd) = split[r].split_at(evens);
         (&odd[0..n], &even[1..n + 1], &odd[1..n + 1])
     };
     let ((a0, a1, a2), (b0, b1, b2), (c0, c1, c2)) = (part(0), part(1), part(2));
@@ -416,6 +428,9 @@ pub fn depthwise3x3(
     stride: usize,
     activation: Activation,
 ) -> Result<Tensor> {
+    if !(1..=2).contains(&stride) {
+        candle_core::bail!("depthwise 3x3 with stride {stride} is not supported (1 or 2)");
+    }
     if (x.device().is_cpu() || x.device().is_cuda()) && x.dtype() == DType::F32 {
         let op = Depthwise3x3 { stride, activation };
         return x

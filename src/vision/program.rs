@@ -108,6 +108,12 @@ impl Program {
             let weight = |shape: &[usize]| file.tensor(&format!("{}.weight", spec.name), shape);
             let bias = || file.tensor(&format!("{}.bias", spec.name), &[cout]);
             let op = match spec.op.as_str() {
+                "dwconv3x3" if !(1..=2).contains(&spec.stride) => {
+                    return Err(bad(format!(
+                        "layer {}: depthwise stride {} (the kernel takes 1 or 2)",
+                        spec.name, spec.stride
+                    )));
+                }
                 "conv3x3" => Op::Conv3x3 {
                     weight: weight(&[cout, cin, 3, 3])?,
                     bias: bias()?,
@@ -517,5 +523,9 @@ mod tests {
         let specs = vec![spec("a", "softmax", &["input"], 3, 3, 1, "none")];
         let err = Program::new(&specs, &file).err().unwrap().to_string();
         assert!(err.contains("softmax"), "{err}");
+        // the depthwise kernel takes strides 1 and 2 only
+        let specs = vec![spec("b", "dwconv3x3", &["input"], 3, 3, 3, "relu")];
+        let err = Program::new(&specs, &file).err().unwrap().to_string();
+        assert!(err.contains("layer b") && err.contains("stride 3"), "{err}");
     }
 }
