@@ -277,13 +277,7 @@ impl DepthwisePlane<'_> {
             let mut split = vec![0f32; h * w];
             for (row, dst) in input.chunks_exact(w).zip(split.chunks_exact_mut(w)) {
                 let (even, odd) = dst.split_at_mut(w.div_ceil(2));
-                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                    *e = pair[0];
-                    *o = pair[1];
-                }
-                if w % 2 == 1 {
-                    even[w / 2] = row[w - 1];
-                }
+                deinterleave(row, even, odd);
             }
             for (oy, row) in out.chunks_exact_mut(wo).take(ho).enumerate() {
                 // Input row of kernel rows 0, 1, 2 (None: the zero padding).
@@ -309,6 +303,19 @@ impl DepthwisePlane<'_> {
             depthwise_row_stride1(rows, kernel, bias, row);
             activation.apply_all(row);
         }
+    }
+}
+
+/// `even[j] = row[2j]`, `odd[j] = row[2j + 1]`, in one pass over the row (two strided passes
+/// cost about twice as much). `even` holds at least ⌈len/2⌉ values, `odd` ⌊len/2⌋.
+#[inline(always)]
+fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if row.len() % 2 == 1 {
+        even[row.len() / 2] = row[row.len() - 1];
     }
 }
 
@@ -709,17 +716,7 @@ fn conv3x3_direct(
                     // One pass over the row: phase 0 gets the odd columns from j = 1 on,
                     // phase 1 the even ones.
                     let (odd, even) = group.split_at_mut(line);
-                    for ((o, e), pair) in odd[1..]
-                        .iter_mut()
-                        .zip(even.iter_mut())
-                        .zip(row.chunks_exact(2))
-                    {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
-                    if w % 2 == 1 {
-                        even[w / 2] = row[w - 1];
-                    }
+                    deinterleave(row, even, &mut odd[1..]);
                     continue;
                 }
                 for (phase, phase_line) in group.chunks_exact_mut(line).enumerate() {
