@@ -616,11 +616,7 @@ impl CustomOp3 for GemmConv {
                     parallelism,
                 );
             }
-            if self.activation != Activation::None {
-                for v in out.iter_mut() {
-                    *v = self.activation.apply(*v);
-                }
-            }
+            self.activation.apply_all(out);
         };
         if n == 1 {
             image(
@@ -787,9 +783,7 @@ fn block_row(
                 *o += k[j] * v;
             }
         }
-        for o in out.iter_mut() {
-            *o = activation.apply(*o);
-        }
+        activation.apply_all(out);
     }
 }
 
