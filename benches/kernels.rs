@@ -1,5 +1,5 @@
 //! Hot kernels: depthwise convolution (ours vs candle's grouped conv), 1×1 conv, the stem conv,
-//! the whole SFN and the shipped MFN.
+//! the whole SFN and the shipped MFN (or the one in `$POLYFACE_MODELS`).
 //! `cargo bench --bench kernels`
 
 use candle_core::{Device, Module, Tensor};
@@ -65,9 +65,17 @@ fn upsampling(c: &mut Criterion) {
     group.finish();
 }
 
+/// The model folder: `$POLYFACE_MODELS` (as for the app, so a candidate can be measured against
+/// the shipped files), else the repository's `models/`.
+fn models_dir() -> std::path::PathBuf {
+    std::env::var_os("POLYFACE_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
 fn mfn_forward(c: &mut Criterion) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mfn.safetensors");
-    let model = polyface::vision::Mfn::load(&path, &Device::Cpu).unwrap();
+    let model =
+        polyface::vision::Mfn::load(&models_dir().join("mfn.safetensors"), &Device::Cpu).unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 3, 240, 320), &Device::Cpu).unwrap();
     c.bench_function("mfn forward 320x240 (shipped model)", |bench| {
         bench.iter(|| model.forward(&x).unwrap())
@@ -89,8 +97,8 @@ fn letterbox(c: &mut Criterion) {
 /// The MFN's per-frame decode (heatmap peaks, grid-head samples, the head's matrix products)
 /// on a synthetic network output holding `faces` well-separated face peaks.
 fn mfn_decode(c: &mut Criterion) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mfn.safetensors");
-    let model = polyface::vision::Mfn::load(&path, &Device::Cpu).unwrap();
+    let model =
+        polyface::vision::Mfn::load(&models_dir().join("mfn.safetensors"), &Device::Cpu).unwrap();
     let (width, height) = model.input_size();
     let (columns, rows) = (width / 4, height / 4);
     let face = Tensor::randn(0f32, 1.0, (1, 128, height / 8, width / 8), &Device::Cpu).unwrap();
