@@ -91,6 +91,29 @@ class MFN(DM.Detector):
             return None
         return self.mlp1.weight, self.mlp1.bias, self.mlp2.weight, self.mlp2.bias
 
+    def load_smaller_grid(self, state_dict, old_grid, old_spacing):
+        """start from an MFN whose grid head read a coarser grid whose points are all points of this one (e.g. 3x3
+        at 0.3 inside 5x5 at 0.15): each old point's weights go to its point here, the new points start at zero,
+        so the start is the same net (the linear head and the MLP's first layer read the samples point-major)."""
+        old = grid_offsets(old_grid, old_spacing)
+        new = grid_offsets(self.grid, self.spacing)
+        where = []
+        for o in old:
+            hit = ((new - o).abs().sum(1) < 1e-5).nonzero()
+            assert len(hit) == 1, f"grid point {o.tolist()} of {old_grid}x{old_grid} at {old_spacing} is not one " \
+                f"of {self.grid}x{self.grid} at {self.spacing}"
+            where.append(int(hit[0]))
+        C = self.roi.in_features // (self.grid * self.grid)
+        state = dict(state_dict)
+        for name in ["roi.weight"] + (["mlp1.weight"] if self.mlp_hidden else []):
+            w_old = state[name]
+            assert w_old.shape[1] == old_grid * old_grid * C, (name, w_old.shape)
+            w = torch.zeros(w_old.shape[0], self.grid * self.grid * C)
+            for k_old, k_new in enumerate(where):
+                w[:, k_new * C:(k_new + 1) * C] = w_old[:, k_old * C:(k_old + 1) * C]
+            state[name] = w
+        self.load_state_dict(state)
+
     def load_linear_head(self, state_dict):
         """start from a grid-head MFN without the MLP (same outputs, since mlp2 starts at zero)."""
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
@@ -198,5 +221,10 @@ if __name__ == "__main__":
         c, sz = torch.tensor([[[100.0, 90.0]]]), torch.tensor([[60.0]])
         assert torch.allclose(m.face_values(f, c, sz), m2.eval().face_values(f, c, sz))
     print("residual MLP head starts at the linear head's outputs")
+    m3 = MFN(dict(DEFAULT_CONFIG, face_mlp=256, face_grid=5, face_grid_spacing=0.15))
+    m3.load_smaller_grid(m2.state_dict(), 3, 0.3)
+    with torch.no_grad():
+        assert torch.allclose(m2.face_values(f, c, sz), m3.eval().face_values(f, c, sz), atol=1e-6)
+    print("5x5 grid head starts at the 3x3 head's outputs")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

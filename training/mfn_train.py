@@ -229,6 +229,11 @@ def main():
                          "--face-mlp the MLP starts at zero, so the start is that net")
     ap.add_argument("--init-full", default="",
                     help="start from every weight (EMA) of an MFN checkpoint with the same config (a new run)")
+    ap.add_argument("--face-grid", type=int, default=M.DEFAULT_CONFIG["face_grid"],
+                    help="G: the grid head reads G x G points over each face")
+    ap.add_argument("--grid-spacing", type=float, default=M.DEFAULT_CONFIG["face_grid_spacing"],
+                    help="distance between grid points, in face sizes; with --init-full from a coarser grid whose "
+                    "points are all on this one (3 at 0.3 -> 5 at 0.15), the new points start at zero")
     ap.add_argument("--w-pose", type=float, default=1.0, help="loss weight of the 6D rotation (L1)")
     ap.add_argument("--w-blend", type=float, default=2.0, help="loss weight of the blendshapes (L1)")
     ap.add_argument("--box-jitter", type=float, default=0.0,
@@ -250,10 +255,15 @@ def main():
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
     data = MD.MFNData(args.det_cache, args.sfn_cache)
-    model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp))
+    model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
+                       face_grid_spacing=args.grid_spacing))
     if args.init_full and not args.resume:
         ck = torch.load(args.init_full, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["ema"])
+        old = ck.get("config", M.DEFAULT_CONFIG)
+        if (old["face_grid"], old["face_grid_spacing"]) != (args.face_grid, args.grid_spacing):
+            model.load_smaller_grid(ck["ema"], old["face_grid"], old["face_grid_spacing"])
+        else:
+            model.load_state_dict(ck["ema"])
         print(f"initialised from MFN {args.init_full} (epoch {ck.get('epoch')})", flush=True)
     elif args.init_grid and not args.resume:
         ck = torch.load(args.init_grid, map_location="cpu", weights_only=False)
