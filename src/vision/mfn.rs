@@ -68,11 +68,10 @@ impl Dense {
         })
     }
 
-    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ. The weight (5.8 MB for the MFN's
-    /// 5×5 grid head) no longer sits in cache after a network pass, so one or two faces mostly
-    /// wait on memory: gemm on the calling thread. From three faces on, the FMA product below,
-    /// on all threads (criterion, 5×5 head after a network pass, 10 faces: 0.94 ms with gemm,
-    /// 0.49 ms).
+    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ: with AVX2 + FMA the product below,
+    /// on all threads (criterion, 5×5 head after a network pass, 10 faces: 0.94 ms with gemm on
+    /// one thread, 0.44-0.49 ms), else gemm. The weight (5.8 MB for the 5×5 head) no longer sits
+    /// in cache after a network pass, so a few faces mostly wait on memory.
     fn accumulate(&self, x: &[f32], out: &mut [f32]) {
         let rows = x.len() / self.inputs;
         assert_eq!(x.len(), rows * self.inputs, "dense input");
@@ -80,9 +79,8 @@ impl Dense {
         if rows == 0 {
             return;
         }
-        // One or two faces: gemm's path for a narrow product streams the weight faster.
         #[cfg(target_arch = "x86_64")]
-        if rows >= 3 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above); sizes checked above.
             unsafe { self.accumulate_fma(x, rows, out) };
             return;
