@@ -85,6 +85,13 @@ impl Dense {
             unsafe { self.accumulate_fma(x, rows, out) };
             return;
         }
+        self.accumulate_gemm(x, rows, out);
+    }
+
+    /// The portable product.
+    fn accumulate_gemm(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), rows * self.inputs, "dense input");
+        assert_eq!(out.len(), rows * self.outputs, "dense output");
         // Computed as outᵀ (outputs × rows) = weight · xᵀ, so the large weight is the left
         // operand, which gemm streams through once in packed blocks.
         // SAFETY: strides of the sizes checked above: out row-major (rows × outputs) read as
@@ -606,17 +613,21 @@ mod tests {
             let start: Vec<f32> = (0..rows * outputs).map(|i| i as f32).collect();
             let mut out = start.clone();
             dense.accumulate(&x, &mut out);
+            // the portable path as well (the one above is the AVX2/FMA one on most x86-64 CPUs)
+            let mut portable = start.clone();
+            dense.accumulate_gemm(&x, rows, &mut portable);
             for r in 0..rows {
                 for o in 0..outputs {
                     let expected = start[r * outputs + o]
                         + (0..inputs)
                             .map(|i| x[r * inputs + i] * weight[o * inputs + i])
                             .sum::<f32>();
-                    let got = out[r * outputs + o];
-                    assert!(
-                        (got - expected).abs() < 1e-4 * (1.0 + expected.abs()),
-                        "{rows} rows, ({r}, {o}): {got} vs {expected}"
-                    );
+                    for got in [out[r * outputs + o], portable[r * outputs + o]] {
+                        assert!(
+                            (got - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                            "{rows} rows, ({r}, {o}): {got} vs {expected}"
+                        );
+                    }
                 }
             }
         }
