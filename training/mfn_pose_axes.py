@@ -1,0 +1,63 @@
+"""Pose error of an MFN checkpoint by axis (pitch / yaw / roll) on the HELEN test crops used as the whole frame, the
+training validation's protocol: mean absolute error, bias, and the slope of predicted on true angle (1 = follows the
+truth fully; below 1 = pulled towards the mean).
+
+    python training/mfn_pose_axes.py training/runs/mfn7/best.pt
+"""
+import argparse
+import math
+
+import numpy as np
+import torch
+
+import det_data as D
+import mfn_data as MD
+import mfn_model as M
+
+
+def euler_deg(R):
+    """(pitch about x, yaw about y, roll about z) in degrees, R = Rz Ry Rx."""
+    return np.degrees([math.atan2(R[2, 1], R[2, 2]), math.asin(-np.clip(R[2, 0], -1, 1)),
+                       math.atan2(R[1, 0], R[0, 0])])
+
+
+@torch.no_grad()
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--det-cache", default="training/cache/det")
+    ap.add_argument("--sfn-cache", default="training/cache")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    model = M.MFN(ck["config"])
+    model.load_state_dict(ck["ema"])
+    model.eval()
+    data = MD.MFNData(args.det_cache, args.sfn_cache)
+    pred, true = [], []
+    n = len(data.val_imgs)
+    for a in range(0, n, 30):
+        idx = list(range(a, min(n, a + 30)))
+        frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
+        det, face = model(D.normalize(np.stack([f[0] for f in frames])))
+        res = M.decode_faces(det, face, model.face_values, threshold=0.2)
+        for k, i in enumerate(idx):
+            r = res[k]
+            if len(r["scores"]) == 0 or not data.val_has_pose[i]:
+                continue
+            gt_box = D.box_of(frames[k][1])
+            j = int(np.argmax([D._iou(np.asarray(b, np.float64), gt_box)[0] for b in r["boxes"].numpy()]))
+            pred.append(euler_deg(r["R"][j].numpy().astype(np.float64)))
+            true.append(euler_deg(data.val_R[i]))
+    pred, true = np.array(pred), np.array(true)
+    err = pred - true
+    print(f"{len(pred)} faces")
+    for a, name in enumerate(["pitch", "yaw", "roll"]):
+        slope = np.polyfit(true[:, a], pred[:, a], 1)[0]
+        print(f"{name}: mean abs {np.abs(err[:, a]).mean():.2f} deg, bias {err[:, a].mean():+.2f}, "
+              f"predicted-on-true slope {slope:.2f}")
+
+
+if __name__ == "__main__":
+    main()
