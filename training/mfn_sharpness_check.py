@@ -1,0 +1,71 @@
+"""HELEN-as-frame landmark NME of MFN checkpoints on sharp and on soft input: the shared 256-pixel test crops scaled to
+the 240-pixel frame height as `polyface eval` sees them (sharp), and the same crops first reduced to 128 pixels, as
+the training cache stores faces, then enlarged (soft, what training and its validation see). A net that scores much
+better on soft input has learnt the cache's blur.
+
+    python training/mfn_sharpness_check.py training/runs/mfn7/best.pt [more checkpoints] [--data ../shared/data]
+"""
+import argparse
+import json
+import os
+
+import cv2
+import numpy as np
+import torch
+
+import det_data as D
+import mfn_model as M
+
+
+def frame(img, lmk, soft):
+    """crop (H=W) -> 320x240 frame with the crop top-left at 240 pixels, landmarks scaled alike."""
+    if soft:
+        lmk = lmk * (128 / img.shape[0])
+        img = cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA)
+    n = D.IN_H
+    lmk = lmk * (n / img.shape[0])
+    method = cv2.INTER_AREA if img.shape[0] > n else cv2.INTER_LINEAR
+    canvas = np.zeros((D.IN_H, D.IN_W, 3), np.uint8)
+    canvas[:n, :n] = cv2.resize(img, (n, n), interpolation=method)
+    return canvas, lmk
+
+
+@torch.no_grad()
+def nme(model, rows, root, soft, batch=30):
+    out = []
+    for a in range(0, len(rows), batch):
+        frames = []
+        for r in rows[a:a + batch]:
+            img = cv2.cvtColor(cv2.imread(os.path.join(root, r["image"])), cv2.COLOR_BGR2RGB)
+            frames.append(frame(img, np.array(r["landmarks68"], np.float32), soft))
+        det, face = model(D.normalize(np.stack([f[0] for f in frames])))
+        for (_, gt), res in zip(frames, M.decode_faces(det, face, model.face_values, threshold=0.2)):
+            if len(res["scores"]) == 0:
+                continue
+            gt_box = D.box_of(gt)
+            j = int(np.argmax([D._iou(np.asarray(b, np.float64), gt_box)[0] for b in res["boxes"].numpy()]))
+            iod = np.linalg.norm(gt[36] - gt[45])
+            out.append(np.linalg.norm(res["lmk"][j].numpy() - gt, axis=1).mean() / iod * 100)
+    return float(np.mean(out)), len(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    root = os.path.join(args.data, "helen")
+    rows = [json.loads(line) for line in open(os.path.join(root, "test.jsonl"))]
+    for path in args.checkpoints:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        model = M.MFN(ck["config"])
+        model.load_state_dict(ck["ema"])
+        model.eval()
+        (sharp, n), (soft, _) = nme(model, rows, root, False), nme(model, rows, root, True)
+        print(f"{path}: {n} faces, NME sharp {sharp:.3f} %, soft {soft:.3f} %")
+
+
+if __name__ == "__main__":
+    main()
