@@ -3,8 +3,8 @@
 //! people (the design of Chaudhuri et al., CVPR 2019). It is the detector's backbone with a
 //! stride-8 face trunk; each detected face reads a small grid of trunk features spread over its
 //! box into a linear layer plus a small MLP (the grid head: 1.5 M multiply-adds per face for the
-//! shipped 5×5 grid, against ~80 M for the pass). `training/MFN.md` documents the layout, the model file carries
-//! the layer list.
+//! shipped 5×5 grid, against ~80 M for the pass). `training/MFN.md` documents the layout, the
+//! model file carries the layer list.
 
 use std::path::Path;
 
@@ -68,10 +68,10 @@ impl Dense {
         })
     }
 
-    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ: with AVX2 + FMA the product below,
-    /// on all threads (criterion, 5×5 head after a network pass, 10 faces: 0.94 ms with gemm on
-    /// one thread, 0.44-0.49 ms), else gemm. The weight (5.8 MB for the 5×5 head) no longer sits
-    /// in cache after a network pass, so a few faces mostly wait on memory.
+    /// `out` (rows × outputs) += `x` (rows × inputs) · weightᵀ: with AVX2 + FMA the product
+    /// below, on all threads (criterion, 5×5 head after a network pass, 10 faces: 0.94 ms with
+    /// gemm on one thread, 0.44-0.49 ms), else gemm. The weight (5.8 MB for the 5×5 head) no
+    /// longer sits in cache after a network pass, so a few faces mostly wait on memory.
     fn accumulate(&self, x: &[f32], out: &mut [f32]) {
         let rows = x.len() / self.inputs;
         assert_eq!(x.len(), rows * self.inputs, "dense input");
@@ -190,7 +190,8 @@ impl Dense {
 
 /// Faces r0..r0 + F of the pair's columns (`rows` dots each; the columns from the pair's first
 /// on, of which the first one or two are written) = the dot products of the first F faces in
-/// `faces` with the pair of weight rows.
+/// `faces` (rows of the pair's length) with the pair of weight rows. Meanwhile the first
+/// 2 · len values of `prefetch` are requested into cache.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn face_block<const F: usize>(
@@ -201,27 +202,9 @@ unsafe fn face_block<const F: usize>(
     rows: usize,
     r0: usize,
 ) {
-    let n = pair[0].len();
-    let faces: [&[f32]; F] = std::array::from_fn(|i| &faces[i * n..][..n]);
-    // SAFETY: every slice is n long; AVX2 + FMA by the caller's check.
-    let dots = unsafe { dot_block(pair, faces, prefetch) };
-    for (column, dots) in columns.chunks_mut(rows).zip(dots) {
-        column[r0..r0 + F].copy_from_slice(&dots);
-    }
-}
-
-/// The dot products of F face rows with a pair of weight rows, all equally long:
-/// result[weight][face]. Meanwhile the first 2 · len values of `prefetch` are requested into
-/// cache.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_block<const F: usize>(
-    pair: [&[f32]; 2],
-    faces: [&[f32]; F],
-    prefetch: &[f32],
-) -> [[f32; F]; 2] {
     use std::arch::x86_64::*;
     let len = pair[0].len();
+    let faces: [&[f32]; F] = std::array::from_fn(|i| &faces[i * len..][..len]);
     let mut acc = [[_mm256_setzero_ps(); F]; 2];
     let full = len / 8 * 8;
     let mut k = 0;
@@ -241,17 +224,15 @@ unsafe fn dot_block<const F: usize>(
         }
         k += 8;
     }
-    let mut dots = [[0f32; F]; 2];
-    for (j, w) in pair.iter().enumerate() {
-        for (i, f) in faces.iter().enumerate() {
+    for ((w, acc), column) in pair.iter().zip(acc).zip(columns.chunks_mut(rows)) {
+        for ((f, acc), dot) in faces.iter().zip(acc).zip(&mut column[r0..r0 + F]) {
             let mut lanes = [0f32; 8];
             // SAFETY: an 8-float store into an 8-float array.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j][i]) };
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
             let tail: f32 = (full..len).map(|k| w[k] * f[k]).sum();
-            dots[j][i] = lanes.iter().sum::<f32>() + tail;
+            *dot = lanes.iter().sum::<f32>() + tail;
         }
     }
-    dots
 }
 
 /// `rows` copies of `bias`, one after another: the starting values of a dense layer's output.
