@@ -1,5 +1,5 @@
 """Pose error of an MFN checkpoint by axis (pitch / yaw / roll) on the HELEN test crops used as the whole frame, the
-training validation's protocol: mean absolute error, bias, and the slope of predicted on true angle (1 = follows the
+training validation's protocol (`mfn_train.matched_faces`): mean absolute error, bias, and the slope of predicted on true angle (1 = follows the
 truth fully; below 1 = pulled towards the mean).
 
     python training/mfn_pose_axes.py training/runs/mfn7/best.pt
@@ -10,9 +10,9 @@ import math
 import numpy as np
 import torch
 
-import det_data as D
 import mfn_data as MD
 import mfn_model as M
+import mfn_train as T
 
 
 def euler_deg(R):
@@ -40,16 +40,10 @@ def main():
     for a in range(0, n, 30):
         idx = list(range(a, min(n, a + 30)))
         frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
-        det, face = model(D.normalize(np.stack([f[0] for f in frames])))
-        res = M.decode_faces(det, face, model.face_values, threshold=0.2)
-        for k, i in enumerate(idx):
-            r = res[k]
-            if len(r["scores"]) == 0 or not data.val_has_pose[i]:
-                continue
-            gt_box = D.box_of(frames[k][1])
-            j = int(np.argmax([D._iou(np.asarray(b, np.float64), gt_box)[0] for b in r["boxes"].numpy()]))
-            pred.append(euler_deg(r["R"][j].numpy().astype(np.float64)))
-            true.append(euler_deg(data.val_R[i]))
+        for i, face in zip(idx, T.matched_faces(model, frames)):
+            if face is not None and data.val_has_pose[i]:
+                pred.append(euler_deg(face["R"].astype(np.float64)))
+                true.append(euler_deg(data.val_R[i]))
     pred, true = np.array(pred), np.array(true)
     err = pred - true
     print(f"{len(pred)} faces")

@@ -15,6 +15,7 @@ import torch
 
 import det_data as D
 import mfn_model as M
+import mfn_train as T
 
 
 def frame(img, lmk, soft):
@@ -30,7 +31,6 @@ def frame(img, lmk, soft):
     return canvas, lmk
 
 
-@torch.no_grad()
 def nme(model, rows, root, soft, batch=30):
     out = []
     for a in range(0, len(rows), batch):
@@ -38,14 +38,10 @@ def nme(model, rows, root, soft, batch=30):
         for r in rows[a:a + batch]:
             img = cv2.cvtColor(cv2.imread(os.path.join(root, r["image"])), cv2.COLOR_BGR2RGB)
             frames.append(frame(img, np.array(r["landmarks68"], np.float32), soft))
-        det, face = model(D.normalize(np.stack([f[0] for f in frames])))
-        for (_, gt), res in zip(frames, M.decode_faces(det, face, model.face_values, threshold=0.2)):
-            if len(res["scores"]) == 0:
-                continue
-            gt_box = D.box_of(gt)
-            j = int(np.argmax([D._iou(np.asarray(b, np.float64), gt_box)[0] for b in res["boxes"].numpy()]))
-            iod = np.linalg.norm(gt[36] - gt[45])
-            out.append(np.linalg.norm(res["lmk"][j].numpy() - gt, axis=1).mean() / iod * 100)
+        for (_, gt), face in zip(frames, T.matched_faces(model, frames)):
+            if face is not None:
+                iod = np.linalg.norm(gt[36] - gt[45])
+                out.append(np.linalg.norm(face["lmk"] - gt, axis=1).mean() / iod * 100)
     return float(np.mean(out)), len(out)
 
 

@@ -54,37 +54,45 @@ def rot_angle_deg(Ra, Rb):
 
 
 @torch.no_grad()
+def matched_faces(model, frames, device="cpu", min_iou=0.3):
+    """frames: (u8 320x240 image, true landmarks in input px) pairs -> for each, the decoded face whose box overlaps
+    the landmarks' box most (dict with numpy lmk (68,2), R (3,3), blend (51,)), or None when none overlaps by
+    min_iou. The HELEN-as-frame protocol of the validation and of the check scripts."""
+    model.eval()
+    x = D.normalize(np.stack([f[0] for f in frames])).to(device)
+    det, face = model(x)
+    res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: model.face_values(
+        f, c.to(f.device), s.to(f.device)).float().cpu(), threshold=0.2)
+    out = []
+    for (_, gt), r in zip(frames, res):
+        if len(r["scores"]) == 0:
+            out.append(None)
+            continue
+        gb = D.box_of(gt)
+        ious = [D._iou(np.asarray(b, np.float64), gb)[0] for b in r["boxes"].numpy()]
+        j = int(np.argmax(ious))
+        out.append(None if ious[j] < min_iou else {k: r[k][j].numpy() for k in ("lmk", "R", "blend")})
+    return out
+
+
+@torch.no_grad()
 def eval_helen_frames(model, data, device, limit=None, batch=30):
     """HELEN test crops as the whole frame: the best-IoU detection is the face."""
-    model.eval()
     n = len(data.val_imgs) if limit is None else min(limit, len(data.val_imgs))
     nmes, poses, blends, missed = [], [], [], 0
     for a in range(0, n, batch):
         idx = list(range(a, min(n, a + batch)))
         frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
-        x = D.normalize(np.stack([f[0] for f in frames])).to(device)
-        det, face = model(x)
-        res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: model.face_values(
-            f, c.to(f.device), s.to(f.device)).float().cpu(), threshold=0.2)
-        for k, i in enumerate(idx):
-            gt = frames[k][1]
-            r = res[k]
-            if len(r["scores"]) == 0:
+        for (_, gt), i, f in zip(frames, idx, matched_faces(model, frames, device)):
+            if f is None:
                 missed += 1
                 continue
-            gb = D.box_of(gt)
-            ious = [D._iou(np.asarray(b, np.float64), gb)[0] for b in r["boxes"].numpy()]
-            j = int(np.argmax(ious))
-            if ious[j] < 0.3:
-                missed += 1
-                continue
-            p = r["lmk"][j].numpy()
             iod = np.linalg.norm(gt[36] - gt[45])
-            nmes.append(np.linalg.norm(p - gt, axis=1).mean() / iod * 100)
+            nmes.append(np.linalg.norm(f["lmk"] - gt, axis=1).mean() / iod * 100)
             if data.val_has_pose[i]:
-                poses.append(rot_angle_deg(r["R"][j].numpy().astype(np.float64), data.val_R[i]))
+                poses.append(rot_angle_deg(f["R"].astype(np.float64), data.val_R[i]))
             if data.val_has_blend[i]:
-                blends.append(np.abs(r["blend"][j].numpy() - data.val_blend[i]).mean())
+                blends.append(np.abs(f["blend"] - data.val_blend[i]).mean())
     nm = np.array(nmes) if nmes else np.array([100.0])
     return {"helen_nme": float(nm.mean()), "helen_nme_median": float(np.median(nm)),
             "helen_fail10": float((nm > 10).mean() * 100), "helen_missed": missed,
