@@ -14,6 +14,7 @@ OW, OH = IN_W // STRIDE, IN_H // STRIDE
 MAX_OBJ = 48
 MIN_FACE = 6.0      # faces whose tight box max side is below this (input px) are ignore regions, not positives
 FACE_SIDE = 128     # cached face crop size (crop = 1.6 x max box side, centred on the 68-point box)
+SHARP_FROM = FACE_SIDE / 1.6  # pasted larger than this (px, box side), a FACE_SIDE crop would be enlarged
 
 # iBUG-68 horizontal mirror permutation: flipped[k] = original[FLIP_PERM[k]]
 FLIP_PERM = np.array(
@@ -191,14 +192,14 @@ def to_index(A):
 
 # ---------------------------------------------------------------- face pasting
 
-def _face_mask(lmk, rng):
-    """soft elliptical mask (float32 FACE_SIDE^2, 0..1) around the face, incl. some forehead."""
+def _face_mask(lmk, rng, side=FACE_SIDE):
+    """soft elliptical mask (float32 side^2, 0..1) around the face, incl. some forehead."""
     b = box_of(lmk)
     w, h = b[2] - b[0], b[3] - b[1]
     cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2 - h * rng.uniform(0.02, 0.15)
     f = rng.uniform(0.95, 1.35)
     ax, ay = 0.5 * w * f * rng.uniform(1.05, 1.25), 0.5 * h * f * rng.uniform(1.1, 1.35)
-    m = np.zeros((FACE_SIDE, FACE_SIDE), np.float32)
+    m = np.zeros((side, side), np.float32)
     cv2.ellipse(m, (int(round(cx * 4)), int(round(cy * 4))), (int(ax * 4), int(ay * 4)), 0, 0, 360, 1.0, -1,
                 lineType=cv2.LINE_AA, shift=2)
     k = max(w, h) * rng.uniform(0.04, 0.15)
@@ -207,12 +208,13 @@ def _face_mask(lmk, rng):
 
 
 def paste_face(canvas, face, lmk, rng, size, center, angle, flip, color_strength=1.0):
-    """Paste a 128-px face crop (lmk in crop px) so that the tight box max side becomes `size` px, centred at
-    `center`, rotated by `angle` degrees. Modifies canvas (HxWx3 uint8) in place; returns the new 68 points."""
+    """Paste a square face crop (any side; lmk in crop px) so that the tight box max side becomes `size` px,
+    centred at `center`, rotated by `angle` degrees. Modifies canvas (HxWx3 uint8) in place; returns the new 68 points."""
+    side = face.shape[0]
     if flip:
         face = face[:, ::-1]
         lmk = lmk.copy()
-        lmk[:, 0] = FACE_SIDE - lmk[:, 0]
+        lmk[:, 0] = side - lmk[:, 0]
         lmk = lmk[FLIP_PERM]
     face = color_jitter(np.ascontiguousarray(face), rng, 0.5 * color_strength)
     b = box_of(lmk)
@@ -224,9 +226,9 @@ def paste_face(canvas, face, lmk, rng, size, center, angle, flip, color_strength
     A[:, :2] = R
     A[:, 2] = np.asarray(center) - R @ c0
     H, W = canvas.shape[:2]
-    mask = _face_mask(lmk, rng)
+    mask = _face_mask(lmk, rng, side)
     # warp only the bounding region of the destination
-    corners = aff_apply(A, np.array([[0, 0], [FACE_SIDE, 0], [0, FACE_SIDE], [FACE_SIDE, FACE_SIDE]], np.float64))
+    corners = aff_apply(A, np.array([[0, 0], [side, 0], [0, side], [side, side]], np.float64))
     x0, y0 = np.floor(corners.min(0)).astype(int)
     x1, y1 = np.ceil(corners.max(0)).astype(int)
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(W, x1), min(H, y1)
@@ -237,8 +239,8 @@ def paste_face(canvas, face, lmk, rng, size, center, angle, flip, color_strength
     interp = cv2.INTER_AREA if sc < 0.7 else cv2.INTER_LINEAR
     if sc < 0.5:  # pre-shrink for proper antialiasing
         ps = max(sc * 1.5, 0.05)
-        n = max(8, int(round(FACE_SIDE * ps)))
-        fs = n / FACE_SIDE
+        n = max(8, int(round(side * ps)))
+        fs = n / side
         face_s = cv2.resize(face, (n, n), interpolation=cv2.INTER_AREA)
         mask_s = cv2.resize(mask, (n, n), interpolation=cv2.INTER_AREA)
         S = np.diag([1 / fs, 1 / fs, 1.0])
@@ -283,9 +285,11 @@ def _iou(a, b):
 
 
 def composite(rng, backgrounds, bg_faces, face_imgs, face_lmk, face_pick, n_faces, size_range=(10, 220),
-              existing=None, canvas=None, content=(IN_W, IN_H), meta=None):
+              existing=None, canvas=None, content=(IN_W, IN_H), meta=None, sharp=None):
     """Build a composite. backgrounds / bg_faces: scene images + their faces (for face-free crops).
     face_pick(): index of a face crop. Returns (uint8 HxWx3, list of (lmk68, confirmed)).
+    sharp: optional (images, lmk) of the same faces at a larger crop size; faces pasted larger than SHARP_FROM px
+    come from it, so they are not enlarged (soft) 128-px crops. The random stream does not depend on it.
     meta: optional list; gets (face index, angle deg, flipped) per pasted face (the MFN needs them to carry
     pose and blendshape labels through the paste). The random stream is the same with or without it."""
     cw, ch = content
@@ -330,7 +334,8 @@ def composite(rng, backgrounds, bg_faces, face_imgs, face_lmk, face_pick, n_face
         k = face_pick()
         angle = rng.uniform(-30, 30) if rng.random() < 0.5 else rng.normal(0, 5)
         flip = rng.random() < 0.5
-        lmk = paste_face(canvas, face_imgs[k], face_lmk[k], rng, size, c, angle, flip)
+        imgs, lmks = sharp if sharp is not None and size > SHARP_FROM else (face_imgs, face_lmk)
+        lmk = paste_face(canvas, imgs[k], lmks[k], rng, size, c, angle, flip)
         objs.append((lmk, True))
         if meta is not None:
             meta.append((k, angle, flip))

@@ -4,6 +4,9 @@ Face crops come from the SFN cache (training/cache/faces.npz: 128-px crops with 
 teacher landmarks elsewhere, and the teacher's rotation and blendshapes), so every pasted face carries full
 labels through the paste (in-plane rotation and flip). Real scene faces carry landmarks only.
 HELEN test faces (split 1) are never pasted: they are the validation set.
+With sharp_faces (training/cache/faces256.npz, `prepare_data.py --face-size 256`), faces pasted larger than
+D.SHARP_FROM px come from the 256-px crops, and validation frames are made from them too: that is what
+`polyface eval` and a camera show (a 128-px crop enlarged to 240 px is soft).
 """
 import math
 
@@ -62,10 +65,15 @@ def face_targets(objs, labels, content, rng=None, box_jitter=0.0):
 class MFNData:
     """scenes from the detector cache + labelled face crops from the SFN cache."""
 
-    def __init__(self, det_cache_dir, sfn_cache_dir):
+    def __init__(self, det_cache_dir, sfn_cache_dir, sharp_faces=False):
         self.det = D.DetCache(det_cache_dir)
         fc = FaceCache(sfn_cache_dir)
         keep = np.nonzero(fc.split != 1)[0]
+        self.sharp = None
+        if sharp_faces:
+            big = FaceCache(sfn_cache_dir, faces_file="faces256.npz")
+            assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"
+            self.sharp = (big.images[keep], big.lmk[keep])
         self.face_imgs = fc.images[keep]
         self.face_lmk = fc.lmk[keep]
         self.face_R = fc.R[keep]
@@ -77,7 +85,7 @@ class MFNData:
         self.bperm = blend_flip_perm(fc.blend_names)
         # validation faces: HELEN test crops (human landmarks, teacher pose/blend)
         v = np.nonzero(fc.split == 1)[0]
-        self.val_imgs, self.val_lmk = fc.images[v], fc.lmk[v]
+        self.val_imgs, self.val_lmk = (big.images[v], big.lmk[v]) if sharp_faces else (fc.images[v], fc.lmk[v])
         self.val_R, self.val_blend = fc.R[v], fc.blend[v]
         self.val_has_pose, self.val_has_blend = fc.has_pose[v], fc.has_blend[v]
         self.blend_names = fc.blend_names
@@ -120,7 +128,8 @@ class MFNTrainSet(torch.utils.data.Dataset):
                 cwi, chi = int(content[0]), int(content[1])
                 sub = np.ascontiguousarray(img[:chi, :cwi])
                 sub, objs = D.composite(rng, None, None, d.face_imgs, d.face_lmk, pick, int(rng.integers(1, 7)),
-                                        existing=objs, canvas=sub, content=(cwi, chi), meta=meta)
+                                        existing=objs, canvas=sub, content=(cwi, chi), meta=meta,
+                                        sharp=d.sharp)
                 img[:chi, :cwi] = sub
                 labels = labels + [d.pasted_label(*m) for m in meta]
         else:
@@ -133,7 +142,7 @@ class MFNTrainSet(torch.utils.data.Dataset):
             # few-face images use larger faces: that is where landmark detail is learnt
             size_range = (10, 220) if nf > 3 else (40, 230)
             sub, objs = D.composite(rng, c.train_imgs, c.train_faces, d.face_imgs, d.face_lmk, pick, nf,
-                                    size_range=size_range, content=content, meta=meta)
+                                    size_range=size_range, content=content, meta=meta, sharp=d.sharp)
             img = np.zeros((D.IN_H, D.IN_W, 3), np.uint8)
             img[:content[1], :content[0]] = D.color_jitter(sub, rng, 0.6)
             labels = [d.pasted_label(*m) for m in meta]
@@ -145,11 +154,41 @@ class MFNTrainSet(torch.utils.data.Dataset):
         return x, {k: torch.from_numpy(v) for k, v in t.items()}
 
 
-def val_frame(img128, lmk128):
-    """a HELEN test crop used as the whole frame: letterboxed (top-left) into 320x240 -> (u8, lmk in input px)."""
+def val_frame(crop, lmk):
+    """a HELEN test crop (any size) used as the whole frame: letterboxed (top-left) into 320x240
+    -> (u8, lmk in input px)."""
     import cv2
-    s = D.IN_H / img128.shape[0]
-    n = int(math.floor(img128.shape[0] * s + 0.5))
+    s = D.IN_H / crop.shape[0]
+    n = int(math.floor(crop.shape[0] * s + 0.5))
     canvas = np.zeros((D.IN_H, D.IN_W, 3), np.uint8)
-    canvas[:n, :n] = cv2.resize(img128, (n, n), interpolation=cv2.INTER_LINEAR)
-    return canvas, lmk128 * (n / img128.shape[0])
+    interp = cv2.INTER_AREA if n < crop.shape[0] else cv2.INTER_LINEAR
+    canvas[:n, :n] = cv2.resize(crop, (n, n), interpolation=interp)
+    return canvas, lmk * (n / crop.shape[0])
+
+
+if __name__ == "__main__":
+    # Self-check of the sharp faces (needs training/cache/faces256.npz): the same random stream gives the same
+    # composite with either cache (same faces, same landmarks), and large faces carry more detail from the 256-px
+    # crops (variance of the Laplacian inside the landmarks' box).
+    import cv2
+    data = MFNData("training/cache/det", "training/cache", sharp_faces=True)
+    detail = []
+    for seed in range(20):
+        out = []
+        for sharp in (None, data.sharp):
+            rng = np.random.default_rng(seed)
+            pick = lambda: int(rng.choice(len(data.face_p), p=data.face_p))  # noqa: E731
+            out.append(D.composite(rng, None, None, data.face_imgs, data.face_lmk, pick, 2, size_range=(120, 230),
+                                   sharp=sharp))
+        (soft, soft_objs), (sharp, sharp_objs) = out
+        assert len(soft_objs) == len(sharp_objs)
+        for (a, _), (b, _) in zip(soft_objs, sharp_objs):
+            assert np.abs(a - b).max() < 1e-3, "the sharp cache moved the landmarks"
+            x0, y0 = np.maximum(b.min(0).astype(int), 0)
+            x1, y1 = b.max(0).astype(int)
+            lap = [cv2.Laplacian(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)[y0:y1, x0:x1], cv2.CV_32F).var()
+                   for im in (soft, sharp)]
+            detail.append(lap[1] / max(lap[0], 1e-6))
+    print(f"{len(detail)} large pasted faces: detail sharp / soft median {np.median(detail):.2f}, "
+          f"min {np.min(detail):.2f}")
+    assert np.median(detail) > 1.5, "the 256-px crops should show more detail when pasted large"

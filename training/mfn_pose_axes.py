@@ -28,13 +28,14 @@ def main():
     ap.add_argument("--det-cache", default="training/cache/det")
     ap.add_argument("--sfn-cache", default="training/cache")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sharp-faces", action="store_true", help="frames from the 256-px crops, as `polyface eval`")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     model = M.MFN(ck["config"])
     model.load_state_dict(ck["ema"])
     model.eval()
-    data = MD.MFNData(args.det_cache, args.sfn_cache)
+    data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
     pred, true = [], []
     n = len(data.val_imgs)
     for a in range(0, n, 30):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-import det_data as D
+import mfn_data as MD
 import mfn_model as M
 import mfn_train as T
 
@@ -23,12 +23,7 @@ def frame(img, lmk, soft):
     if soft:
         lmk = lmk * (128 / img.shape[0])
         img = cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA)
-    n = D.IN_H
-    lmk = lmk * (n / img.shape[0])
-    method = cv2.INTER_AREA if img.shape[0] > n else cv2.INTER_LINEAR
-    canvas = np.zeros((D.IN_H, D.IN_W, 3), np.uint8)
-    canvas[:n, :n] = cv2.resize(img, (n, n), interpolation=method)
-    return canvas, lmk
+    return MD.val_frame(img, lmk)
 
 
 def nme(model, rows, root, soft, batch=30):

@@ -250,6 +250,8 @@ def main():
     ap.add_argument("--select", choices=["score", "face"], default="score",
                     help="exported epoch: 'score' (detection AP + NME) or 'face' (NME, pose, blendshapes against "
                          "the #4 targets; for runs that keep detection as it is)")
+    ap.add_argument("--sharp-faces", action="store_true",
+                    help="paste faces larger than 80 px from training/cache/faces256.npz, and validate on those crops")
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
     ap.add_argument("--export", default="models/mfn.safetensors", help="'' to skip")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors", help="'' to skip")
@@ -262,7 +264,7 @@ def main():
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
-    data = MD.MFNData(args.det_cache, args.sfn_cache)
+    data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
                        face_grid_spacing=args.grid_spacing))
     if args.init_full and not args.resume:

@@ -3,8 +3,9 @@
 
 Usage:
     nice -n 19 python training/prepare_data.py --data /work/shared/data --out training/cache
+    nice -n 19 python training/prepare_data.py --data /work/shared/data --out training/cache --face-size 256
 
-Writes (total well under 60 MiB):
+Writes (faces.npz + neg.npz: well under 60 MiB in all):
   faces.npz  every HELEN train/test crop and every wild crop, downscaled 256 -> 128 px
              (INTER_AREA) and re-encoded as JPEG q90 (1 channel for grayscale sources,
              3 channels BGR otherwise), plus labels in 128-px crop coordinates:
@@ -20,6 +21,8 @@ Writes (total well under 60 MiB):
      blend     float16[N,51]        teacher blendshapes in BLENDSHAPE_NAMES order
      has_blend bool[N]
      names     bytes[N]              image path relative to the data folder
+  faces256.npz (--face-size 256 only; ~100 MiB, local only) the same faces and labels at 256 px (labels in 256-px
+             crop pixels): the MFN pastes faces larger than 80 px from it (`mfn_train.py --sharp-faces`)
   neg.npz    background patches for confidence negatives: random squares from the HELEN
              *train* scene photos that do not touch any listed face (boxes grown 1.6x),
              resized to 128 px, JPEG q90 (jpeg / offsets as above)
@@ -62,13 +65,18 @@ def load_records(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
-def prepare_faces(data, out):
+def faces_file(size):
+    """the face cache's file name: faces.npz at the default 128 px (SFN, detector), faces{size}.npz otherwise."""
+    return "faces.npz" if size == CACHE_SIZE else f"faces{size}.npz"
+
+
+def prepare_faces(data, out, size=CACHE_SIZE):
     groups = [
         (0, os.path.join(data, "helen", "train.jsonl"), "helen"),
         (1, os.path.join(data, "helen", "test.jsonl"), "helen"),
         (2, os.path.join(data, "wild.jsonl"), ""),
     ]
-    k = CACHE_SIZE / SRC_SIZE
+    k = size / SRC_SIZE
     bufs, gray, split, lmk, lmk_t, R, has_pose, blend, has_blend, names = ([] for _ in range(10))
     for split_id, path, prefix in groups:
         recs = load_records(path)
@@ -76,7 +84,7 @@ def prepare_faces(data, out):
             rel = os.path.join(prefix, r["image"]) if prefix else r["image"]
             img = cv2.imread(os.path.join(data, rel), cv2.IMREAD_COLOR)
             assert img is not None and img.shape[:2] == (SRC_SIZE, SRC_SIZE), rel
-            small = cv2.resize(img, (CACHE_SIZE, CACHE_SIZE), interpolation=cv2.INTER_AREA)
+            small = img if size == SRC_SIZE else cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
             g = bool(r.get("grayscale", False))
             bufs.append(encode(small, g))
             gray.append(g)
@@ -110,11 +118,11 @@ def prepare_faces(data, out):
     offsets = np.zeros(len(bufs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(b) for b in bufs])
     np.savez(
-        os.path.join(out, "faces.npz"),
+        os.path.join(out, faces_file(size)),
         jpeg=np.concatenate(bufs), offsets=offsets, gray=np.asarray(gray), split=np.asarray(split, np.int8),
         lmk=np.stack(lmk), lmk_teacher=np.stack(lmk_t).astype(np.float16), R=np.stack(R), has_pose=np.asarray(has_pose),
         blend=np.stack(blend).astype(np.float16), has_blend=np.asarray(has_blend), names=np.asarray(names, dtype=np.bytes_),
-        blendshape_names=np.asarray(BLENDSHAPE_NAMES), cache_size=np.int32(CACHE_SIZE),
+        blendshape_names=np.asarray(BLENDSHAPE_NAMES), cache_size=np.int32(size),
     )
     print(f"faces: {len(bufs)} images, {offsets[-1] / 2**20:.1f} MiB jpeg", flush=True)
 
@@ -158,11 +166,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="shared data folder (README.md, helen/, wild.jsonl, scenes.jsonl)")
     ap.add_argument("--out", default="training/cache")
+    ap.add_argument("--face-size", type=int, default=CACHE_SIZE, choices=[CACHE_SIZE, SRC_SIZE],
+                    help="crop size; 256 writes faces256.npz only (sharp large faces for the MFN's composites)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     os.makedirs(args.out, exist_ok=True)
-    prepare_faces(args.data, args.out)
-    prepare_negatives(args.data, args.out)
+    prepare_faces(args.data, args.out, args.face_size)
+    if args.face_size == CACHE_SIZE:
+        prepare_negatives(args.data, args.out)
 
 
 if __name__ == "__main__":

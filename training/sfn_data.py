@@ -48,8 +48,8 @@ def rot_z(deg):
 
 
 class FaceCache:
-    def __init__(self, cache_dir, decode=True):
-        z = np.load(os.path.join(cache_dir, "faces.npz"))
+    def __init__(self, cache_dir, decode=True, faces_file="faces.npz"):
+        z = np.load(os.path.join(cache_dir, faces_file))
         self.jpeg, self.offsets = z["jpeg"], z["offsets"]
         self.gray, self.split = z["gray"], z["split"]
         self.lmk = z["lmk"].astype(np.float32)
