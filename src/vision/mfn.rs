@@ -82,7 +82,7 @@ impl Dense {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above); sizes checked above.
-            unsafe { self.accumulate_fma(x, rows, out) };
+            super::ops::on_pool(|| unsafe { self.accumulate_fma(x, rows, out) });
             return;
         }
         self.accumulate_gemm(x, rows, out);

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::model_file::{ModelError, ModelFile};
 use super::ops::{
-    add_activate, conv2d, depthwise3x3, pointwise, pointwise_residual, upsample2x, Activation,
+    add_activate, conv2d, depthwise3x3, on_pool, pointwise, pointwise_residual, upsample2x,
+    Activation,
 };
 
 /// One layer as the training code writes it.
@@ -202,8 +203,21 @@ impl Program {
     }
 
     /// Evaluates the layers; slots no later layer reads are released early unless in `keep`.
-    /// With `times`, each layer's wall time is appended to it.
+    /// With `times`, each layer's wall time is appended to it. On the CPU, on rayon's pool.
     fn run(
+        &self,
+        input: &Tensor,
+        keep: &[usize],
+        times: Option<&mut Vec<(String, f64)>>,
+    ) -> CandleResult<Vec<Option<Tensor>>> {
+        if input.device().is_cpu() {
+            on_pool(|| self.run_layers(input, keep, times))
+        } else {
+            self.run_layers(input, keep, times)
+        }
+    }
+
+    fn run_layers(
         &self,
         input: &Tensor,
         keep: &[usize],

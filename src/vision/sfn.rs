@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::face::{tight_box, CropBox, FaceObservation};
 use super::model_file::{random_values, write_model, ModelError, ModelFile};
-use super::ops::{conv2d, depthwise3x3, pointwise, pointwise_residual, Activation};
+use super::ops::{conv2d, depthwise3x3, on_pool, pointwise, pointwise_residual, Activation};
 use super::preprocess::resample;
 
 /// Side of the square input crop in pixels.
@@ -278,8 +278,19 @@ impl Sfn {
 }
 
 impl Module for Sfn {
-    /// (N, 3, 112, 112) normalised crops → (N, 194) raw outputs (see `training/SFN.md`).
+    /// (N, 3, 112, 112) normalised crops → (N, 194) raw outputs (see `training/SFN.md`). On the
+    /// CPU, on rayon's pool (see `on_pool`).
     fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        if x.device().is_cpu() {
+            on_pool(|| self.forward_layers(x))
+        } else {
+            self.forward_layers(x)
+        }
+    }
+}
+
+impl Sfn {
+    fn forward_layers(&self, x: &Tensor) -> CandleResult<Tensor> {
         let mut x = self.stem.forward(x)?;
         let mut pooled = Vec::with_capacity(self.config.pool_taps.len() + 1);
         for (i, block) in self.blocks.iter().enumerate() {
