@@ -16,7 +16,7 @@ use super::detector::{detections_from_heatmap, letterboxed_input};
 use super::face::tight_box;
 use super::model_file::{ModelError, ModelFile};
 use super::ops::read_f32;
-use super::program::{LayerSpec, Program};
+use super::program::{LayerInput, LayerSpec, Program};
 use super::sfn::{rotation_from_6d, sigmoid};
 use super::FaceObservation;
 
@@ -275,7 +275,11 @@ impl GridHead {
 }
 
 pub struct Mfn {
+    /// Every layer but the face trunk's last.
     program: Program,
+    /// The layer that layer reads (the pass's second output).
+    face_trunk: String,
+    projection: CellProjection,
     input_width: usize,
     input_height: usize,
     stride: usize,
@@ -286,10 +290,43 @@ pub struct Mfn {
     device: Device,
 }
 
-/// The two raw outputs of one pass: the detection map and the stride-8 face features.
+/// The two raw outputs of one pass: the detection map and the stride-8 face trunk before its
+/// last layer (`face.pw1`, which [`Mfn::decode`] applies only where the grid head reads;
+/// [`Mfn::face_features`] gives the whole map).
 pub struct MfnOutput {
     pub detection: Tensor,
     pub face: Tensor,
+}
+
+/// The face trunk's last layer, a 1×1 convolution + ReLU (`face.pw1`), evaluated per cell in
+/// the decode for the cells the grid head reads: a face's 5×5 points touch a few dozen of the
+/// map's 1,200 cells, so running it over the whole map in the pass (the pass's slowest layer,
+/// ~0.24 ms) mostly computed features nobody read.
+struct CellProjection {
+    dense: Dense,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl CellProjection {
+    /// The features (cells × outputs) of `cells` (indices into the planes of the channel-major
+    /// `trunk`, `plane` values per channel).
+    fn apply(&self, trunk: &[f32], plane: usize, cells: &[usize]) -> Vec<f32> {
+        let inputs = self.dense.inputs;
+        let mut gathered = Vec::with_capacity(cells.len() * inputs);
+        for &cell in cells {
+            gathered.extend((0..inputs).map(|c| trunk[c * plane + cell]));
+        }
+        let mut features = repeated(&self.bias, cells.len());
+        // gemm on this thread: with only 96 inputs per row, the FMA product (made for a few
+        // long rows) spends its time in horizontal sums (decode at 10 faces 0.78 vs 0.66 ms).
+        self.dense
+            .accumulate_gemm(&gathered, cells.len(), &mut features);
+        if self.relu {
+            features.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        features
+    }
 }
 
 impl Mfn {
@@ -308,7 +345,7 @@ impl Mfn {
                 ));
             }
         }
-        let specs: Vec<LayerSpec> = file.meta_json("layers")?;
+        let mut specs: Vec<LayerSpec> = file.meta_json("layers")?;
         let [_, _, input_height, input_width]: [usize; 4] = file.meta_json("input_size")?;
         let stride: usize = file.meta_json("stride")?;
         let face_stride: usize = file.meta_json("face_stride")?;
@@ -339,9 +376,29 @@ impl Mfn {
                 ),
             ));
         }
-        let Some(feature_channels) = channels(FACE_FEATURES) else {
+        let Some(last) = specs.iter().position(|l| l.name == FACE_FEATURES) else {
             return Err(bad("layers", format!("no {FACE_FEATURES} layer")));
         };
+        let last = specs.remove(last);
+        let face_trunk = match (&last.input, last.op.as_str(), last.act.as_str()) {
+            (LayerInput::One(input), "conv1x1", "relu" | "none" | "") => input.clone(),
+            _ => {
+                return Err(bad(
+                    "layers",
+                    format!("{FACE_FEATURES} must be a 1x1 convolution (+ ReLU) of one input"),
+                ))
+            }
+        };
+        if specs.iter().any(|l| match &l.input {
+            LayerInput::One(i) => i == FACE_FEATURES,
+            LayerInput::Two(i) => i.iter().any(|i| i == FACE_FEATURES),
+        }) {
+            return Err(bad(
+                "layers",
+                format!("{FACE_FEATURES} must be an output only"),
+            ));
+        }
+        let feature_channels = last.out_channels;
         let grid: usize = file.meta_json("face_grid")?;
         let spacing: f32 = file.meta_json("face_grid_spacing")?;
         if !(1..=7).contains(&grid) || !(0.0..=1.0).contains(&spacing) {
@@ -406,6 +463,19 @@ impl Mfn {
             let out = cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?;
             (both, Some(Dense::new(&out).map_err(tensor_error)?))
         };
+        let projection_weight = cpu_tensor(
+            &format!("{FACE_FEATURES}.weight"),
+            &[feature_channels, last.in_channels, 1, 1],
+        )?
+        .reshape((feature_channels, last.in_channels))
+        .map_err(tensor_error)?;
+        let projection = CellProjection {
+            dense: Dense::new(&projection_weight).map_err(tensor_error)?,
+            bias: cpu_tensor(&format!("{FACE_FEATURES}.bias"), &[feature_channels])?
+                .to_vec1()
+                .map_err(tensor_error)?,
+            relu: last.act == "relu",
+        };
         let head = GridHead {
             grid,
             spacing,
@@ -422,6 +492,8 @@ impl Mfn {
         };
         Ok(Mfn {
             program: Program::new(&specs, &file)?,
+            face_trunk,
+            projection,
             input_width,
             input_height,
             stride,
@@ -449,7 +521,7 @@ impl Mfn {
     pub fn forward(&self, input: &Tensor) -> candle_core::Result<MfnOutput> {
         let mut outputs = self
             .program
-            .forward_outputs(input, &[DETECTION_OUTPUT, FACE_FEATURES])?;
+            .forward_outputs(input, &[DETECTION_OUTPUT, &self.face_trunk])?;
         let face = outputs.pop().expect("two outputs");
         let detection = outputs.pop().expect("two outputs");
         Ok(MfnOutput { detection, face })
@@ -489,23 +561,36 @@ impl Mfn {
                 )
             })
             .collect();
-        let per_face = self.head.grid * self.head.grid * self.head.channels;
-        let samples = read_f32(&output.face, |face| {
-            let map = FaceMap {
-                values: face,
-                channels: self.head.channels,
-                rows: self.input_height / self.face_stride,
-                columns: self.input_width / self.face_stride,
-                stride: self.face_stride as f32,
-            };
-            let mut samples = Vec::with_capacity(places.len() * per_face);
-            for &(center, size) in &places {
-                for offset in self.head.offsets() {
-                    samples.extend(map.sample(center + offset * size));
-                }
+        let (rows, columns) = self.face_map_size();
+        let points: Vec<Vec2> = places
+            .iter()
+            .flat_map(|&(center, size)| self.head.offsets().map(move |o| center + o * size))
+            .collect();
+        let taps: Vec<BilinearTaps> = points
+            .iter()
+            .map(|&p| BilinearTaps::at(p, self.face_stride as f32, rows, columns))
+            .collect();
+        // The cells those taps read, each once, and where its features go.
+        let mut slot = vec![usize::MAX; rows * columns];
+        let mut cells = Vec::new();
+        for cell in taps.iter().flat_map(|t| t.cells) {
+            if slot[cell] == usize::MAX {
+                slot[cell] = cells.len();
+                cells.push(cell);
             }
-            samples
+        }
+        let features = read_f32(&output.face, |trunk| {
+            self.projection.apply(trunk, rows * columns, &cells)
         })?;
+        let channels = self.head.channels;
+        let mut samples = Vec::with_capacity(taps.len() * channels);
+        for t in &taps {
+            t.blend(
+                t.cells
+                    .map(|cell| &features[slot[cell] * channels..][..channels]),
+                &mut samples,
+            );
+        }
         let values = self.head.apply(&samples, places.len());
         Ok(detections
             .iter()
@@ -513,6 +598,34 @@ impl Mfn {
             .zip(values.chunks_exact(FACE_CHANNELS))
             .map(|((d, (center, size)), v)| observe(d, center, size, v, letterbox))
             .collect())
+    }
+
+    /// The face features over the whole map (1, channels, rows, columns), as the training
+    /// code's pass ends: the last face layer on every cell (for parity checks and tools; the
+    /// decode computes only the cells it reads).
+    pub fn face_features(&self, output: &MfnOutput) -> candle_core::Result<Tensor> {
+        let (rows, columns) = self.face_map_size();
+        let cells: Vec<usize> = (0..rows * columns).collect();
+        let features = read_f32(&output.face, |trunk| {
+            self.projection.apply(trunk, rows * columns, &cells)
+        })?;
+        // cells × channels → channels × cells
+        let channels = self.head.channels;
+        let mut planes = vec![0f32; features.len()];
+        for (cell, values) in features.chunks_exact(channels).enumerate() {
+            for (c, v) in values.iter().enumerate() {
+                planes[c * cells.len() + cell] = *v;
+            }
+        }
+        Tensor::from_vec(planes, (1, channels, rows, columns), &Device::Cpu)
+    }
+
+    /// Rows and columns of the stride-8 face map.
+    fn face_map_size(&self) -> (usize, usize) {
+        (
+            self.input_height / self.face_stride,
+            self.input_width / self.face_stride,
+        )
     }
 
     /// Every face in `frame`.
@@ -523,31 +636,46 @@ impl Mfn {
     }
 }
 
-/// The stride-8 face features of one image, channel-major.
-struct FaceMap<'a> {
-    values: &'a [f32],
-    channels: usize,
-    rows: usize,
-    columns: usize,
-    stride: f32,
+/// A bilinear sample of the face map at input position `p` (cell centres at +0.5 cells),
+/// clamped to the map border, as the training code's grid_sample: the four cells read (top
+/// left, top right, bottom left, bottom right) and the weights of the right and bottom ones.
+struct BilinearTaps {
+    cells: [usize; 4],
+    fx: f32,
+    fy: f32,
 }
 
-impl FaceMap<'_> {
-    /// Bilinear sample of every channel at input position `p` (cell centres at +0.5 cells),
-    /// clamped to the map border: what the training code's grid_sample does.
-    fn sample(&self, p: Vec2) -> impl Iterator<Item = f32> + '_ {
-        let u = (p.x / self.stride - 0.5).clamp(0.0, (self.columns - 1) as f32);
-        let v = (p.y / self.stride - 0.5).clamp(0.0, (self.rows - 1) as f32);
+impl BilinearTaps {
+    fn at(p: Vec2, stride: f32, rows: usize, columns: usize) -> BilinearTaps {
+        let u = (p.x / stride - 0.5).clamp(0.0, (columns - 1) as f32);
+        let v = (p.y / stride - 0.5).clamp(0.0, (rows - 1) as f32);
         let (x0, y0) = (u.floor() as usize, v.floor() as usize);
-        let (x1, y1) = ((x0 + 1).min(self.columns - 1), (y0 + 1).min(self.rows - 1));
-        let (fx, fy) = (u - x0 as f32, v - y0 as f32);
-        let plane = self.rows * self.columns;
-        (0..self.channels).map(move |c| {
-            let at = |x: usize, y: usize| self.values[c * plane + y * self.columns + x];
-            let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
-            let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
-            top * (1.0 - fy) + bottom * fy
-        })
+        let (x1, y1) = ((x0 + 1).min(columns - 1), (y0 + 1).min(rows - 1));
+        BilinearTaps {
+            cells: [
+                y0 * columns + x0,
+                y0 * columns + x1,
+                y1 * columns + x0,
+                y1 * columns + x1,
+            ],
+            fx: u - x0 as f32,
+            fy: v - y0 as f32,
+        }
+    }
+
+    /// Appends the sample of every channel, from the feature vectors of the four cells.
+    fn blend(&self, [a, b, c, d]: [&[f32]; 4], out: &mut Vec<f32>) {
+        let (fx, fy) = (self.fx, self.fy);
+        out.extend(
+            a.iter()
+                .zip(b)
+                .zip(c.iter().zip(d))
+                .map(|((a, b), (c, d))| {
+                    let top = a * (1.0 - fx) + b * fx;
+                    let bottom = c * (1.0 - fx) + d * fx;
+                    top * (1.0 - fy) + bottom * fy
+                }),
+        );
     }
 }
 
@@ -619,26 +747,27 @@ mod tests {
     #[test]
     fn face_map_sampling_is_bilinear_and_clamped() {
         let (rows, columns) = (2, 3);
-        let plane = rows * columns;
-        // channel c at cell (y, x) = 100 c + 10 y + x
+        // cell-major features: channel c at cell (y, x) = 100 c + 10 y + x
         let channels = 4;
-        let mut values = vec![0f32; channels * plane];
-        for c in 0..channels {
-            for y in 0..rows {
-                for x in 0..columns {
-                    values[c * plane + y * columns + x] = (100 * c + 10 * y + x) as f32;
+        let mut features = vec![0f32; rows * columns * channels];
+        for y in 0..rows {
+            for x in 0..columns {
+                for c in 0..channels {
+                    features[(y * columns + x) * channels + c] = (100 * c + 10 * y + x) as f32;
                 }
             }
         }
-        let map = FaceMap {
-            values: &values,
-            channels,
-            rows,
-            columns,
-            stride: 8.0,
+        let at = |p: Vec2| {
+            let taps = BilinearTaps::at(p, 8.0, rows, columns);
+            let mut out = Vec::new();
+            taps.blend(
+                taps.cells
+                    .map(|cell| &features[cell * channels..(cell + 1) * channels]),
+                &mut out,
+            );
+            out
         };
         // cell (0, 1) centre = input (12, 4)
-        let at = |p: Vec2| map.sample(p).collect::<Vec<f32>>();
         assert_eq!(at(Vec2::new(12.0, 4.0))[2], 201.0);
         // halfway between columns 1 and 2, rows 0 and 1
         let s = at(Vec2::new(16.0, 8.0));
@@ -646,5 +775,8 @@ mod tests {
         assert!((s[0] - 6.5).abs() < 1e-5, "{}", s[0]);
         // outside the map: the border value
         assert_eq!(at(Vec2::new(-50.0, 500.0))[0], 10.0);
+        // there, the bottom-left cell with the full weight
+        let border = BilinearTaps::at(Vec2::new(-50.0, 500.0), 8.0, rows, columns);
+        assert_eq!((border.cells[0], border.fx, border.fy), (3, 0.0, 0.0));
     }
 }

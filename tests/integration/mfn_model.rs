@@ -34,7 +34,9 @@ fn shipped_mfn_matches_pytorch_within_1e_3() {
         diff < 1e-3,
         "detection head: max |candle - pytorch| = {diff}"
     );
-    let diff = crate::support::max_abs_diff(&output.face, &fixture["face_features"]);
+    // The pass ends before the last face layer; the decode applies it where it reads.
+    let features = mfn.face_features(&output).unwrap();
+    let diff = crate::support::max_abs_diff(&features, &fixture["face_features"]);
     assert!(
         diff < 1e-3,
         "face features: max |candle - pytorch| = {diff}"
@@ -216,4 +218,22 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         err.contains("face_mlp1.") && err.contains("expected"),
         "{err}"
     );
+    // the decode applies the last face layer itself, so it must be a 1x1 conv (+ ReLU)
+    let odd_last = altered_copy(
+        dir.path(),
+        |m| {
+            let layers = m["layers"].replace(
+                r#""name": "face.pw1", "op": "conv1x1""#,
+                r#""name": "face.pw1", "op": "dwconv3x3""#,
+            );
+            assert_ne!(layers, m["layers"], "the layer list names face.pw1");
+            m.insert("layers".into(), layers);
+        },
+        "",
+    );
+    let err = Mfn::load(&odd_last, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("face.pw1") && err.contains("1x1"), "{err}");
 }
