@@ -398,6 +398,19 @@ impl Mfn {
                 format!("{FACE_FEATURES} must be an output only"),
             ));
         }
+        let trunk_channels = specs
+            .iter()
+            .find(|l| l.name == face_trunk)
+            .map(|l| l.out_channels);
+        if trunk_channels != Some(last.in_channels) {
+            return Err(bad(
+                "layers",
+                format!(
+                    "{FACE_FEATURES} reads {} channels, {face_trunk} must give as many",
+                    last.in_channels
+                ),
+            ));
+        }
         let feature_channels = last.out_channels;
         let grid: usize = file.meta_json("face_grid")?;
         let spacing: f32 = file.meta_json("face_grid_spacing")?;

@@ -236,4 +236,25 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         .unwrap()
         .to_string();
     assert!(err.contains("face.pw1") && err.contains("1x1"), "{err}");
+    // ... reading as many channels as the layer before gives
+    let narrow = altered_copy(
+        dir.path(),
+        |m| {
+            let layers = m["layers"].replace(
+                r#""input": "face.dw1", "in": 96"#,
+                r#""input": "face.dw1", "in": 80"#,
+            );
+            assert_ne!(
+                layers, m["layers"],
+                "the layer list has face.dw1 -> face.pw1"
+            );
+            m.insert("layers".into(), layers);
+        },
+        "",
+    );
+    let err = Mfn::load(&narrow, &Device::Cpu).err().unwrap().to_string();
+    assert!(
+        err.contains("80 channels") && err.contains("face.dw1"),
+        "{err}"
+    );
 }
