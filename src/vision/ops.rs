@@ -64,7 +64,8 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 
 /// A layer's output buffer, not yet written: zeroing megabytes on one thread only to overwrite
 /// them cost ~9 % of an MFN pass (perf: memset under `vec![0.0; n]`). Each part is written by
-/// [`write_bias`] or [`write_zeros`] on the thread that computes it, then [`assume_written`] hands the whole on.
+/// [`write_bias`] or [`write_zeros`] on the thread that computes it, then [`assume_written`]
+/// hands the whole on.
 fn unwritten(len: usize) -> Vec<MaybeUninit<f32>> {
     let mut out = Vec::with_capacity(len);
     // SAFETY: MaybeUninit values need no initialisation.
