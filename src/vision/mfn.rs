@@ -15,8 +15,8 @@ use super::detect::{Detection, HeatmapLayout, Letterbox};
 use super::detector::{detections_from_heatmap, letterboxed_input};
 use super::face::tight_box;
 use super::model_file::{ModelError, ModelFile};
-use super::ops::read_f32;
-use super::program::{LayerInput, LayerSpec, Program};
+use super::ops::{read_f32, Activation};
+use super::program::{LayerSpec, Program};
 use super::sfn::{rotation_from_6d, sigmoid};
 use super::FaceObservation;
 
@@ -305,7 +305,7 @@ pub struct MfnOutput {
 struct CellProjection {
     dense: Dense,
     bias: Vec<f32>,
-    relu: bool,
+    activation: Activation,
 }
 
 impl CellProjection {
@@ -322,9 +322,7 @@ impl CellProjection {
         // long rows) spends its time in horizontal sums (decode at 10 faces 0.78 vs 0.66 ms).
         self.dense
             .accumulate_gemm(&gathered, cells.len(), &mut features);
-        if self.relu {
-            features.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
+        self.activation.apply_all(&mut features);
         features
     }
 }
@@ -380,19 +378,25 @@ impl Mfn {
             return Err(bad("layers", format!("no {FACE_FEATURES} layer")));
         };
         let last = specs.remove(last);
-        let face_trunk = match (&last.input, last.op.as_str(), last.act.as_str()) {
-            (LayerInput::One(input), "conv1x1", "relu" | "none" | "") => input.clone(),
+        let (face_trunk, activation) = match (
+            last.input.names().as_slice(),
+            last.op.as_str(),
+            Activation::from_name(&last.act),
+        ) {
+            ([input], "conv1x1", Some(activation)) => (input.to_string(), activation),
             _ => {
                 return Err(bad(
                     "layers",
-                    format!("{FACE_FEATURES} must be a 1x1 convolution (+ ReLU) of one input"),
+                    format!(
+                        "{FACE_FEATURES} must be a 1x1 convolution (+ activation) of one input"
+                    ),
                 ))
             }
         };
-        if specs.iter().any(|l| match &l.input {
-            LayerInput::One(i) => i == FACE_FEATURES,
-            LayerInput::Two(i) => i.iter().any(|i| i == FACE_FEATURES),
-        }) {
+        if specs
+            .iter()
+            .any(|l| l.input.names().contains(&FACE_FEATURES))
+        {
             return Err(bad(
                 "layers",
                 format!("{FACE_FEATURES} must be an output only"),
@@ -487,7 +491,7 @@ impl Mfn {
             bias: cpu_tensor(&format!("{FACE_FEATURES}.bias"), &[feature_channels])?
                 .to_vec1()
                 .map_err(tensor_error)?,
-            relu: last.act == "relu",
+            activation,
         };
         let head = GridHead {
             grid,
@@ -575,13 +579,10 @@ impl Mfn {
             })
             .collect();
         let (rows, columns) = self.face_map_size();
-        let points: Vec<Vec2> = places
+        let taps: Vec<BilinearTaps> = places
             .iter()
             .flat_map(|&(center, size)| self.head.offsets().map(move |o| center + o * size))
-            .collect();
-        let taps: Vec<BilinearTaps> = points
-            .iter()
-            .map(|&p| BilinearTaps::at(p, self.face_stride as f32, rows, columns))
+            .map(|p| BilinearTaps::at(p, self.face_stride as f32, rows, columns))
             .collect();
         // The cells those taps read, each once, and where its features go.
         let mut slot = vec![usize::MAX; rows * columns];

@@ -29,9 +29,19 @@ impl Activation {
         }
     }
 
+    /// The activation a model file's layer list names ("relu", "relu6", "none" or "").
+    pub fn from_name(name: &str) -> Option<Activation> {
+        match name {
+            "relu" => Some(Activation::Relu),
+            "relu6" => Some(Activation::Relu6),
+            "" | "none" => Some(Activation::None),
+            _ => None,
+        }
+    }
+
     /// In place over a row of values.
     #[inline(always)]
-    fn apply_all(self, values: &mut [f32]) {
+    pub(crate) fn apply_all(self, values: &mut [f32]) {
         if self != Activation::None {
             for v in values.iter_mut() {
                 *v = self.apply(*v);

@@ -43,6 +43,16 @@ pub enum LayerInput {
     Two([String; 2]),
 }
 
+impl LayerInput {
+    /// The names of the tensors the layer reads.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            LayerInput::One(name) => vec![name.as_str()],
+            LayerInput::Two([a, b]) => vec![a.as_str(), b.as_str()],
+        }
+    }
+}
+
 enum Op {
     Conv3x3 {
         weight: Tensor,
@@ -90,11 +100,9 @@ impl Program {
         let mut slots: HashMap<&str, usize> = HashMap::from([("input", 0)]);
         let mut layers = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let names: Vec<&str> = match &spec.input {
-                LayerInput::One(name) => vec![name.as_str()],
-                LayerInput::Two([a, b]) => vec![a.as_str(), b.as_str()],
-            };
-            let inputs = names
+            let inputs = spec
+                .input
+                .names()
                 .iter()
                 .map(|n| {
                     slots.get(n).copied().ok_or_else(|| {
@@ -142,16 +150,11 @@ impl Program {
             if !matches!(op, Op::Add) && inputs.len() != 1 {
                 return Err(bad(format!("layer {} takes one input", spec.name)));
             }
-            let activation = match spec.act.as_str() {
-                "relu" => Activation::Relu,
-                "relu6" => Activation::Relu6,
-                "" | "none" => Activation::None,
-                other => {
-                    return Err(bad(format!(
-                        "layer {}: unsupported activation {other:?}",
-                        spec.name
-                    )))
-                }
+            let Some(activation) = Activation::from_name(&spec.act) else {
+                return Err(bad(format!(
+                    "layer {}: unsupported activation {:?}",
+                    spec.name, spec.act
+                )));
             };
             layers.push(Layer {
                 name: spec.name.clone(),
