@@ -6,6 +6,7 @@ Same layer-program format as the detector (det_model.py), so the Rust `program` 
 See MFN.md for the reasoning and the exact output layout.
 """
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -26,8 +27,11 @@ FACE_CH = 193
 
 # face_grid x face_grid sample points at offsets (i - (G-1)/2) * spacing * size from the face centre
 DEFAULT_CONFIG = dict(copy.deepcopy(DM.DEFAULT_CONFIG), face_head=[96, 128], face_stride=FACE_STRIDE,
-                      face_channels=FACE_CH, face_grid=3, face_grid_spacing=0.3, face_mlp=0)
+                      face_channels=FACE_CH, face_grid=3, face_grid_spacing=0.3, face_mlp=0, face_refine="")
 FEATURES = "face.pw1"
+# the landmark-indexed refinement (face_refine = this layer's name) reads the stride-4 FPN features
+REFINE_FEATURES = "fpn.smooth4.pw"
+REFINE_STRIDE = 4
 
 
 def build_program(config):
@@ -52,6 +56,11 @@ def build_program(config):
 OUTPUTS = ["head.out", FEATURES]
 
 
+def outputs(config):
+    """the program's named outputs: the detection map, the face trunk and, with the refinement, its features."""
+    return OUTPUTS + ([config["face_refine"]] if config.get("face_refine") else [])
+
+
 class MFN(DM.Detector):
     def __init__(self, config=None):
         super().__init__(config or DEFAULT_CONFIG, build_program)  # the detection head starts as the detector's
@@ -74,16 +83,39 @@ class MFN(DM.Detector):
                 self.mlp1.bias.zero_()
                 self.mlp2.weight.zero_()
                 self.mlp2.bias.zero_()
+        # optional landmark-indexed refinement: the stride-4 FPN features sampled at the 68 landmarks of the grid
+        # head give a linear correction of all 193 values. It starts at zero, so the start is the net without it
+        self.refine_layer = c.get("face_refine", "")
+        if self.refine_layer:
+            assert self.refine_layer == REFINE_FEATURES, self.refine_layer
+            fine_ch = {l["name"]: l["out"] for l in self.program}[self.refine_layer]
+            self.refine = nn.Linear(N_LMK * fine_ch, c["face_channels"])
+            with torch.no_grad():
+                self.refine.weight.zero_()
+                self.refine.bias.zero_()
 
     def forward(self, x):
-        """-> detection map, stride-8 face features (read per face by face_values)."""
+        """-> detection map, face features (read per face by face_values): the stride-8 trunk, or with the
+        refinement the pair (trunk, stride-4 features)."""
         t = self.run(x)
+        if self.refine_layer:
+            return t["head.out"], (t[FEATURES], t[self.refine_layer])
         return t["head.out"], t[FEATURES]
 
-    def face_values(self, feat, centers, sizes):
-        """(B,N,193) raw face outputs for faces at centers (B,N,2) with sizes (B,N), input pixels."""
+    def face_values(self, feat, centers, sizes, stages=False):
+        """(B,N,193) raw face outputs for faces at centers (B,N,2) with sizes (B,N), input pixels; with stages=True
+        the pair (grid head's values, final values)."""
         return face_values(feat, centers, sizes, self.roi.weight, self.roi.bias, self.grid, self.spacing,
-                           self.mlp_tensors())
+                           self.mlp_tensors(), self.refine_tensors(), stages)
+
+    def refine_tensors(self):
+        """(weight, bias) of the landmark-indexed refinement, or None."""
+        return (self.refine.weight, self.refine.bias) if self.refine_layer else None
+
+    def load_without_refine(self, state_dict):
+        """start from an MFN without the refinement (same outputs, since it starts at zero)."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        assert not unexpected and set(missing) <= {"refine.weight", "refine.bias"}, (missing, unexpected)
 
     def mlp_tensors(self):
         """(w1, b1, w2, b2) of the residual MLP, or None."""
@@ -152,10 +184,27 @@ class DetView(nn.Module):
         return self.mfn(x)[0]
 
 
-def folded_outputs(tensors, program, x):
-    """reference forward on folded tensors -> dict of every output named in OUTPUTS."""
+def folded_outputs(tensors, program, x, names=OUTPUTS):
+    """reference forward on folded tensors -> dict of every output named in `names`."""
     t = DM.folded_run(tensors, program, x)
-    return {k: t[k] for k in OUTPUTS}
+    return {k: t[k] for k in names}
+
+
+def image_features(feat, b):
+    """image b's face features (batch of one): the trunk, or the (trunk, stride-4) pair."""
+    return tuple(f[b:b + 1] for f in feat) if isinstance(feat, tuple) else feat[b:b + 1]
+
+
+def sample_points(feat, pts, stride):
+    """bilinear samples of a stride-`stride` map at points pts (B,N,P,2) in input px, border clamped ->
+    (B,N,P*C), point-major. Cell (j,i) centre is input ((i+0.5)*stride, (j+0.5)*stride)."""
+    B, C, H, W = feat.shape
+    gx = pts[..., 0] / (stride * W) * 2 - 1
+    gy = pts[..., 1] / (stride * H) * 2 - 1
+    g = torch.stack([gx, gy], -1)  # B,N,P,2
+    s = F.grid_sample(feat, g, mode="bilinear", padding_mode="border", align_corners=False)  # B,C,N,P
+    N, P = g.shape[1], g.shape[2]
+    return s.permute(0, 2, 3, 1).reshape(B, N, P * C)
 
 
 def grid_offsets(grid, spacing):
@@ -169,25 +218,28 @@ def sample_grid(feat, centers, sizes, grid, spacing):
     """bilinear samples of the stride-8 features at a grid over each face, border clamped.
     feat (B,C,H,W); centers (B,N,2), sizes (B,N) in input px -> (B,N,G*G*C), point-major.
     Cell (j,i) centre is input ((i+0.5)*8, (j+0.5)*8)."""
-    B, C, H, W = feat.shape
     off = grid_offsets(grid, spacing).to(feat.device)  # P,2
     pts = centers[:, :, None, :] + off[None, None] * sizes[:, :, None, None]  # B,N,P,2
-    gx = pts[..., 0] / (FACE_STRIDE * W) * 2 - 1
-    gy = pts[..., 1] / (FACE_STRIDE * H) * 2 - 1
-    g = torch.stack([gx, gy], -1)  # B,N,P,2
-    s = F.grid_sample(feat, g, mode="bilinear", padding_mode="border", align_corners=False)  # B,C,N,P
-    N, P = g.shape[1], g.shape[2]
-    return s.permute(0, 2, 3, 1).reshape(B, N, P * C)
+    return sample_points(feat, pts, FACE_STRIDE)
 
 
-def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None):
-    """the grid head: (B,N,193) = linear(sampled grid features) [+ mlp2(relu(mlp1(same)))]."""
-    s = sample_grid(feat, centers, sizes, grid, spacing)
+def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, refine=None, stages=False):
+    """the grid head: (B,N,193) = linear(sampled grid features) [+ mlp2(relu(mlp1(same)))]; with the refinement
+    (feat = (trunk, fine), refine = (weight, bias)) plus linear(fine sampled at the grid head's 68 landmarks).
+    stages=True -> (grid head's values, final values)."""
+    trunk, fine = feat if refine is not None else (feat, None)
+    s = sample_grid(trunk, centers, sizes, grid, spacing)
     v = F.linear(s, weight, bias)
     if mlp is not None:
         w1, b1, w2, b2 = mlp
         v = v + F.linear(F.relu(F.linear(s, w1, b1)), w2, b2)
-    return v
+    final = v
+    if refine is not None:
+        # the sample points are not trained through: the refinement corrects where the grid head put them
+        lmk = centers[:, :, None, :] + v[..., :2 * N_LMK].detach().unflatten(-1, (N_LMK, 2)) \
+            * sizes[:, :, None, None]
+        final = v + F.linear(sample_points(fine, lmk, REFINE_STRIDE), *refine)
+    return (v, final) if stages else final
 
 
 def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
@@ -203,7 +255,7 @@ def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
             continue
         c = (boxes[:, :2] + boxes[:, 2:]) / 2
         size = (boxes[:, 2:] - boxes[:, :2]).max(1).values
-        v = head(feat[b:b + 1], c[None], size[None])[0]
+        v = head(image_features(feat, b), c[None], size[None])[0]
         lmk = c[:, None, :] + v[:, :136].reshape(-1, 68, 2) * size[:, None, None]
         res.append(dict(d, lmk=lmk, R=rot6d_to_matrix(v[:, 136:142]), blend=torch.sigmoid(v[:, 142:])))
     return res
@@ -226,5 +278,28 @@ if __name__ == "__main__":
     with torch.no_grad():
         assert torch.allclose(m2.face_values(f, c, sz), m3.eval().face_values(f, c, sz), atol=1e-6)
     print("5x5 grid head starts at the 3x3 head's outputs")
+    m4 = MFN(dict(DEFAULT_CONFIG, face_mlp=256, face_grid=5, face_grid_spacing=0.15, face_refine=REFINE_FEATURES))
+    m4.load_without_refine(m3.state_dict())
+    with torch.no_grad():
+        _, (f4, fine) = m4.eval()(x)
+        assert torch.allclose(f4, f)
+        assert torch.allclose(m3.face_values(f, c, sz), m4.face_values((f, fine), c, sz), atol=1e-6)
+        m4.refine.weight.normal_(std=0.01)
+        v1, v2 = m4.face_values((f, fine), c, sz, stages=True)
+        lmk = (c[:, :, None] + v1[..., :136].unflatten(-1, (68, 2)) * sz[..., None, None])[0, 0]  # 68,2
+        # one landmark's sample by hand: bilinear at map position (p/4 - 0.5), clamped
+        k, C = 30, fine.shape[1]
+        px, py = (lmk[k] / REFINE_STRIDE - 0.5).tolist()
+        x0, y0 = math.floor(px), math.floor(py)
+        fx, fy = px - x0, py - y0
+        H, W = fine.shape[2:]
+
+        def at(j, i):
+            return fine[0, :, min(max(j, 0), H - 1), min(max(i, 0), W - 1)]
+        ref = (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x0 + 1)) + fy * ((1 - fx) * at(y0 + 1, x0)
+                                                                           + fx * at(y0 + 1, x0 + 1))
+        got = sample_points(fine, lmk[None, None], REFINE_STRIDE)[0, 0, k * C:(k + 1) * C]
+        assert torch.allclose(got, ref, atol=1e-5)
+    print("refinement starts at the net without it and samples the stride-4 map at the landmarks")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -33,10 +33,19 @@ from common import EMA, atomic_save_safetensors as _atomic_save, atomic_torch_sa
 from det_export import LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT, DECODING  # noqa: E402
 
 W_LMK = 10.0  # loss weights; pose and blendshape weights are flags (--w-pose, --w-blend)
+W_STAGE1 = 0.5  # with the refinement, the grid head's own values keep this share of the loss (they place its samples)
 
 
 def face_losses(model, feat, t):
-    v = model.face_values(feat, t["fcen"], t["fsize"])  # B,N,193
+    """landmark, pose and blendshape losses; with the refinement, of the final values + W_STAGE1 x the grid
+    head's."""
+    if model.refine_layer:
+        v1, v = model.face_values(feat, t["fcen"], t["fsize"], stages=True)
+        return tuple(a + W_STAGE1 * b for a, b in zip(value_losses(v, t), value_losses(v1, t)))
+    return value_losses(model.face_values(feat, t["fcen"], t["fsize"]), t)
+
+
+def value_losses(v, t):
     w = t["fw"]
     tg = t["ftgt"]
     n_l = w[..., 0].sum().clamp(min=1.0)
@@ -62,7 +71,7 @@ def matched_faces(model, frames, device="cpu", min_iou=0.3):
     x = D.normalize(np.stack([f[0] for f in frames])).to(device)
     det, face = model(x)
     res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: model.face_values(
-        f, c.to(f.device), s.to(f.device)).float().cpu(), threshold=0.2)
+        f, c.to(device), s.to(device)).float().cpu(), threshold=0.2)
     out = []
     for (_, gt), r in zip(frames, res):
         if len(r["scores"]) == 0:
@@ -136,7 +145,10 @@ FACE_DECODING = (
     "to the map border; concatenate the G*G 128-channel samples point by point; v = face_roi.weight @ that + "
     "face_roi.bias; with face_mlp = H > 0 also v += face_mlp2.weight [193,H] @ relu(face_mlp1.weight [H,G*G*128] @ "
     "that + face_mlp1.bias) + face_mlp2.bias. Landmark k = c + (v 2k, v 2k+1) * size; R from v 136..141; blendshapes = "
-    "sigmoid(v 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels."
+    "sigmoid(v 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels. With "
+    "face_refine = L (a layer name, stride 4): sample L bilinearly at those 68 landmarks (map position (px/4 - 0.5, "
+    "py/4 - 0.5), neighbours clamped), concatenate the samples landmark by landmark, v += face_refine.weight "
+    "[193, 68*C] @ that + face_refine.bias, and read landmarks, R and blendshapes from the new v."
 )
 
 
@@ -153,15 +165,22 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
             tensors[name] = t.detach().float().contiguous()
             head_params += t.numel()
         macs_per_face += mlp[0].numel() + mlp[2].numel()
+    refine = model.refine_tensors()
+    if refine is not None:
+        for name, t in zip(["face_refine.weight", "face_refine.bias"], refine):
+            tensors[name] = t.detach().float().contiguous()
+            head_params += t.numel()
+        macs_per_face += refine[0].numel()
     c = model.config
+    outputs = M.outputs(c)
     md = {
         "format": "polyface-mfn", "format_version": "2",
         "face_grid": str(c["face_grid"]), "face_grid_spacing": str(c["face_grid_spacing"]),
-        "face_mlp": str(c.get("face_mlp", 0)),
+        "face_mlp": str(c.get("face_mlp", 0)), "face_refine": c.get("face_refine", ""),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
-        "outputs": json.dumps(M.OUTPUTS),
+        "outputs": json.dumps(outputs),
         "output_layout": "head.out: " + OUTPUT_LAYOUT, "face_output_layout": FACE_OUTPUT_LAYOUT,
         "decoding": DECODING, "face_decoding": FACE_DECODING,
         "blendshape_names": json.dumps(blend_names),
@@ -184,19 +203,25 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
         inp = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].contiguous()
         x = (inp.float() / 255.0 - 0.5) / 0.5
         with torch.no_grad():
-            y = M.folded_outputs(tensors, model.program, x)
+            y = M.folded_outputs(tensors, model.program, x, outputs)
             ref = model(x)
-        err = max((y["head.out"] - ref[0]).abs().max().item(), (y[M.FEATURES] - ref[1]).abs().max().item())
+        feats = [y[name] for name in outputs[1:]]
+        refs = list(ref[1]) if refine is not None else [ref[1]]
+        err = max((a - b).abs().max().item() for a, b in zip([y["head.out"]] + feats, [ref[0]] + refs))
+        feat = tuple(feats) if refine is not None else feats[0]
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
-        d = M.decode_faces(y["head.out"], y[M.FEATURES], lambda f, cc, ss: M.face_values(
+        d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.face_values(
             f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
             c["face_grid_spacing"], None if mlp is None else tuple(tensors["face_mlp%d.%s" % (i, k)]
-                                                                for i in (1, 2) for k in ("weight", "bias"))))[0]
+                                                                for i in (1, 2) for k in ("weight", "bias")),
+            None if refine is None else (tensors["face_refine.weight"], tensors["face_refine.bias"])))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
                "landmarks": d["lmk"].reshape(-1, 68, 2).contiguous(), "rotation": d["R"].reshape(-1, 3, 3).contiguous(),
                "blendshapes": d["blend"].reshape(-1, 51).contiguous()}
+        if refine is not None:
+            fix["refine_features"] = y[c["face_refine"]].contiguous()
         if k == 0:
             fix.update(boxes=torch.zeros(1, 4), scores=torch.zeros(1), landmarks=torch.zeros(1, 68, 2),
                        rotation=torch.zeros(1, 3, 3), blendshapes=torch.zeros(1, 51))
@@ -250,6 +275,9 @@ def main():
     ap.add_argument("--select", choices=["score", "face"], default="score",
                     help="exported epoch: 'score' (detection AP + NME) or 'face' (NME, pose, blendshapes against "
                          "the #4 targets; for runs that keep detection as it is)")
+    ap.add_argument("--face-refine", action="store_true",
+                    help="add the landmark-indexed refinement (stride-4 features at the 68 landmarks -> linear "
+                         "correction of all values); from an --init-full net without it, it starts at zero")
     ap.add_argument("--sharp-faces", action="store_true",
                     help="paste faces larger than 80 px from training/cache/faces256.npz, and validate on those crops")
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
@@ -266,12 +294,15 @@ def main():
     dev = torch.device(args.device)
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
-                       face_grid_spacing=args.grid_spacing))
+                       face_grid_spacing=args.grid_spacing,
+                       face_refine=M.REFINE_FEATURES if args.face_refine else ""))
     if args.init_full and not args.resume:
         ck = torch.load(args.init_full, map_location="cpu", weights_only=False)
         old = ck.get("config", M.DEFAULT_CONFIG)
         if (old["face_grid"], old["face_grid_spacing"]) != (args.face_grid, args.grid_spacing):
             model.load_smaller_grid(ck["ema"], old["face_grid"], old["face_grid_spacing"])
+        elif args.face_refine and not old.get("face_refine"):
+            model.load_without_refine(ck["ema"])
         else:
             model.load_state_dict(ck["ema"])
         print(f"initialised from MFN {args.init_full} (epoch {ck.get('epoch')})", flush=True)

@@ -41,6 +41,18 @@ fn shipped_mfn_matches_pytorch_within_1e_3() {
         diff < 1e-3,
         "face features: max |candle - pytorch| = {diff}"
     );
+    // The map the refinement samples at the landmarks, in files that have one.
+    assert_eq!(
+        output.refinement.is_some(),
+        fixture.contains_key("refine_features")
+    );
+    if let Some(map) = &output.refinement {
+        let diff = crate::support::max_abs_diff(map, &fixture["refine_features"]);
+        assert!(
+            diff < 1e-3,
+            "refinement features: max |candle - pytorch| = {diff}"
+        );
+    }
 
     // Decoding (detections, then the grid head on each face's feature samples) agrees with the
     // training code's, in input pixels.
@@ -255,6 +267,37 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
     let err = Mfn::load(&narrow, &Device::Cpu).err().unwrap().to_string();
     assert!(
         err.contains("80 channels") && err.contains("face.dw1"),
+        "{err}"
+    );
+    // the refinement must name a layer of the network, and carry its weights
+    let nameless = altered_copy(
+        dir.path(),
+        |m| {
+            m.insert("face_refine".into(), "fpn.smooth5".into());
+        },
+        "",
+    );
+    let err = Mfn::load(&nameless, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("face_refine") && err.contains("fpn.smooth5"),
+        "{err}"
+    );
+    let weightless = altered_copy(
+        dir.path(),
+        |m| {
+            m.insert("face_refine".into(), "fpn.smooth4.pw".into());
+        },
+        "face_refine.weight",
+    );
+    let err = Mfn::load(&weightless, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("face_refine.weight") && err.contains("missing"),
         "{err}"
     );
 }
