@@ -195,6 +195,25 @@ def image_features(feat, b):
     return tuple(f[b:b + 1] for f in feat) if isinstance(feat, tuple) else feat[b:b + 1]
 
 
+def low_rank(weight, rank):
+    """(basis [rank, in], weight [out, rank]) with weight @ basis the best rank-`rank` approximation of `weight`
+    (truncated SVD)."""
+    U, S, Vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    return Vh[:rank].float().contiguous(), (U[:, :rank] * S[:rank]).float().contiguous()
+
+
+def data_low_rank(weight, samples, rank):
+    """(basis [rank, in], weight' [out, rank]) minimising the mean |weight @ x - weight' @ basis @ x|^2 over the
+    rows x of `samples`: the truncated SVD of weight @ C^1/2 (C their second moments), mapped back by C^-1/2.
+    Neighbouring grid samples are strongly correlated, so this keeps far more of the outputs than the plain SVD."""
+    X = samples.detach().double()
+    lam, U = torch.linalg.eigh(X.T @ X / len(X))
+    lam = lam.clamp(min=lam.max().item() * 1e-6)
+    root, inv_root = (U * lam.sqrt()) @ U.T, (U / lam.sqrt()) @ U.T
+    P, S, Qh = torch.linalg.svd(weight.detach().double() @ root, full_matrices=False)
+    return (Qh[:rank] @ inv_root).float().contiguous(), (P[:, :rank] * S[:rank]).float().contiguous()
+
+
 def sample_points(feat, pts, stride):
     """bilinear samples of a stride-`stride` map at points pts (B,N,P,2) in input px, border clamped ->
     (B,N,P*C), point-major. Cell (j,i) centre is input ((i+0.5)*stride, (j+0.5)*stride)."""
@@ -223,12 +242,17 @@ def sample_grid(feat, centers, sizes, grid, spacing):
     return sample_points(feat, pts, FACE_STRIDE)
 
 
-def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, refine=None, stages=False):
+def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, refine=None, stages=False,
+                grid_basis=None):
     """the grid head: (B,N,193) = linear(sampled grid features) [+ mlp2(relu(mlp1(same)))]; with the refinement
-    (feat = (trunk, fine), refine = (weight, bias)) plus linear(fine sampled at the grid head's 68 landmarks).
-    stages=True -> (grid head's values, final values)."""
+    (feat = (trunk, fine), refine = (weight, bias), or (basis, weight, bias) as exported at a lower rank: weight @
+    basis in place of weight) plus linear(fine sampled at the grid head's 68 landmarks).
+    stages=True -> (grid head's values, final values). grid_basis [r, G*G*C] (files exported with face_grid_rank r):
+    the samples are first projected on it, and weight / mlp's first weight read those r values."""
     trunk, fine = feat if refine is not None else (feat, None)
     s = sample_grid(trunk, centers, sizes, grid, spacing)
+    if grid_basis is not None:
+        s = F.linear(s, grid_basis)
     v = F.linear(s, weight, bias)
     if mlp is not None:
         w1, b1, w2, b2 = mlp
@@ -238,7 +262,10 @@ def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, ref
         # the sample points are not trained through: the refinement corrects where the grid head put them
         lmk = centers[:, :, None, :] + v[..., :2 * N_LMK].detach().unflatten(-1, (N_LMK, 2)) \
             * sizes[:, :, None, None]
-        final = v + F.linear(sample_points(fine, lmk, REFINE_STRIDE), *refine)
+        s = sample_points(fine, lmk, REFINE_STRIDE)
+        if len(refine) == 3:
+            s = F.linear(s, refine[0])
+        final = v + F.linear(s, *refine[-2:])
     return (v, final) if stages else final
 
 
@@ -300,6 +327,12 @@ if __name__ == "__main__":
                                                                            + fx * at(y0 + 1, x0 + 1))
         got = sample_points(fine, lmk[None, None], REFINE_STRIDE)[0, 0, k * C:(k + 1) * C]
         assert torch.allclose(got, ref, atol=1e-5)
-    print("refinement starts at the net without it and samples the stride-4 map at the landmarks")
+        basis, w = low_rank(m4.refine.weight, 193)
+        assert torch.allclose(w @ basis, m4.refine.weight, atol=1e-5)
+        assert torch.allclose(v2, face_values(
+            (f, fine), c, sz, m4.roi.weight, m4.roi.bias, 5, 0.15, m4.mlp_tensors(), (basis, w, m4.refine.bias)),
+            atol=1e-4)
+    print("refinement starts at the net without it and samples the stride-4 map at the landmarks; factored at full "
+          "rank it is the same")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -148,35 +148,77 @@ FACE_DECODING = (
     "sigmoid(v 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels. With "
     "face_refine = L (a layer name, stride 4): sample L bilinearly at those 68 landmarks (map position (px/4 - 0.5, "
     "py/4 - 0.5), neighbours clamped), concatenate the samples landmark by landmark, v += face_refine.weight "
-    "[193, 68*C] @ that + face_refine.bias, and read landmarks, R and blendshapes from the new v."
+    "[193, 68*C] @ that + face_refine.bias, and read landmarks, R and blendshapes from the new v. With "
+    "face_refine_rank = r > 0 the weight is stored factored: face_refine.basis [r, 68*C], face_refine.weight [193, r], "
+    "v += face_refine.weight @ (face_refine.basis @ that) + face_refine.bias. With face_grid_rank = r > 0 the "
+    "grid samples are first projected: that := face_roi.basis [r, G*G*128] @ that, and face_roi.weight / "
+    "face_mlp1.weight read those r values."
 )
 
 
-def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
+def grid_calibration(model, data, images=480, seed=99):
+    """the grid samples (rows) of the labelled faces of `images` training composites (fixed seed, box jitter as in
+    training): what the grid head's low-rank form is fitted to."""
+    model = model.eval()
+    ds = MD.MFNTrainSet(data, images, seed, 0, box_jitter=0.03)
+    rows = []
+    with torch.no_grad():
+        for x, t in torch.utils.data.DataLoader(ds, batch_size=16):
+            _, feat = model(x)
+            trunk = feat[0] if isinstance(feat, tuple) else feat
+            s = M.sample_grid(trunk, t["fcen"], t["fsize"], model.grid, model.spacing)
+            rows.append(s[t["fw"][..., 0] > 0])
+    return torch.cat(rows)
+
+
+def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, refine_rank=0, grid_rank=0,
+           calibration=None):
+    """model file + parity fixture. refine_rank > 0 stores the refinement's weight as its truncated SVD; grid_rank
+    > 0 (with `calibration`, grid_calibration's rows) stores the grid head's linear layer and the MLP's first layer
+    as one shared projection to grid_rank values and two small weights, fitted to those rows (data_low_rank): two
+    smaller products in the decode."""
     model = model.eval()
     tensors = DM.folded_tensors(model)
-    tensors["face_roi.weight"] = model.roi.weight.detach().float().contiguous()
-    tensors["face_roi.bias"] = model.roi.bias.detach().float().contiguous()
+    roi_w = model.roi.weight.detach()
     mlp = model.mlp_tensors()
-    head_params = model.roi.weight.numel() + model.roi.bias.numel()
-    macs_per_face = model.roi.weight.numel()
+    mlp = None if mlp is None else tuple(t.detach() for t in mlp)
+    head_params = macs_per_face = 0
+    if grid_rank > 0:
+        both = roi_w if mlp is None else torch.cat([roi_w, mlp[0]])
+        basis, both = M.data_low_rank(both, calibration, grid_rank)
+        tensors["face_roi.basis"] = basis
+        head_params += basis.numel()
+        macs_per_face += basis.numel()
+        roi_w = both[:roi_w.shape[0]]
+        if mlp is not None:
+            mlp = (both[roi_w.shape[0]:], *mlp[1:])
+    tensors["face_roi.weight"] = roi_w.float().contiguous()
+    tensors["face_roi.bias"] = model.roi.bias.detach().float().contiguous()
+    head_params += roi_w.numel() + model.roi.bias.numel()
+    macs_per_face += roi_w.numel()
     if mlp is not None:
         for name, t in zip(["face_mlp1.weight", "face_mlp1.bias", "face_mlp2.weight", "face_mlp2.bias"], mlp):
-            tensors[name] = t.detach().float().contiguous()
+            tensors[name] = t.float().contiguous()
             head_params += t.numel()
         macs_per_face += mlp[0].numel() + mlp[2].numel()
     refine = model.refine_tensors()
     if refine is not None:
-        for name, t in zip(["face_refine.weight", "face_refine.bias"], refine):
+        names = ["face_refine.weight", "face_refine.bias"]
+        if 0 < refine_rank < min(refine[0].shape):
+            refine = (*M.low_rank(refine[0], refine_rank), refine[1])
+            names.insert(0, "face_refine.basis")
+        for name, t in zip(names, refine):
             tensors[name] = t.detach().float().contiguous()
             head_params += t.numel()
-        macs_per_face += refine[0].numel()
+            macs_per_face += t.numel() if t.ndim == 2 else 0
     c = model.config
     outputs = M.outputs(c)
     md = {
         "format": "polyface-mfn", "format_version": "2",
         "face_grid": str(c["face_grid"]), "face_grid_spacing": str(c["face_grid_spacing"]),
-        "face_mlp": str(c.get("face_mlp", 0)), "face_refine": c.get("face_refine", ""),
+        "face_mlp": str(c.get("face_mlp", 0)), "face_grid_rank": str(grid_rank if grid_rank > 0 else 0),
+        "face_refine": c.get("face_refine", ""),
+        "face_refine_rank": str(refine[0].shape[0] if refine is not None and len(refine) == 3 else 0),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -214,7 +256,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra):
             f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
             c["face_grid_spacing"], None if mlp is None else tuple(tensors["face_mlp%d.%s" % (i, k)]
                                                                 for i in (1, 2) for k in ("weight", "bias")),
-            None if refine is None else (tensors["face_refine.weight"], tensors["face_refine.bias"])))[0]
+            None if refine is None else tuple(tensors[n] for n in names),
+            grid_basis=tensors.get("face_roi.basis")))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
@@ -278,6 +321,14 @@ def main():
     ap.add_argument("--face-refine", action="store_true",
                     help="add the landmark-indexed refinement (stride-4 features at the 68 landmarks -> linear "
                          "correction of all values); from an --init-full net without it, it starts at zero")
+    ap.add_argument("--refine-rank", type=int, default=96,
+                    help="export the refinement's weight as its rank-r truncated SVD (0: as trained); rank 96 "
+                         "scored the same as the full weight")
+    ap.add_argument("--grid-rank", type=int, default=0,
+                    help="export the grid head's linear layer + the MLP's first layer through a shared rank-r "
+                         "projection fitted to training composites' samples (0: as trained)")
+    ap.add_argument("--export-from", default="",
+                    help="only export this checkpoint's EMA weights (with --export, --fixture, --refine-rank)")
     ap.add_argument("--sharp-faces", action="store_true",
                     help="paste faces larger than 80 px from training/cache/faces256.npz, and validate on those crops")
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
@@ -293,6 +344,15 @@ def main():
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
+    if args.export_from:
+        ck = torch.load(args.export_from, map_location="cpu", weights_only=False)
+        em = M.MFN(ck["config"])
+        em.load_state_dict(ck["ema"])
+        export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
+               data.blend_names, {"epoch": ck["epoch"]}, args.refine_rank, args.grid_rank,
+               grid_calibration(em, data) if args.grid_rank else None)
+        print(f"exported {args.export_from} to {args.export}" + (f" + {args.fixture}" if args.fixture else ""))
+        return
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
                        face_grid_spacing=args.grid_spacing,
                        face_refine=M.REFINE_FEATURES if args.face_refine else ""))
@@ -414,7 +474,8 @@ def main():
                 em = M.MFN(model.config)
                 em.load_state_dict(ema.model.state_dict())
                 export(em, args.export, args.fixture or None, dict(metrics, epoch=epoch), data.det,
-                       data.blend_names, {"epoch": epoch})
+                       data.blend_names, {"epoch": epoch}, args.refine_rank, args.grid_rank,
+                       grid_calibration(em, data) if args.grid_rank else None)
                 print(f"exported {args.export}" + (f" + {args.fixture}" if args.fixture else ""), flush=True)
 
 

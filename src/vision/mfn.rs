@@ -3,8 +3,9 @@
 //! people (the design of Chaudhuri et al., CVPR 2019). It is the detector's backbone with a
 //! stride-8 face trunk; each detected face reads a small grid of trunk features spread over its
 //! box into a linear layer plus a small MLP (the grid head: 1.5 M multiply-adds per face for the
-//! shipped 5×5 grid, against ~80 M for the pass). `training/MFN.md` documents the layout, the
-//! model file carries the layer list.
+//! shipped 5×5 grid, against ~80 M for the pass); in files with the refinement, stride-4
+//! features sampled at the 68 landmarks that head gives correct all its values (0.42 M more).
+//! `training/MFN.md` documents the layout, the model file carries the layer list.
 
 use std::path::Path;
 
@@ -39,8 +40,11 @@ struct GridHead {
     grid: usize,
     spacing: f32,
     channels: usize,
+    /// grid² · channels → rank, in files exported with `face_grid_rank` > 0: a projection fitted
+    /// to training samples that the two layers below then read (a third of the multiply-adds).
+    basis: Option<Dense>,
     /// The linear layer and the MLP's first layer side by side (they read the same samples, so
-    /// one product serves both): grid² · channels → FACE_CHANNELS + hidden.
+    /// one product serves both): grid² · channels (or rank) → FACE_CHANNELS + hidden.
     first: Dense,
     /// Their biases, the MLP's output bias folded into the linear layer's.
     first_bias: Vec<f32>,
@@ -251,7 +255,14 @@ impl GridHead {
     fn apply(&self, samples: &[f32], rows: usize) -> Vec<f32> {
         let width = self.first.outputs;
         let mut first = repeated(&self.first_bias, rows);
-        self.first.accumulate(samples, &mut first);
+        match &self.basis {
+            None => self.first.accumulate(samples, &mut first),
+            Some(basis) => {
+                let mut projected = vec![0f32; rows * basis.outputs];
+                basis.accumulate(samples, &mut projected);
+                self.first.accumulate(&projected, &mut first);
+            }
+        }
         let mut values = Vec::with_capacity(rows * FACE_CHANNELS);
         for row in first.chunks_exact(width) {
             values.extend_from_slice(&row[..FACE_CHANNELS]);
@@ -284,7 +295,10 @@ struct Refinement {
     /// The program output it reads.
     layer: String,
     channels: usize,
-    /// 68 · channels → FACE_CHANNELS.
+    /// 68 · channels → rank, in files that store the weight factored (`face_refine_rank` > 0:
+    /// its truncated SVD, two products of about half the work and weight).
+    basis: Option<Dense>,
+    /// 68 · channels (or rank) → FACE_CHANNELS.
     dense: Dense,
     bias: Vec<f32>,
 }
@@ -443,13 +457,32 @@ impl Mfn {
             ));
         }
         let inputs = grid * grid * feature_channels;
+        // Counts the metadata may leave out (older files): 0 = none.
+        let optional_count = |key: &str| -> Result<usize, ModelError> {
+            match file.metadata.get(key) {
+                Some(_) => file.meta_json(key),
+                None => Ok(0),
+            }
+        };
+        let rank = optional_count("face_grid_rank")?;
+        if rank > inputs {
+            return Err(bad(
+                "face_grid_rank",
+                format!("{rank} is more than the {inputs} samples"),
+            ));
+        }
+        // What the linear layer and the MLP read: the samples, or their projection.
+        let head_inputs = if rank == 0 { inputs } else { rank };
         let tensor_error = |e: candle_core::Error| ModelError::Tensor {
             path: file.path.clone(),
             tensor: GRID_HEAD.into(),
             problem: e.to_string(),
         };
         let linear = file
-            .tensor(&format!("{GRID_HEAD}.weight"), &[FACE_CHANNELS, inputs])?
+            .tensor(
+                &format!("{GRID_HEAD}.weight"),
+                &[FACE_CHANNELS, head_inputs],
+            )?
             .to_device(&Device::Cpu)
             .map_err(tensor_error)?;
         let mut bias = file
@@ -457,10 +490,7 @@ impl Mfn {
             .to_device(&Device::Cpu)
             .and_then(|b| b.to_vec1::<f32>())
             .map_err(tensor_error)?;
-        let hidden: usize = match file.metadata.get("face_mlp") {
-            Some(_) => file.meta_json("face_mlp")?,
-            None => 0,
-        };
+        let hidden = optional_count("face_mlp")?;
         if hidden > 4096 {
             return Err(bad(
                 "face_mlp",
@@ -493,7 +523,7 @@ impl Mfn {
                 .to_vec1()
                 .map_err(tensor_error)?;
             bias.extend(hidden_bias);
-            let both = Tensor::cat(&[&linear, &cpu_tensor(&w1, &[hidden, inputs])?], 0)
+            let both = Tensor::cat(&[&linear, &cpu_tensor(&w1, &[hidden, head_inputs])?], 0)
                 .map_err(tensor_error)?;
             let out = cpu_tensor(&w2, &[FACE_CHANNELS, hidden])?;
             (both, Some(Dense::new(&out).map_err(tensor_error)?))
@@ -511,10 +541,18 @@ impl Mfn {
                 .map_err(tensor_error)?,
             activation,
         };
+        let basis = match rank {
+            0 => None,
+            _ => {
+                let basis = cpu_tensor(&format!("{GRID_HEAD}.basis"), &[rank, inputs])?;
+                Some(Dense::new(&basis).map_err(tensor_error)?)
+            }
+        };
         let head = GridHead {
             grid,
             spacing,
             channels: feature_channels,
+            basis,
             first: Dense::new(&first_weight).map_err(tensor_error)?,
             first_bias: bias,
             mlp_out,
@@ -530,10 +568,23 @@ impl Mfn {
                     ));
                 };
                 let inputs = LANDMARKS * channels;
-                let weight = cpu_tensor(&format!("{REFINEMENT}.weight"), &[FACE_CHANNELS, inputs])?;
+                let rank = optional_count("face_refine_rank")?;
+                let basis = match rank {
+                    0 => None,
+                    _ => {
+                        let basis = cpu_tensor(&format!("{REFINEMENT}.basis"), &[rank, inputs])?;
+                        Some(Dense::new(&basis).map_err(tensor_error)?)
+                    }
+                };
+                let weight_inputs = if rank == 0 { inputs } else { rank };
+                let weight = cpu_tensor(
+                    &format!("{REFINEMENT}.weight"),
+                    &[FACE_CHANNELS, weight_inputs],
+                )?;
                 Some(Refinement {
                     layer: layer.to_string(),
                     channels,
+                    basis,
                     dense: Dense::new(&weight).map_err(tensor_error)?,
                     bias: cpu_tensor(&format!("{REFINEMENT}.bias"), &[FACE_CHANNELS])?
                         .to_vec1()
@@ -738,7 +789,14 @@ impl Mfn {
                     *v += b;
                 }
             }
-            refinement.dense.accumulate(&samples, values);
+            match &refinement.basis {
+                None => refinement.dense.accumulate(&samples, values),
+                Some(basis) => {
+                    let mut reduced = vec![0f32; places.len() * basis.outputs];
+                    basis.accumulate(&samples, &mut reduced);
+                    refinement.dense.accumulate(&reduced, values);
+                }
+            }
         });
     }
 
