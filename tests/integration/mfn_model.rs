@@ -131,10 +131,7 @@ fn a_detector_file_is_not_taken_for_an_mfn() {
         eprintln!("skipped: no shipped detector");
         return;
     }
-    let err = Mfn::load(&detector, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&detector);
     assert!(err.contains("multi-face"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let missing = MfnPipeline::load(dir.path(), &Device::Cpu)
@@ -142,6 +139,14 @@ fn a_detector_file_is_not_taken_for_an_mfn() {
         .unwrap()
         .to_string();
     assert!(missing.contains("mfn.safetensors"), "{missing}");
+}
+
+/// The error that loading `path` as an MFN gives (it must fail).
+fn load_error(path: &Path) -> String {
+    match Mfn::load(path, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// A copy of the shipped MFN with its metadata edited and some tensors left out.
@@ -187,13 +192,13 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&old, &Device::Cpu).err().unwrap().to_string();
+    let err = load_error(&old);
     assert!(
         err.contains("format_version") && err.contains("re-export"),
         "{err}"
     );
     let no_head = altered_copy(dir.path(), |_| {}, "face_roi.weight");
-    let err = Mfn::load(&no_head, &Device::Cpu).err().unwrap().to_string();
+    let err = load_error(&no_head);
     assert!(
         err.contains("face_roi.weight") && err.contains("missing"),
         "{err}"
@@ -205,10 +210,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&wide_grid, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&wide_grid);
     // the tensor that reads the grid's samples: the weight, or in a file with face_grid_rank the
     // projection before it
     assert!(err.contains("face_roi.") && err.contains("shape"), "{err}");
@@ -221,10 +223,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&wider_mlp, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&wider_mlp);
     assert!(
         err.contains("face_mlp1.") && err.contains("expected"),
         "{err}"
@@ -242,10 +241,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&odd_last, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&odd_last);
     assert!(err.contains("face.pw1") && err.contains("1x1"), "{err}");
     // ... reading as many channels as the layer before gives
     let narrow = altered_copy(
@@ -263,7 +259,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&narrow, &Device::Cpu).err().unwrap().to_string();
+    let err = load_error(&narrow);
     assert!(
         err.contains("80 channels") && err.contains("face.dw1"),
         "{err}"
@@ -276,10 +272,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&nameless, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&nameless);
     assert!(
         err.contains("face_refine") && err.contains("fpn.smooth5"),
         "{err}"
@@ -291,10 +284,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "face_refine.weight",
     );
-    let err = Mfn::load(&weightless, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&weightless);
     assert!(
         err.contains("face_refine.weight") && err.contains("missing"),
         "{err}"
@@ -309,10 +299,7 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&wrong_rank, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&wrong_rank);
     assert!(err.contains("face_refine.basis"), "{err}");
     // so must the grid head's projection
     let wrong_grid_rank = altered_copy(
@@ -323,9 +310,6 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         },
         "",
     );
-    let err = Mfn::load(&wrong_grid_rank, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(&wrong_grid_rank);
     assert!(err.contains("face_roi."), "{err}");
 }
