@@ -90,9 +90,13 @@ class MFN(DM.Detector):
             assert self.refine_layer == REFINE_FEATURES, self.refine_layer
             fine_ch = {l["name"]: l["out"] for l in self.program}[self.refine_layer]
             self.refine = nn.Linear(N_LMK * fine_ch, c["face_channels"])
+            # further stages (face_refine_stages > 1) sample again at the landmarks the stage before gives
+            self.refine_more = nn.ModuleList(nn.Linear(N_LMK * fine_ch, c["face_channels"])
+                                             for _ in range(c.get("face_refine_stages", 1) - 1))
             with torch.no_grad():
-                self.refine.weight.zero_()
-                self.refine.bias.zero_()
+                for layer in [self.refine, *self.refine_more]:
+                    layer.weight.zero_()
+                    layer.bias.zero_()
 
     def forward(self, x):
         """-> detection map, face features (read per face by face_values): the stride-8 trunk, or with the
@@ -109,13 +113,17 @@ class MFN(DM.Detector):
                            self.mlp_tensors(), self.refine_tensors(), stages)
 
     def refine_tensors(self):
-        """(weight, bias) of the landmark-indexed refinement, or None."""
-        return (self.refine.weight, self.refine.bias) if self.refine_layer else None
+        """(weight, bias) of the landmark-indexed refinement (a list of them with several stages), or None."""
+        if not self.refine_layer:
+            return None
+        if not len(self.refine_more):
+            return self.refine.weight, self.refine.bias
+        return [(l.weight, l.bias) for l in [self.refine, *self.refine_more]]
 
     def load_without_refine(self, state_dict):
         """start from an MFN without the refinement (same outputs, since it starts at zero)."""
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        assert not unexpected and set(missing) <= {"refine.weight", "refine.bias"}, (missing, unexpected)
+        assert not unexpected and all(k.startswith(("refine.", "refine_more.")) for k in missing), (missing, unexpected)
 
     def mlp_tensors(self):
         """(w1, b1, w2, b2) of the residual MLP, or None."""
@@ -257,16 +265,16 @@ def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, ref
     if mlp is not None:
         w1, b1, w2, b2 = mlp
         v = v + F.linear(F.relu(F.linear(s, w1, b1)), w2, b2)
-    final = v
-    if refine is not None:
-        # the sample points are not trained through: the refinement corrects where the grid head put them
-        lmk = centers[:, :, None, :] + v[..., :2 * N_LMK].detach().unflatten(-1, (N_LMK, 2)) \
+    outs = [v]
+    for stage in ([refine] if isinstance(refine, tuple) else refine or []):
+        # the sample points are not trained through: the refinement corrects where the stage before put them
+        lmk = centers[:, :, None, :] + outs[-1][..., :2 * N_LMK].detach().unflatten(-1, (N_LMK, 2)) \
             * sizes[:, :, None, None]
         s = sample_points(fine, lmk, REFINE_STRIDE)
-        if len(refine) == 3:
-            s = F.linear(s, refine[0])
-        final = v + F.linear(s, *refine[-2:])
-    return (v, final) if stages else final
+        if len(stage) == 3:
+            s = F.linear(s, stage[0])
+        outs.append(outs[-1] + F.linear(s, *stage[-2:]))
+    return outs if stages else outs[-1]
 
 
 def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):

@@ -40,8 +40,11 @@ def face_losses(model, feat, t):
     """landmark, pose and blendshape losses; with the refinement, of the final values + W_STAGE1 x the grid
     head's."""
     if model.refine_layer:
-        v1, v = model.face_values(feat, t["fcen"], t["fsize"], stages=True)
-        return tuple(a + W_STAGE1 * b for a, b in zip(value_losses(v, t), value_losses(v1, t)))
+        *earlier, v = model.face_values(feat, t["fcen"], t["fsize"], stages=True)
+        losses = value_losses(v, t)
+        for e in earlier:
+            losses = tuple(a + W_STAGE1 * b for a, b in zip(losses, value_losses(e, t)))
+        return losses
     return value_losses(model.face_values(feat, t["fcen"], t["fsize"]), t)
 
 
@@ -150,7 +153,8 @@ FACE_DECODING = (
     "py/4 - 0.5), neighbours clamped), concatenate the samples landmark by landmark, v += face_refine.weight "
     "[193, 68*C] @ that + face_refine.bias, and read landmarks, R and blendshapes from the new v. With "
     "face_refine_rank = r > 0 the weight is stored factored: face_refine.basis [r, 68*C], face_refine.weight [193, r], "
-    "v += face_refine.weight @ (face_refine.basis @ that) + face_refine.bias. With face_grid_rank = r > 0 the "
+    "v += face_refine.weight @ (face_refine.basis @ that) + face_refine.bias. With face_refine_stages = n > 1, stages "
+    "2..n (tensors face_refine2.*, ...) repeat this in order, each sampling at the landmarks of the v before it. With face_grid_rank = r > 0 the "
     "grid samples are first projected: that := face_roi.basis [r, G*G*128] @ that, and face_roi.weight / "
     "face_mlp1.weight read those r values."
 )
@@ -202,15 +206,19 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             head_params += t.numel()
         macs_per_face += mlp[0].numel() + mlp[2].numel()
     refine = model.refine_tensors()
-    if refine is not None:
-        names = ["face_refine.weight", "face_refine.bias"]
-        if 0 < refine_rank < min(refine[0].shape):
-            refine = (*M.low_rank(refine[0], refine_rank), refine[1])
-            names.insert(0, "face_refine.basis")
-        for name, t in zip(names, refine):
+    stages = [refine] if isinstance(refine, tuple) else refine or []
+    stage_names = []
+    for i, stage in enumerate(stages):
+        prefix = "face_refine" if i == 0 else f"face_refine{i + 1}"  # stage 1, 2, ...
+        names = [f"{prefix}.weight", f"{prefix}.bias"]
+        if 0 < refine_rank < min(stage[0].shape):
+            stage = (*M.low_rank(stage[0], refine_rank), stage[1])
+            names.insert(0, f"{prefix}.basis")
+        for name, t in zip(names, stage):
             tensors[name] = t.detach().float().contiguous()
             head_params += t.numel()
             macs_per_face += t.numel() if t.ndim == 2 else 0
+        stage_names.append(names)
     c = model.config
     outputs = M.outputs(c)
     md = {
@@ -218,7 +226,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "face_grid": str(c["face_grid"]), "face_grid_spacing": str(c["face_grid_spacing"]),
         "face_mlp": str(c.get("face_mlp", 0)), "face_grid_rank": str(grid_rank if grid_rank > 0 else 0),
         "face_refine": c.get("face_refine", ""),
-        "face_refine_rank": str(refine[0].shape[0] if refine is not None and len(refine) == 3 else 0),
+        "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
+        "face_refine_stages": str(len(stages)),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -248,22 +257,22 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             y = M.folded_outputs(tensors, model.program, x, outputs)
             ref = model(x)
         feats = [y[name] for name in outputs[1:]]
-        refs = list(ref[1]) if refine is not None else [ref[1]]
+        refs = list(ref[1]) if stages else [ref[1]]
         err = max((a - b).abs().max().item() for a, b in zip([y["head.out"]] + feats, [ref[0]] + refs))
-        feat = tuple(feats) if refine is not None else feats[0]
+        feat = tuple(feats) if stages else feats[0]
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
         d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.face_values(
             f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
             c["face_grid_spacing"], None if mlp is None else tuple(tensors["face_mlp%d.%s" % (i, k)]
                                                                 for i in (1, 2) for k in ("weight", "bias")),
-            None if refine is None else tuple(tensors[n] for n in names),
+            [tuple(tensors[n] for n in names) for names in stage_names] or None,
             grid_basis=tensors.get("face_roi.basis")))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
                "landmarks": d["lmk"].reshape(-1, 68, 2).contiguous(), "rotation": d["R"].reshape(-1, 3, 3).contiguous(),
                "blendshapes": d["blend"].reshape(-1, 51).contiguous()}
-        if refine is not None:
+        if stages:
             fix["refine_features"] = y[c["face_refine"]].contiguous()
         if k == 0:
             fix.update(boxes=torch.zeros(1, 4), scores=torch.zeros(1), landmarks=torch.zeros(1, 68, 2),
@@ -321,6 +330,9 @@ def main():
     ap.add_argument("--face-refine", action="store_true",
                     help="add the landmark-indexed refinement (stride-4 features at the 68 landmarks -> linear "
                          "correction of all values); from an --init-full net without it, it starts at zero")
+    ap.add_argument("--refine-stages", type=int, default=1,
+                    help="with --face-refine: refinement stages, each sampling at the landmarks the one before "
+                         "gives; from an --init-full net with fewer, the new ones start at zero")
     ap.add_argument("--refine-rank", type=int, default=96,
                     help="export the refinement's weight as its rank-r truncated SVD (0: as trained); rank 96 "
                          "scored the same as the full weight")
@@ -355,13 +367,15 @@ def main():
         return
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
                        face_grid_spacing=args.grid_spacing,
-                       face_refine=M.REFINE_FEATURES if args.face_refine else ""))
+                       face_refine=M.REFINE_FEATURES if args.face_refine else "",
+                       face_refine_stages=args.refine_stages))
     if args.init_full and not args.resume:
         ck = torch.load(args.init_full, map_location="cpu", weights_only=False)
         old = ck.get("config", M.DEFAULT_CONFIG)
         if (old["face_grid"], old["face_grid_spacing"]) != (args.face_grid, args.grid_spacing):
             model.load_smaller_grid(ck["ema"], old["face_grid"], old["face_grid_spacing"])
-        elif args.face_refine and not old.get("face_refine"):
+        elif args.face_refine and (old.get("face_refine_stages", 1) if old.get("face_refine") else 0) \
+                < args.refine_stages:
             model.load_without_refine(ck["ema"])
         else:
             model.load_state_dict(ck["ema"])

@@ -290,11 +290,17 @@ impl GridHead {
 /// The landmark-indexed refinement (files with `face_refine` = a layer name): that layer's
 /// features, at the detection map's stride, sampled at the 68 landmarks the grid head gives,
 /// and one linear layer over them that corrects all FACE_CHANNELS values. Features read where
-/// the landmarks are see the detail a fixed grid over the box misses.
+/// the landmarks are see the detail a fixed grid over the box misses. Files with
+/// `face_refine_stages` > 1 repeat it, each stage sampling where the one before put the
+/// landmarks.
 struct Refinement {
     /// The program output it reads.
     layer: String,
     channels: usize,
+    stages: Vec<RefinementStage>,
+}
+
+struct RefinementStage {
     /// 68 · channels → rank, in files that store the weight factored (`face_refine_rank` > 0:
     /// its truncated SVD, two products of about half the work and weight).
     basis: Option<Dense>,
@@ -569,26 +575,42 @@ impl Mfn {
                 };
                 let inputs = LANDMARKS * channels;
                 let rank = optional_count("face_refine_rank")?;
-                let basis = match rank {
-                    0 => None,
-                    _ => {
-                        let basis = cpu_tensor(&format!("{REFINEMENT}.basis"), &[rank, inputs])?;
-                        Some(Dense::new(&basis).map_err(tensor_error)?)
-                    }
-                };
+                let count = optional_count("face_refine_stages")?.max(1);
+                if count > 8 {
+                    return Err(bad(
+                        "face_refine_stages",
+                        format!("{count} stages is out of range"),
+                    ));
+                }
                 let weight_inputs = if rank == 0 { inputs } else { rank };
-                let weight = cpu_tensor(
-                    &format!("{REFINEMENT}.weight"),
-                    &[FACE_CHANNELS, weight_inputs],
-                )?;
+                let mut stages = Vec::with_capacity(count);
+                for stage in 1..=count {
+                    // face_refine.*, then face_refine2.*, face_refine3.*, ...
+                    let prefix = match stage {
+                        1 => REFINEMENT.to_string(),
+                        _ => format!("{REFINEMENT}{stage}"),
+                    };
+                    let basis = match rank {
+                        0 => None,
+                        _ => {
+                            let basis = cpu_tensor(&format!("{prefix}.basis"), &[rank, inputs])?;
+                            Some(Dense::new(&basis).map_err(tensor_error)?)
+                        }
+                    };
+                    let weight =
+                        cpu_tensor(&format!("{prefix}.weight"), &[FACE_CHANNELS, weight_inputs])?;
+                    stages.push(RefinementStage {
+                        basis,
+                        dense: Dense::new(&weight).map_err(tensor_error)?,
+                        bias: cpu_tensor(&format!("{prefix}.bias"), &[FACE_CHANNELS])?
+                            .to_vec1()
+                            .map_err(tensor_error)?,
+                    });
+                }
                 Some(Refinement {
                     layer: layer.to_string(),
                     channels,
-                    basis,
-                    dense: Dense::new(&weight).map_err(tensor_error)?,
-                    bias: cpu_tensor(&format!("{REFINEMENT}.bias"), &[FACE_CHANNELS])?
-                        .to_vec1()
-                        .map_err(tensor_error)?,
+                    stages,
                 })
             }
         };
@@ -753,8 +775,8 @@ impl Mfn {
         Tensor::from_vec(planes, (1, channels, rows, columns), &Device::Cpu)
     }
 
-    /// Adds the refinement's correction to each face's `values`: `map` (channel-major, at the
-    /// detection stride) sampled at the 68 landmarks those values give.
+    /// Adds each refinement stage's correction to each face's `values`: `map` (channel-major, at
+    /// the detection stride) sampled at the 68 landmarks the values give at that point.
     fn refine(
         &self,
         refinement: &Refinement,
@@ -767,34 +789,36 @@ impl Mfn {
         let channels = refinement.channels;
         let mut samples = vec![0f32; places.len() * LANDMARKS * channels];
         super::ops::on_pool(|| {
-            // One landmark's samples per chunk, on both threads: each reads two cache lines
-            // in each of the map's planes (~0.1 ms for 10 faces on one thread).
-            samples
-                .par_chunks_mut(channels)
-                .with_min_len(LANDMARKS / 4)
-                .enumerate()
-                .for_each(|(i, out)| {
-                    let (face, k) = (i / LANDMARKS, i % LANDMARKS);
-                    let (center, size) = places[face];
-                    let d = &values[face * FACE_CHANNELS + 2 * k..][..2];
-                    let p = center + Vec2::new(d[0], d[1]) * size;
-                    BilinearTaps::at(p, self.stride as f32, rows, columns).blend_planes(
-                        map,
-                        rows * columns,
-                        out,
-                    );
-                });
-            for v in values.chunks_exact_mut(FACE_CHANNELS) {
-                for (v, b) in v.iter_mut().zip(&refinement.bias) {
-                    *v += b;
+            for stage in &refinement.stages {
+                // One landmark's samples per chunk, on both threads: each reads two cache lines
+                // in each of the map's planes (~0.1 ms for 10 faces on one thread).
+                samples
+                    .par_chunks_mut(channels)
+                    .with_min_len(LANDMARKS / 4)
+                    .enumerate()
+                    .for_each(|(i, out)| {
+                        let (face, k) = (i / LANDMARKS, i % LANDMARKS);
+                        let (center, size) = places[face];
+                        let d = &values[face * FACE_CHANNELS + 2 * k..][..2];
+                        let p = center + Vec2::new(d[0], d[1]) * size;
+                        BilinearTaps::at(p, self.stride as f32, rows, columns).blend_planes(
+                            map,
+                            rows * columns,
+                            out,
+                        );
+                    });
+                for v in values.chunks_exact_mut(FACE_CHANNELS) {
+                    for (v, b) in v.iter_mut().zip(&stage.bias) {
+                        *v += b;
+                    }
                 }
-            }
-            match &refinement.basis {
-                None => refinement.dense.accumulate(&samples, values),
-                Some(basis) => {
-                    let mut reduced = vec![0f32; places.len() * basis.outputs];
-                    basis.accumulate(&samples, &mut reduced);
-                    refinement.dense.accumulate(&reduced, values);
+                match &stage.basis {
+                    None => stage.dense.accumulate(&samples, values),
+                    Some(basis) => {
+                        let mut reduced = vec![0f32; places.len() * basis.outputs];
+                        basis.accumulate(&samples, &mut reduced);
+                        stage.dense.accumulate(&reduced, values);
+                    }
                 }
             }
         });
