@@ -567,10 +567,11 @@ impl Mfn {
             None | Some("") => None,
             Some(layer) => {
                 let found = specs.iter().find(|l| l.name == layer);
-                let Some(channels) = found.map(|l| l.out_channels) else {
+                // (A layer without channels would leave nothing to sample.)
+                let Some(channels) = found.map(|l| l.out_channels).filter(|&c| c > 0) else {
                     return Err(bad(
                         "face_refine",
-                        format!("{layer:?} is not a layer of the network"),
+                        format!("{layer:?} is not a layer of the network with channels"),
                     ));
                 };
                 let inputs = LANDMARKS * channels;
