@@ -40,16 +40,42 @@ struct GridHead {
     grid: usize,
     spacing: f32,
     channels: usize,
-    /// grid² · channels → rank, in files exported with `face_grid_rank` > 0: a projection fitted
-    /// to training samples that the two layers below then read (a third of the multiply-adds).
-    basis: Option<Dense>,
     /// The linear layer and the MLP's first layer side by side (they read the same samples, so
-    /// one product serves both): grid² · channels (or rank) → FACE_CHANNELS + hidden.
-    first: Dense,
+    /// one product serves both): grid² · channels → FACE_CHANNELS + hidden. In files exported
+    /// with `face_grid_rank` > 0 through a projection fitted to training samples (a third of
+    /// the multiply-adds).
+    first: Factored,
     /// Their biases, the MLP's output bias folded into the linear layer's.
     first_bias: Vec<f32>,
     /// hidden → FACE_CHANNELS, when the file has an MLP.
     mlp_out: Option<Dense>,
+}
+
+/// A dense layer that files may store factored (`face_grid_rank`, `face_refine_rank` > 0): the
+/// input first projected on `basis` (inputs → rank), then `dense` (rank → outputs), two
+/// products of a fraction of the work and weight.
+struct Factored {
+    basis: Option<Dense>,
+    dense: Dense,
+}
+
+impl Factored {
+    /// `out` (rows × outputs) += the layer applied to `x` (rows × inputs).
+    fn accumulate(&self, x: &[f32], out: &mut [f32]) {
+        match &self.basis {
+            None => self.dense.accumulate(x, out),
+            Some(basis) => {
+                let rows = x.len() / basis.inputs;
+                let mut projected = vec![0f32; rows * basis.outputs];
+                basis.accumulate(x, &mut projected);
+                self.dense.accumulate(&projected, out);
+            }
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        self.dense.outputs
+    }
 }
 
 /// A dense layer's weight, multiplied on the CPU with the gemm crate on the calling thread:
@@ -253,16 +279,9 @@ fn repeated(bias: &[f32], rows: usize) -> Vec<f32> {
 impl GridHead {
     /// The head's FACE_CHANNELS values for each row of `samples` (rows × grid² · channels).
     fn apply(&self, samples: &[f32], rows: usize) -> Vec<f32> {
-        let width = self.first.outputs;
+        let width = self.first.outputs();
         let mut first = repeated(&self.first_bias, rows);
-        match &self.basis {
-            None => self.first.accumulate(samples, &mut first),
-            Some(basis) => {
-                let mut projected = vec![0f32; rows * basis.outputs];
-                basis.accumulate(samples, &mut projected);
-                self.first.accumulate(&projected, &mut first);
-            }
-        }
+        self.first.accumulate(samples, &mut first);
         let mut values = Vec::with_capacity(rows * FACE_CHANNELS);
         for row in first.chunks_exact(width) {
             values.extend_from_slice(&row[..FACE_CHANNELS]);
@@ -301,11 +320,9 @@ struct Refinement {
 }
 
 struct RefinementStage {
-    /// 68 · channels → rank, in files that store the weight factored (`face_refine_rank` > 0:
-    /// its truncated SVD, two products of about half the work and weight).
-    basis: Option<Dense>,
-    /// 68 · channels (or rank) → FACE_CHANNELS.
-    dense: Dense,
+    /// 68 · channels → FACE_CHANNELS (factored in files with `face_refine_rank` > 0: its
+    /// truncated SVD).
+    linear: Factored,
     bias: Vec<f32>,
 }
 
@@ -547,19 +564,24 @@ impl Mfn {
                 .map_err(tensor_error)?,
             activation,
         };
-        let basis = match rank {
-            0 => None,
-            _ => {
-                let basis = cpu_tensor(&format!("{GRID_HEAD}.basis"), &[rank, inputs])?;
-                Some(Dense::new(&basis).map_err(tensor_error)?)
+        // The projection `{name}.basis` [rank, inputs] of a factored layer, if the file has one.
+        let basis_of = |name: &str, rank: usize, inputs: usize| -> Result<_, ModelError> {
+            match rank {
+                0 => Ok(None),
+                _ => {
+                    let basis = cpu_tensor(&format!("{name}.basis"), &[rank, inputs])?;
+                    Ok(Some(Dense::new(&basis).map_err(tensor_error)?))
+                }
             }
         };
         let head = GridHead {
             grid,
             spacing,
             channels: feature_channels,
-            basis,
-            first: Dense::new(&first_weight).map_err(tensor_error)?,
+            first: Factored {
+                basis: basis_of(GRID_HEAD, rank, inputs)?,
+                dense: Dense::new(&first_weight).map_err(tensor_error)?,
+            },
             first_bias: bias,
             mlp_out,
         };
@@ -591,18 +613,14 @@ impl Mfn {
                         1 => REFINEMENT.to_string(),
                         _ => format!("{REFINEMENT}{stage}"),
                     };
-                    let basis = match rank {
-                        0 => None,
-                        _ => {
-                            let basis = cpu_tensor(&format!("{prefix}.basis"), &[rank, inputs])?;
-                            Some(Dense::new(&basis).map_err(tensor_error)?)
-                        }
-                    };
+                    let basis = basis_of(&prefix, rank, inputs)?;
                     let weight =
                         cpu_tensor(&format!("{prefix}.weight"), &[FACE_CHANNELS, weight_inputs])?;
                     stages.push(RefinementStage {
-                        basis,
-                        dense: Dense::new(&weight).map_err(tensor_error)?,
+                        linear: Factored {
+                            basis,
+                            dense: Dense::new(&weight).map_err(tensor_error)?,
+                        },
                         bias: cpu_tensor(&format!("{prefix}.bias"), &[FACE_CHANNELS])?
                             .to_vec1()
                             .map_err(tensor_error)?,
@@ -813,14 +831,7 @@ impl Mfn {
                         *v += b;
                     }
                 }
-                match &stage.basis {
-                    None => stage.dense.accumulate(&samples, values),
-                    Some(basis) => {
-                        let mut reduced = vec![0f32; places.len() * basis.outputs];
-                        basis.accumulate(&samples, &mut reduced);
-                        stage.dense.accumulate(&reduced, values);
-                    }
-                }
+                stage.linear.accumulate(&samples, values);
             }
         });
     }
