@@ -1,13 +1,14 @@
 //! The multi-face network in candle: parity with PyTorch (raw outputs and decoded faces),
 //! accuracy through the pipeline, odd frames, wrong files.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Device;
 use polyface::vision::detect::Letterbox;
 use polyface::vision::{FacePipeline, Mfn, MfnPipeline};
 
-fn shipped() -> Option<(Mfn, std::collections::HashMap<String, candle_core::Tensor>)> {
+fn shipped() -> Option<(Mfn, HashMap<String, candle_core::Tensor>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let model = root.join("models/mfn.safetensors");
     let fixture = root.join("tests/fixtures/mfn_parity.safetensors");
@@ -152,7 +153,7 @@ fn load_error(path: &Path) -> String {
 /// A copy of the shipped MFN with its metadata edited and some tensors left out.
 fn altered_copy(
     dir: &Path,
-    edit: impl Fn(&mut std::collections::HashMap<String, String>),
+    edit: impl Fn(&mut HashMap<String, String>),
     drop: &str,
 ) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -179,154 +180,128 @@ fn altered_copy(
     path
 }
 
+/// Metadata edits for [`altered_copy`].
+type Edit = Box<dyn Fn(&mut HashMap<String, String>)>;
+
+/// Sets metadata `key` to `value`.
+fn set(key: &'static str, value: &'static str) -> Edit {
+    Box::new(move |m| {
+        m.insert(key.into(), value.into());
+    })
+}
+
+/// Replaces `from` by `to` in the layer list (which must contain it).
+fn edit_layers(from: &'static str, to: &'static str) -> Edit {
+    Box::new(move |m| {
+        let layers = m["layers"].replace(from, to);
+        assert_ne!(layers, m["layers"], "the layer list has {from}");
+        m.insert("layers".into(), layers);
+    })
+}
+
+/// Adds `by` to the count `key` of the metadata (`default` when absent).
+fn bump(key: &'static str, default: usize, by: usize) -> Edit {
+    Box::new(move |m| {
+        let count: usize = m.get(key).map_or(default, |v| v.parse().unwrap());
+        m.insert(key.into(), (count + by).to_string());
+    })
+}
+
+/// All of the edits, in order.
+fn all(edits: Vec<Edit>) -> Edit {
+    Box::new(move |m| edits.iter().for_each(|edit| edit(m)))
+}
+
 #[test]
 fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
     let Some(_) = shipped() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let old = altered_copy(
-        dir.path(),
-        |m| {
-            m.insert("format_version".into(), "1".into());
-        },
-        "",
-    );
-    let err = load_error(&old);
-    assert!(
-        err.contains("format_version") && err.contains("re-export"),
-        "{err}"
-    );
-    let no_head = altered_copy(dir.path(), |_| {}, "face_roi.weight");
-    let err = load_error(&no_head);
-    assert!(
-        err.contains("face_roi.weight") && err.contains("missing"),
-        "{err}"
-    );
-    let wide_grid = altered_copy(
-        dir.path(),
-        |m| {
-            m.insert("face_grid".into(), "4".into());
-        },
-        "",
-    );
-    let err = load_error(&wide_grid);
-    // the tensor that reads the grid's samples: the weight, or in a file with face_grid_rank the
-    // projection before it
-    assert!(err.contains("face_roi.") && err.contains("shape"), "{err}");
-    // a file that claims a residual MLP head must carry its tensors
-    let wider_mlp = altered_copy(
-        dir.path(),
-        |m| {
-            let hidden: usize = m.get("face_mlp").map_or(0, |v| v.parse().unwrap());
-            m.insert("face_mlp".into(), (hidden + 8).to_string());
-        },
-        "",
-    );
-    let err = load_error(&wider_mlp);
-    assert!(
-        err.contains("face_mlp1.") && err.contains("expected"),
-        "{err}"
-    );
-    // the decode applies the last face layer itself, so it must be a 1x1 conv (+ ReLU)
-    let odd_last = altered_copy(
-        dir.path(),
-        |m| {
-            let layers = m["layers"].replace(
+    let refined = || set("face_refine", "fpn.smooth4.pw");
+    // (what is wrong, metadata edit, tensor left out, what the error must name)
+    let cases: Vec<(&str, Edit, &str, &[&str])> = vec![
+        (
+            "an old format",
+            set("format_version", "1"),
+            "",
+            &["format_version", "re-export"],
+        ),
+        (
+            "no grid head",
+            Box::new(|_| {}),
+            "face_roi.weight",
+            &["face_roi.weight", "missing"],
+        ),
+        // the tensor that reads the grid's samples: the weight, or in a file with
+        // face_grid_rank the projection before it
+        (
+            "a wider grid",
+            set("face_grid", "4"),
+            "",
+            &["face_roi.", "shape"],
+        ),
+        (
+            "a claimed MLP without its tensors",
+            bump("face_mlp", 0, 8),
+            "",
+            &["face_mlp1.", "expected"],
+        ),
+        // the decode applies the last face layer itself, so it must be a 1x1 conv (+ ReLU) ...
+        (
+            "a last face layer that is not a 1x1 conv",
+            edit_layers(
                 r#""name": "face.pw1", "op": "conv1x1""#,
                 r#""name": "face.pw1", "op": "dwconv3x3""#,
-            );
-            assert_ne!(layers, m["layers"], "the layer list names face.pw1");
-            m.insert("layers".into(), layers);
-        },
-        "",
-    );
-    let err = load_error(&odd_last);
-    assert!(err.contains("face.pw1") && err.contains("1x1"), "{err}");
-    // ... reading as many channels as the layer before gives
-    let narrow = altered_copy(
-        dir.path(),
-        |m| {
-            let layers = m["layers"].replace(
+            ),
+            "",
+            &["face.pw1", "1x1"],
+        ),
+        // ... reading as many channels as the layer before gives
+        (
+            "a last face layer reading too few channels",
+            edit_layers(
                 r#""input": "face.dw1", "in": 96"#,
                 r#""input": "face.dw1", "in": 80"#,
-            );
-            assert_ne!(
-                layers, m["layers"],
-                "the layer list has face.dw1 -> face.pw1"
-            );
-            m.insert("layers".into(), layers);
-        },
-        "",
-    );
-    let err = load_error(&narrow);
-    assert!(
-        err.contains("80 channels") && err.contains("face.dw1"),
-        "{err}"
-    );
-    // the refinement must name a layer of the network, and carry its weights
-    let nameless = altered_copy(
-        dir.path(),
-        |m| {
-            m.insert("face_refine".into(), "fpn.smooth5".into());
-        },
-        "",
-    );
-    let err = load_error(&nameless);
-    assert!(
-        err.contains("face_refine") && err.contains("fpn.smooth5"),
-        "{err}"
-    );
-    let weightless = altered_copy(
-        dir.path(),
-        |m| {
-            m.insert("face_refine".into(), "fpn.smooth4.pw".into());
-        },
-        "face_refine.weight",
-    );
-    let err = load_error(&weightless);
-    assert!(
-        err.contains("face_refine.weight") && err.contains("missing"),
-        "{err}"
-    );
-    // a factored refinement's basis must have the rank the metadata gives
-    let wrong_rank = altered_copy(
-        dir.path(),
-        |m| {
-            m.insert("face_refine".into(), "fpn.smooth4.pw".into());
-            let rank: usize = m.get("face_refine_rank").map_or(0, |v| v.parse().unwrap());
-            m.insert("face_refine_rank".into(), (rank + 1).to_string());
-        },
-        "",
-    );
-    let err = load_error(&wrong_rank);
-    assert!(err.contains("face_refine.basis"), "{err}");
-    // so must the grid head's projection
-    let wrong_grid_rank = altered_copy(
-        dir.path(),
-        |m| {
-            let rank: usize = m.get("face_grid_rank").map_or(0, |v| v.parse().unwrap());
-            m.insert("face_grid_rank".into(), (rank + 1).to_string());
-        },
-        "",
-    );
-    let err = load_error(&wrong_grid_rank);
-    assert!(err.contains("face_roi."), "{err}");
-    // each refinement stage the metadata promises must be there
-    let more_stages = altered_copy(
-        dir.path(),
-        |m| {
-            m.insert("face_refine".into(), "fpn.smooth4.pw".into());
-            let stages: usize = m
-                .get("face_refine_stages")
-                .map_or(1, |v| v.parse().unwrap());
-            m.insert("face_refine_stages".into(), (stages + 1).to_string());
-        },
-        "",
-    );
-    let err = load_error(&more_stages);
-    assert!(
-        err.contains("face_refine") && err.contains("missing"),
-        "{err}"
-    );
+            ),
+            "",
+            &["80 channels", "face.dw1"],
+        ),
+        (
+            "a refinement of an unknown layer",
+            set("face_refine", "fpn.smooth5"),
+            "",
+            &["face_refine", "fpn.smooth5"],
+        ),
+        (
+            "a refinement without its weight",
+            refined(),
+            "face_refine.weight",
+            &["face_refine.weight", "missing"],
+        ),
+        (
+            "a refinement basis of another rank",
+            all(vec![refined(), bump("face_refine_rank", 0, 1)]),
+            "",
+            &["face_refine.basis"],
+        ),
+        (
+            "a grid projection of another rank",
+            bump("face_grid_rank", 0, 1),
+            "",
+            &["face_roi."],
+        ),
+        (
+            "a promised refinement stage that is missing",
+            all(vec![refined(), bump("face_refine_stages", 1, 1)]),
+            "",
+            &["face_refine", "missing"],
+        ),
+    ];
+    for (what, edit, drop, names) in cases {
+        let err = load_error(&altered_copy(dir.path(), edit, drop));
+        for name in names {
+            assert!(err.contains(name), "{what}: {err:?} lacks {name:?}");
+        }
+    }
 }
