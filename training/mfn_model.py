@@ -93,8 +93,19 @@ class MFN(DM.Detector):
             # further stages (face_refine_stages > 1) sample again at the landmarks the stage before gives
             self.refine_more = nn.ModuleList(nn.Linear(N_LMK * fine_ch, c["face_channels"])
                                              for _ in range(c.get("face_refine_stages", 1) - 1))
+            # optional last stage with a hidden layer (face_refine_mlp = its width): it reads the samples at the
+            # landmarks the stage before gives and that stage's 193 values (the current pose among them), so its
+            # correction can depend non-linearly on both; its output layer starts at zero
+            self.refine_hidden = c.get("face_refine_mlp", 0)
+            if self.refine_hidden:
+                self.refine_mlp1 = nn.Linear(N_LMK * fine_ch + c["face_channels"], self.refine_hidden)
+                self.refine_mlp2 = nn.Linear(self.refine_hidden, c["face_channels"])
+                with torch.no_grad():
+                    nn.init.kaiming_normal_(self.refine_mlp1.weight, nonlinearity="relu")
+                    self.refine_mlp1.weight.mul_(0.5)
+                    self.refine_mlp1.bias.zero_()
             with torch.no_grad():
-                for layer in [self.refine, *self.refine_more]:
+                for layer in [self.refine, *self.refine_more] + ([self.refine_mlp2] if self.refine_hidden else []):
                     layer.weight.zero_()
                     layer.bias.zero_()
 
@@ -113,17 +124,20 @@ class MFN(DM.Detector):
                            self.mlp_tensors(), self.refine_tensors(), stages)
 
     def refine_tensors(self):
-        """(weight, bias) of the landmark-indexed refinement (a list of them with several stages), or None."""
+        """(weight, bias) of the landmark-indexed refinement (a list of them with several stages; the hidden-layer
+        stage as (w1, b1, w2, b2)), or None."""
         if not self.refine_layer:
             return None
-        if not len(self.refine_more):
+        if not len(self.refine_more) and not self.refine_hidden:
             return self.refine.weight, self.refine.bias
-        return [(l.weight, l.bias) for l in [self.refine, *self.refine_more]]
+        return [(l.weight, l.bias) for l in [self.refine, *self.refine_more]] + (
+            [(self.refine_mlp1.weight, self.refine_mlp1.bias, self.refine_mlp2.weight, self.refine_mlp2.bias)]
+            if self.refine_hidden else [])
 
     def load_without_refine(self, state_dict):
         """start from an MFN without the refinement (same outputs, since it starts at zero)."""
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        assert not unexpected and all(k.startswith(("refine.", "refine_more.")) for k in missing), (missing, unexpected)
+        assert not unexpected and all(k.startswith(("refine.", "refine_more.", "refine_mlp")) for k in missing), (missing, unexpected)
 
     def mlp_tensors(self):
         """(w1, b1, w2, b2) of the residual MLP, or None."""
@@ -254,7 +268,8 @@ def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, ref
                 grid_basis=None):
     """the grid head: (B,N,193) = linear(sampled grid features) [+ mlp2(relu(mlp1(same)))]; with the refinement
     (feat = (trunk, fine), refine = (weight, bias), or (basis, weight, bias) as exported at a lower rank: weight @
-    basis in place of weight) plus linear(fine sampled at the grid head's 68 landmarks).
+    basis in place of weight) plus linear(fine sampled at the grid head's 68 landmarks); a stage (w1, b1, w2, b2)
+    adds w2 relu(w1 [samples, values so far] + b1) + b2.
     stages=True -> (grid head's values, final values). grid_basis [r, G*G*C] (files exported with face_grid_rank r):
     the samples are first projected on it, and weight / mlp's first weight read those r values."""
     trunk, fine = feat if refine is not None else (feat, None)
@@ -271,6 +286,11 @@ def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, ref
         lmk = centers[:, :, None, :] + outs[-1][..., :2 * N_LMK].detach().unflatten(-1, (N_LMK, 2)) \
             * sizes[:, :, None, None]
         s = sample_points(fine, lmk, REFINE_STRIDE)
+        if len(stage) == 4:  # the hidden-layer stage: samples and the values so far
+            w1, b1, w2, b2 = stage
+            h = F.relu(F.linear(torch.cat([s, outs[-1].detach()], -1), w1, b1))
+            outs.append(outs[-1] + F.linear(h, w2, b2))
+            continue
         if len(stage) == 3:
             s = F.linear(s, stage[0])
         outs.append(outs[-1] + F.linear(s, *stage[-2:]))
@@ -342,5 +362,15 @@ if __name__ == "__main__":
             atol=1e-4)
     print("refinement starts at the net without it and samples the stride-4 map at the landmarks; factored at full "
           "rank it is the same")
+    m5 = MFN(dict(m4.config, face_refine_mlp=32))
+    m5.load_without_refine(m4.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(m4.face_values((f, fine), c, sz), m5.eval().face_values((f, fine), c, sz), atol=1e-6)
+        m5.refine_mlp2.weight.normal_(std=0.01)
+        v1, v2, v3 = m5.face_values((f, fine), c, sz, stages=True)
+        lmk = c[:, :, None] + v2[..., :136].unflatten(-1, (68, 2)) * sz[..., None, None]
+        h = F.relu(m5.refine_mlp1(torch.cat([sample_points(fine, lmk, REFINE_STRIDE), v2], -1)))
+        assert torch.allclose(v3, v2 + m5.refine_mlp2(h), atol=1e-5) and not torch.allclose(v3, v2, atol=1e-3)
+    print("the hidden-layer stage starts at the net without it and reads the samples and the values before it")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -211,7 +211,9 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
     for i, stage in enumerate(stages):
         prefix = "face_refine" if i == 0 else f"face_refine{i + 1}"  # stage 1, 2, ...
         names = [f"{prefix}.weight", f"{prefix}.bias"]
-        if 0 < refine_rank < min(stage[0].shape):
+        if len(stage) == 4:  # the hidden-layer stage (always last)
+            names = [f"face_refine_mlp.{a}.{b}" for a in ("hidden", "out") for b in ("weight", "bias")]
+        elif 0 < refine_rank < min(stage[0].shape):
             stage = (*M.low_rank(stage[0], refine_rank), stage[1])
             names.insert(0, f"{prefix}.basis")
         for name, t in zip(names, stage):
@@ -227,7 +229,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "face_mlp": str(c.get("face_mlp", 0)), "face_grid_rank": str(grid_rank if grid_rank > 0 else 0),
         "face_refine": c.get("face_refine", ""),
         "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
-        "face_refine_stages": str(len(stages)),
+        "face_refine_stages": str(sum(len(st) < 4 for st in stages)),
+        "face_refine_mlp": str(c.get("face_refine_mlp", 0)),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -333,6 +336,9 @@ def main():
     ap.add_argument("--refine-stages", type=int, default=1,
                     help="with --face-refine: refinement stages, each sampling at the landmarks the one before "
                          "gives; from an --init-full net with fewer, the new ones start at zero")
+    ap.add_argument("--refine-mlp", type=int, default=0,
+                    help="with --face-refine: width of a last refinement stage with a hidden layer, reading the "
+                         "samples at the landmarks and the values so far (0 = none)")
     ap.add_argument("--refine-rank", type=int, default=96,
                     help="export the refinement's weight as its rank-r truncated SVD (0: as trained); rank 96 "
                          "scored the same as the full weight")
@@ -368,14 +374,14 @@ def main():
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
                        face_grid_spacing=args.grid_spacing,
                        face_refine=M.REFINE_FEATURES if args.face_refine else "",
-                       face_refine_stages=args.refine_stages))
+                       face_refine_stages=args.refine_stages, face_refine_mlp=args.refine_mlp))
     if args.init_full and not args.resume:
         ck = torch.load(args.init_full, map_location="cpu", weights_only=False)
         old = ck.get("config", M.DEFAULT_CONFIG)
         if (old["face_grid"], old["face_grid_spacing"]) != (args.face_grid, args.grid_spacing):
             model.load_smaller_grid(ck["ema"], old["face_grid"], old["face_grid_spacing"])
-        elif args.face_refine and (old.get("face_refine_stages", 1) if old.get("face_refine") else 0) \
-                < args.refine_stages:
+        elif args.face_refine and ((old.get("face_refine_stages", 1) if old.get("face_refine") else 0)
+                                   < args.refine_stages or old.get("face_refine_mlp", 0) < args.refine_mlp):
             model.load_without_refine(ck["ema"])
         else:
             model.load_state_dict(ck["ema"])

@@ -311,7 +311,7 @@ impl GridHead {
 /// and one linear layer over them that corrects all FACE_CHANNELS values. Features read where
 /// the landmarks are see the detail a fixed grid over the box misses. Files with
 /// `face_refine_stages` > 1 repeat it, each stage sampling where the one before put the
-/// landmarks.
+/// landmarks; files with `face_refine_mlp` > 0 end with a stage that has a hidden layer.
 struct Refinement {
     /// The program output it reads.
     layer: String,
@@ -321,9 +321,57 @@ struct Refinement {
 
 struct RefinementStage {
     /// 68 · channels → FACE_CHANNELS (factored in files with `face_refine_rank` > 0: its
-    /// truncated SVD).
+    /// truncated SVD); in the hidden-layer stage, the samples and the values so far → hidden.
     linear: Factored,
     bias: Vec<f32>,
+    /// The hidden-layer stage's ReLU output layer (hidden → FACE_CHANNELS): its correction can
+    /// depend non-linearly on the samples and on the values before it, the pose among them.
+    hidden: Option<HiddenOutput>,
+}
+
+struct HiddenOutput {
+    dense: Dense,
+    bias: Vec<f32>,
+}
+
+impl RefinementStage {
+    /// Adds this stage's correction to `values` (rows × FACE_CHANNELS), given the samples at the
+    /// landmarks (rows × 68 · channels).
+    fn correct(&self, samples: &[f32], values: &mut [f32]) {
+        let Some(out) = &self.hidden else {
+            for v in values.chunks_exact_mut(FACE_CHANNELS) {
+                for (v, b) in v.iter_mut().zip(&self.bias) {
+                    *v += b;
+                }
+            }
+            self.linear.accumulate(samples, values);
+            return;
+        };
+        let rows = values.len() / FACE_CHANNELS;
+        if rows == 0 {
+            return;
+        }
+        let per_row = samples.len() / rows;
+        let mut inputs = Vec::with_capacity(samples.len() + values.len());
+        for (s, v) in samples
+            .chunks_exact(per_row)
+            .zip(values.chunks_exact(FACE_CHANNELS))
+        {
+            inputs.extend_from_slice(s);
+            inputs.extend_from_slice(v);
+        }
+        let mut hidden = repeated(&self.bias, rows);
+        self.linear.accumulate(&inputs, &mut hidden);
+        for h in &mut hidden {
+            *h = h.max(0.0);
+        }
+        for v in values.chunks_exact_mut(FACE_CHANNELS) {
+            for (v, b) in v.iter_mut().zip(&out.bias) {
+                *v += b;
+            }
+        }
+        out.dense.accumulate(&hidden, values);
+    }
 }
 
 pub struct Mfn {
@@ -585,7 +633,14 @@ impl Mfn {
             first_bias: bias,
             mlp_out,
         };
+        let hidden_width = optional_count("face_refine_mlp")?;
         let refinement = match file.metadata.get("face_refine").map(String::as_str) {
+            None | Some("") if hidden_width > 0 => {
+                return Err(bad(
+                    "face_refine_mlp",
+                    "a hidden-layer stage needs the refinement (face_refine)".into(),
+                ))
+            }
             None | Some("") => None,
             Some(layer) => {
                 let found = specs.iter().find(|l| l.name == layer);
@@ -624,6 +679,29 @@ impl Mfn {
                         bias: cpu_tensor(&format!("{prefix}.bias"), &[FACE_CHANNELS])?
                             .to_vec1()
                             .map_err(tensor_error)?,
+                        hidden: None,
+                    });
+                }
+                if hidden_width > 0 {
+                    let tensor = |name: &str, shape: &[usize]| {
+                        cpu_tensor(&format!("{REFINEMENT}_mlp.{name}"), shape)
+                    };
+                    let vector = |name: &str, length: usize| {
+                        tensor(name, &[length])?.to_vec1().map_err(tensor_error)
+                    };
+                    let hidden_weight =
+                        tensor("hidden.weight", &[hidden_width, inputs + FACE_CHANNELS])?;
+                    let out_weight = tensor("out.weight", &[FACE_CHANNELS, hidden_width])?;
+                    stages.push(RefinementStage {
+                        linear: Factored {
+                            basis: None,
+                            dense: Dense::new(&hidden_weight).map_err(tensor_error)?,
+                        },
+                        bias: vector("hidden.bias", hidden_width)?,
+                        hidden: Some(HiddenOutput {
+                            dense: Dense::new(&out_weight).map_err(tensor_error)?,
+                            bias: vector("out.bias", FACE_CHANNELS)?,
+                        }),
                     });
                 }
                 Some(Refinement {
@@ -826,12 +904,7 @@ impl Mfn {
                             out,
                         );
                     });
-                for v in values.chunks_exact_mut(FACE_CHANNELS) {
-                    for (v, b) in v.iter_mut().zip(&stage.bias) {
-                        *v += b;
-                    }
-                }
-                stage.linear.accumulate(&samples, values);
+                stage.correct(&samples, values);
             }
         });
     }
@@ -977,6 +1050,68 @@ mod tests {
         }
         // no faces: nothing to do, no panic
         dense.accumulate(&[], &mut []);
+    }
+
+    #[test]
+    fn the_hidden_layer_stage_adds_its_relu_correction_of_samples_and_values() {
+        let (per_face, width, rows) = (5, 3, 2);
+        let value = |i: usize| ((i * 7919) % 101) as f32 / 50.0 - 1.0;
+        let matrix = |outputs: usize, inputs: usize, seed: usize| -> Vec<f32> {
+            (0..outputs * inputs).map(|i| value(i + seed)).collect()
+        };
+        let dense = |w: &[f32], outputs: usize, inputs: usize| {
+            Dense::new(&Tensor::from_vec(w.to_vec(), (outputs, inputs), &Device::Cpu).unwrap())
+                .unwrap()
+        };
+        let inputs = per_face + FACE_CHANNELS;
+        let (w1, w2) = (matrix(width, inputs, 1), matrix(FACE_CHANNELS, width, 2));
+        let (b1, b2) = (matrix(1, width, 3), matrix(1, FACE_CHANNELS, 4));
+        let stage = RefinementStage {
+            linear: Factored {
+                basis: None,
+                dense: dense(&w1, width, inputs),
+            },
+            bias: b1.clone(),
+            hidden: Some(HiddenOutput {
+                dense: dense(&w2, FACE_CHANNELS, width),
+                bias: b2.clone(),
+            }),
+        };
+        let samples = matrix(rows, per_face, 5);
+        let before = matrix(rows, FACE_CHANNELS, 6);
+        let mut values = before.clone();
+        stage.correct(&samples, &mut values);
+        let mut active = 0;
+        for r in 0..rows {
+            let x: Vec<f32> = samples[r * per_face..][..per_face]
+                .iter()
+                .chain(&before[r * FACE_CHANNELS..][..FACE_CHANNELS])
+                .copied()
+                .collect();
+            let hidden: Vec<f32> = (0..width)
+                .map(|h| {
+                    let z = b1[h] + (0..inputs).map(|i| w1[h * inputs + i] * x[i]).sum::<f32>();
+                    active += usize::from(z > 0.0);
+                    z.max(0.0)
+                })
+                .collect();
+            for o in 0..FACE_CHANNELS {
+                let expected = before[r * FACE_CHANNELS + o]
+                    + b2[o]
+                    + (0..width)
+                        .map(|h| w2[o * width + h] * hidden[h])
+                        .sum::<f32>();
+                let got = values[r * FACE_CHANNELS + o];
+                assert!(
+                    (got - expected).abs() < 1e-3,
+                    "({r}, {o}): {got} vs {expected}"
+                );
+            }
+        }
+        // the ReLU both passed and cut some hidden values
+        assert!(active > 0 && active < rows * width, "{active} active");
+        // no faces: no panic
+        stage.correct(&[], &mut []);
     }
 
     #[test]

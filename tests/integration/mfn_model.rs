@@ -297,6 +297,18 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
             "",
             &["face_refine", "missing"],
         ),
+        (
+            "a promised hidden-layer stage that is missing or of another width",
+            all(vec![refined(), bump("face_refine_mlp", 0, 16)]),
+            "",
+            &["face_refine_mlp.hidden"],
+        ),
+        (
+            "a hidden-layer stage without the refinement",
+            all(vec![set("face_refine", ""), bump("face_refine_mlp", 0, 16)]),
+            "",
+            &["face_refine_mlp", "needs the refinement"],
+        ),
     ];
     for (what, edit, drop, names) in cases {
         let err = load_error(&altered_copy(dir.path(), edit, drop));
