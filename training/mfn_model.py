@@ -297,8 +297,33 @@ def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, ref
     return outs if stages else outs[-1]
 
 
+POSE_FIT_FEATURES = "landmarks+rotation+products"  # the layout pose_fit_features gives (model metadata face_pose_fit)
+POSE_FIT_INPUTS = 2 * N_LMK + 6 + 2 * N_LMK * 6
+
+
+def pose_fit_features(v):
+    """(..., 193) face values -> (..., 958) inputs of the pose fit: the 136 landmark coordinates centred on their mean
+    and divided by their RMS distance from it (so the box's place and size drop out), the 6 rotation values, and every
+    product of a landmark coordinate with a rotation value (landmark coordinate outer, rotation value inner)."""
+    lmk = v[..., :2 * N_LMK].unflatten(-1, (N_LMK, 2))
+    lmk = lmk - lmk.mean(-2, keepdim=True)
+    lmk = (lmk / lmk.square().sum((-1, -2), keepdim=True).div(N_LMK).sqrt().clamp(min=1e-6)).flatten(-2)
+    r6 = v[..., 136:142]
+    return torch.cat([lmk, r6, (lmk[..., :, None] * r6[..., None, :]).flatten(-2)], -1)
+
+
+def apply_pose_fit(v, pose_fit):
+    """v with the pose fit's correction added to its rotation values; pose_fit = (weight [6, 958], bias [6]) or
+    None (v unchanged)."""
+    if pose_fit is None:
+        return v
+    w, b = pose_fit
+    return torch.cat([v[..., :136], v[..., 136:142] + F.linear(pose_fit_features(v), w, b), v[..., 142:]], -1)
+
+
 def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
-    """-> per image list of dicts: boxes, scores, lmk (K,68,2), R (K,3,3), blend (K,51).
+    """-> per image list of dicts: boxes, scores, lmk (K,68,2), R (K,3,3), blend (K,51), values (K,193) as the head
+    gave them.
     head(feat (1,C,H,W), centers (1,K,2), sizes (1,K)) -> (1,K,193): MFN.face_values or face_values with tensors."""
     from sfn_model import rot6d_to_matrix
     dets = DM.decode(det_out, threshold=threshold)
@@ -306,13 +331,14 @@ def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
     for b, d in enumerate(dets):
         boxes = d["boxes"]
         if len(boxes) == 0:
-            res.append(dict(d, lmk=torch.zeros(0, 68, 2), R=torch.zeros(0, 3, 3), blend=torch.zeros(0, 51)))
+            res.append(dict(d, lmk=torch.zeros(0, 68, 2), R=torch.zeros(0, 3, 3), blend=torch.zeros(0, 51),
+                            values=torch.zeros(0, 193)))
             continue
         c = (boxes[:, :2] + boxes[:, 2:]) / 2
         size = (boxes[:, 2:] - boxes[:, :2]).max(1).values
         v = head(image_features(feat, b), c[None], size[None])[0]
         lmk = c[:, None, :] + v[:, :136].reshape(-1, 68, 2) * size[:, None, None]
-        res.append(dict(d, lmk=lmk, R=rot6d_to_matrix(v[:, 136:142]), blend=torch.sigmoid(v[:, 142:])))
+        res.append(dict(d, lmk=lmk, R=rot6d_to_matrix(v[:, 136:142]), blend=torch.sigmoid(v[:, 142:]), values=v))
     return res
 
 

@@ -66,15 +66,16 @@ def rot_angle_deg(Ra, Rb):
 
 
 @torch.no_grad()
-def matched_faces(model, frames, device="cpu", min_iou=0.3):
+def matched_faces(model, frames, device="cpu", min_iou=0.3, pose_fit=None):
     """frames: (u8 320x240 image, true landmarks in input px) pairs -> for each, the decoded face whose box overlaps
-    the landmarks' box most (dict with numpy lmk (68,2), R (3,3), blend (51,)), or None when none overlaps by
-    min_iou. The HELEN-as-frame protocol of the validation and of the check scripts."""
+    the landmarks' box most (dict with numpy lmk (68,2), R (3,3), blend (51,), values (193,)), or None when none overlaps by
+    min_iou. The HELEN-as-frame protocol of the validation and of the check scripts. pose_fit: see
+    mfn_pose_fit.py."""
     model.eval()
     x = D.normalize(np.stack([f[0] for f in frames])).to(device)
     det, face = model(x)
-    res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: model.face_values(
-        f, c.to(device), s.to(device)).float().cpu(), threshold=0.2)
+    res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: M.apply_pose_fit(model.face_values(
+        f, c.to(device), s.to(device)).float().cpu(), pose_fit), threshold=0.2)
     out = []
     for (_, gt), r in zip(frames, res):
         if len(r["scores"]) == 0:
@@ -83,7 +84,7 @@ def matched_faces(model, frames, device="cpu", min_iou=0.3):
         gb = D.box_of(gt)
         ious = [D._iou(np.asarray(b, np.float64), gb)[0] for b in r["boxes"].numpy()]
         j = int(np.argmax(ious))
-        out.append(None if ious[j] < min_iou else {k: r[k][j].numpy() for k in ("lmk", "R", "blend")})
+        out.append(None if ious[j] < min_iou else {k: r[k][j].numpy() for k in ("lmk", "R", "blend", "values")})
     return out
 
 
@@ -156,7 +157,13 @@ FACE_DECODING = (
     "v += face_refine.weight @ (face_refine.basis @ that) + face_refine.bias. With face_refine_stages = n > 1, stages "
     "2..n (tensors face_refine2.*, ...) repeat this in order, each sampling at the landmarks of the v before it. With face_grid_rank = r > 0 the "
     "grid samples are first projected: that := face_roi.basis [r, G*G*128] @ that, and face_roi.weight / "
-    "face_mlp1.weight read those r values."
+    "face_mlp1.weight read those r values. With face_refine_mlp = H > 0 a last stage samples the same way at the "
+    "landmarks of the v before it, appends that v (193 values), and v += face_refine_mlp.out.weight [193, H] @ "
+    "relu(face_refine_mlp.hidden.weight [H, 68*C + 193] @ that + face_refine_mlp.hidden.bias) + "
+    "face_refine_mlp.out.bias. With face_pose_fit = 'landmarks+rotation+products', last: l = the 136 landmark values "
+    "(v 0..135) minus their mean point, divided by their RMS distance from it (sqrt(sum of squares / 68)); r = v "
+    "136..141; f = [l, r, l_i * r_j for i in 0..135 (outer), j in 0..5 (inner)] (958 values); v 136..141 += "
+    "face_pose_fit.weight [6, 958] @ f + face_pose_fit.bias."
 )
 
 
@@ -176,11 +183,11 @@ def grid_calibration(model, data, images=480, seed=99):
 
 
 def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, refine_rank=0, grid_rank=0,
-           calibration=None):
+           calibration=None, pose_fit=None):
     """model file + parity fixture. refine_rank > 0 stores the refinement's weight as its truncated SVD; grid_rank
     > 0 (with `calibration`, grid_calibration's rows) stores the grid head's linear layer and the MLP's first layer
     as one shared projection to grid_rank values and two small weights, fitted to those rows (data_low_rank): two
-    smaller products in the decode."""
+    smaller products in the decode. pose_fit: (weight, bias) from mfn_pose_fit.py, stored as face_pose_fit.*."""
     model = model.eval()
     tensors = DM.folded_tensors(model)
     roi_w = model.roi.weight.detach()
@@ -221,6 +228,10 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             head_params += t.numel()
             macs_per_face += t.numel() if t.ndim == 2 else 0
         stage_names.append(names)
+    if pose_fit is not None:
+        tensors["face_pose_fit.weight"], tensors["face_pose_fit.bias"] = (t.float().contiguous() for t in pose_fit)
+        head_params += sum(t.numel() for t in pose_fit)
+        macs_per_face += pose_fit[0].numel()
     c = model.config
     outputs = M.outputs(c)
     md = {
@@ -231,6 +242,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
         "face_refine_stages": str(sum(len(st) < 4 for st in stages)),
         "face_refine_mlp": str(c.get("face_refine_mlp", 0)),
+        "face_pose_fit": M.POSE_FIT_FEATURES if pose_fit is not None else "",
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -264,12 +276,12 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         err = max((a - b).abs().max().item() for a, b in zip([y["head.out"]] + feats, [ref[0]] + refs))
         feat = tuple(feats) if stages else feats[0]
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
-        d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.face_values(
+        d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.apply_pose_fit(M.face_values(
             f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
             c["face_grid_spacing"], None if mlp is None else tuple(tensors["face_mlp%d.%s" % (i, k)]
                                                                 for i in (1, 2) for k in ("weight", "bias")),
             [tuple(tensors[n] for n in names) for names in stage_names] or None,
-            grid_basis=tensors.get("face_roi.basis")))[0]
+            grid_basis=tensors.get("face_roi.basis")), pose_fit))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
@@ -368,7 +380,8 @@ def main():
         em.load_state_dict(ck["ema"])
         export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
                data.blend_names, {"epoch": ck["epoch"]}, args.refine_rank, args.grid_rank,
-               grid_calibration(em, data) if args.grid_rank else None)
+               grid_calibration(em, data) if args.grid_rank else None,
+               (ck["pose_fit"]["weight"], ck["pose_fit"]["bias"]) if "pose_fit" in ck else None)
         print(f"exported {args.export_from} to {args.export}" + (f" + {args.fixture}" if args.fixture else ""))
         return
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,

@@ -374,6 +374,66 @@ impl RefinementStage {
     }
 }
 
+/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`], from
+/// `training/mfn_pose_fit.py`): a linear correction of the 6 rotation values from the face's own
+/// landmarks and rotation, fitted to the teacher's rotation on training faces. The net places
+/// the landmarks as well as the SFN but its rotation output uses their geometry only in part.
+struct PoseFit {
+    /// [`PoseFit::INPUTS`] → 6.
+    weight: Dense,
+    bias: Vec<f32>,
+}
+
+impl PoseFit {
+    const FEATURES: &'static str = "landmarks+rotation+products";
+    /// 136 landmark values, 6 rotation values and their 816 products.
+    const INPUTS: usize = 2 * LANDMARKS + 6 + 2 * LANDMARKS * 6;
+
+    /// Adds the correction to each face's rotation values (`values`: rows × FACE_CHANNELS).
+    fn correct(&self, values: &mut [f32]) {
+        let rows = values.len() / FACE_CHANNELS;
+        let mut features = Vec::with_capacity(rows * Self::INPUTS);
+        for v in values.chunks_exact(FACE_CHANNELS) {
+            // The landmarks centred on their mean point and scaled to unit RMS distance from
+            // it: the box's place and size drop out.
+            let points = &v[..2 * LANDMARKS];
+            let mean = points
+                .chunks_exact(2)
+                .fold(Vec2::ZERO, |m, p| m + Vec2::new(p[0], p[1]))
+                / LANDMARKS as f32;
+            let spread = (points
+                .chunks_exact(2)
+                .map(|p| (Vec2::new(p[0], p[1]) - mean).length_squared())
+                .sum::<f32>()
+                / LANDMARKS as f32)
+                .sqrt()
+                .max(1e-6);
+            let start = features.len();
+            features.extend(
+                points
+                    .chunks_exact(2)
+                    .flat_map(|p| ((Vec2::new(p[0], p[1]) - mean) / spread).to_array()),
+            );
+            let rotation = &v[2 * LANDMARKS..2 * LANDMARKS + 6];
+            features.extend_from_slice(rotation);
+            for i in start..start + 2 * LANDMARKS {
+                let l = features[i];
+                features.extend(rotation.iter().map(|r| l * r));
+            }
+        }
+        let mut correction = repeated(&self.bias, rows);
+        self.weight.accumulate(&features, &mut correction);
+        for (v, c) in values
+            .chunks_exact_mut(FACE_CHANNELS)
+            .zip(correction.chunks_exact(6))
+        {
+            for (v, c) in v[2 * LANDMARKS..2 * LANDMARKS + 6].iter_mut().zip(c) {
+                *v += c;
+            }
+        }
+    }
+}
+
 pub struct Mfn {
     /// Every layer but the face trunk's last.
     program: Program,
@@ -386,6 +446,7 @@ pub struct Mfn {
     face_stride: usize,
     head: GridHead,
     refinement: Option<Refinement>,
+    pose_fit: Option<PoseFit>,
     pub score_threshold: f32,
     pub nms_iou: f32,
     device: Device,
@@ -711,6 +772,25 @@ impl Mfn {
                 })
             }
         };
+        let pose_fit = match file.metadata.get("face_pose_fit").map(String::as_str) {
+            None | Some("") => None,
+            Some(PoseFit::FEATURES) => Some(PoseFit {
+                weight: Dense::new(&cpu_tensor("face_pose_fit.weight", &[6, PoseFit::INPUTS])?)
+                    .map_err(tensor_error)?,
+                bias: cpu_tensor("face_pose_fit.bias", &[6])?
+                    .to_vec1()
+                    .map_err(tensor_error)?,
+            }),
+            Some(other) => {
+                return Err(bad(
+                    "face_pose_fit",
+                    format!(
+                        "{other:?} is not a pose fit this build reads ({:?})",
+                        PoseFit::FEATURES
+                    ),
+                ))
+            }
+        };
         let number = |key: &str, default: f32| {
             file.metadata
                 .get(key)
@@ -727,6 +807,7 @@ impl Mfn {
             face_stride,
             head,
             refinement,
+            pose_fit,
             score_threshold: number("score_threshold", super::detector::DEFAULT_SCORE_THRESHOLD),
             nms_iou: number("nms_iou", super::detector::DEFAULT_NMS_IOU),
             device: device.clone(),
@@ -843,6 +924,9 @@ impl Mfn {
             read_f32(map, |map| {
                 self.refine(refinement, map, &places, &mut values)
             })?;
+        }
+        if let Some(fit) = &self.pose_fit {
+            fit.correct(&mut values);
         }
         Ok(detections
             .iter()
@@ -1112,6 +1196,55 @@ mod tests {
         assert!(active > 0 && active < rows * width, "{active} active");
         // no faces: no panic
         stage.correct(&[], &mut []);
+    }
+
+    #[test]
+    fn the_pose_fit_reads_scaled_landmarks_rotation_and_their_products() {
+        // Landmarks on a circle of radius 3 around (10, -4): normalised, landmark k is
+        // (cos, sin) of its angle (RMS distance 1, whatever the place and size).
+        let mut values = vec![0f32; FACE_CHANNELS];
+        for k in 0..LANDMARKS {
+            let a = k as f32 * std::f32::consts::TAU / LANDMARKS as f32;
+            values[2 * k] = 10.0 + 3.0 * a.cos();
+            values[2 * k + 1] = -4.0 + 3.0 * a.sin();
+        }
+        let rotation = [0.9, 0.1, -0.2, 0.05, 0.8, 0.3];
+        values[2 * LANDMARKS..2 * LANDMARKS + 6].copy_from_slice(&rotation);
+        let l1y = (std::f32::consts::TAU / LANDMARKS as f32).sin(); // landmark 1's y
+                                                                    // output 0 reads landmark 1's y, output 1 the rotation's 5th value, output 2 the
+                                                                    // product of landmark 0's x with the rotation's 2nd value (1 · 0.1)
+        let mut weight = vec![0f32; 6 * PoseFit::INPUTS];
+        weight[3] = 2.0;
+        weight[PoseFit::INPUTS + 2 * LANDMARKS + 4] = -1.0;
+        weight[2 * PoseFit::INPUTS + 2 * LANDMARKS + 6 + 1] = 4.0;
+        let fit = PoseFit {
+            weight: Dense::new(
+                &Tensor::from_vec(weight, (6, PoseFit::INPUTS), &Device::Cpu).unwrap(),
+            )
+            .unwrap(),
+            bias: vec![0.5, 0.0, 0.0, 0.0, 0.0, -0.25],
+        };
+        let mut corrected = values.clone();
+        fit.correct(&mut corrected);
+        let expected = [
+            rotation[0] + 0.5 + 2.0 * l1y,
+            rotation[1] - rotation[4],
+            rotation[2] + 4.0 * 0.1,
+            rotation[3],
+            rotation[4],
+            rotation[5] - 0.25,
+        ];
+        for (i, want) in expected.iter().enumerate() {
+            let got = corrected[2 * LANDMARKS + i];
+            assert!(
+                (got - want).abs() < 1e-4,
+                "rotation value {i}: {got} vs {want}"
+            );
+        }
+        // nothing else changes
+        assert_eq!(corrected[..2 * LANDMARKS], values[..2 * LANDMARKS]);
+        assert_eq!(corrected[2 * LANDMARKS + 6..], values[2 * LANDMARKS + 6..]);
+        fit.correct(&mut []);
     }
 
     #[test]

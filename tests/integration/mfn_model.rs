@@ -309,6 +309,18 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
             "",
             &["face_refine_mlp", "needs the refinement"],
         ),
+        (
+            "a pose fit of an unknown layout",
+            set("face_pose_fit", "landmarks-only"),
+            "",
+            &["face_pose_fit", "landmarks-only"],
+        ),
+        (
+            "a pose fit without its weight",
+            set("face_pose_fit", "landmarks+rotation+products"),
+            "face_pose_fit.weight",
+            &["face_pose_fit.weight", "missing"],
+        ),
     ];
     for (what, edit, drop, names) in cases {
         let err = load_error(&altered_copy(dir.path(), edit, drop));
