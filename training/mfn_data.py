@@ -62,6 +62,12 @@ def face_targets(objs, labels, content, rng=None, box_jitter=0.0):
     return cen, size, tgt, wts
 
 
+def face_weights(split, gray):
+    """how often each training face is pasted, relatively: HELEN train (split 0, human landmarks) 2, wild colour
+    faces 1.5, wild grey ones 0.25 (most wild faces are grey)."""
+    return np.where(split == 0, 2.0, np.where(gray, 0.25, 1.5))
+
+
 class MFNData:
     """scenes from the detector cache + labelled face crops from the SFN cache."""
 
@@ -80,7 +86,7 @@ class MFNData:
         self.face_has_pose = fc.has_pose[keep]
         self.face_blend = fc.blend[keep]
         self.face_has_blend = fc.has_blend[keep]
-        w = np.where(fc.split[keep] == 0, 2.0, np.where(fc.gray[keep], 0.25, 1.5))
+        w = face_weights(fc.split[keep], fc.gray[keep])
         self.face_p = w / w.sum()
         self.bperm = blend_flip_perm(fc.blend_names)
         # validation faces: HELEN test crops (human landmarks, teacher pose/blend)

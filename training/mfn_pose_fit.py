@@ -1,8 +1,8 @@
 """Fits the MFN's pose fit: a linear correction of its rotation values from its own landmarks and rotation
 (`mfn_model.pose_fit_features`: the landmarks centred and scaled, the 6 rotation values, and their products), by
 ridge least squares against the teacher's rotation on training faces only (HELEN train and the wild faces, each crop
-used as the whole frame, as `polyface eval` reads the HELEN test crops). The ridge weight is picked by 5-fold
-cross-validation on those faces. Writes the checkpoint again with a "pose_fit" entry, which `mfn_train.py
+used as the whole frame, as `polyface eval` reads the HELEN test crops), each weighted as often as training pastes
+it (`mfn_data.face_weights`). The ridge weight is picked by 5-fold cross-validation on those faces. Writes the checkpoint again with a "pose_fit" entry, which `mfn_train.py
 --export-from` stores in the model file (face_pose_fit.*).
 
 Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) but its rotation output does not use
@@ -22,7 +22,7 @@ import mfn_model as M
 import mfn_train as T
 from sfn_data import FaceCache
 
-RIDGE_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+RIDGE_GRID = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 
 
 def rotation_errors_deg(r6, R):
@@ -40,18 +40,21 @@ def six(R):
     return np.concatenate([R[:, :, 0], R[:, :, 1]], 1)
 
 
-def ridge(F, Y, lam):
-    """(weight [6, f], bias [6]) minimising mean |Y - F w^T - b|^2 + lam |w|^2 (the bias not penalised)."""
-    mu_f, mu_y = F.mean(0), Y.mean(0)
+def ridge(F, Y, weights, lam):
+    """(weight [6, f], bias [6]) minimising the weighted mean of |Y - F w^T - b|^2 + lam |w|^2 (the bias not
+    penalised)."""
+    p = weights / weights.sum()
+    mu_f, mu_y = p @ F, p @ Y
     Fc = F - mu_f
-    w = np.linalg.solve(Fc.T @ Fc / len(F) + lam * np.eye(F.shape[1]), Fc.T @ (Y - mu_y) / len(F)).T
+    Fp = Fc * p[:, None]
+    w = np.linalg.solve(Fp.T @ Fc + lam * np.eye(F.shape[1]), Fp.T @ (Y - mu_y)).T
     return w, mu_y - w @ mu_f
 
 
 def collect(model, big, fc, faces, batch=30):
     """the net's raw values for each face (its crop as the whole frame; faces it misses are left out) -> (values
-    (n,193), teacher R (n,3,3))."""
-    values, rotations = [], []
+    (n,193), teacher R (n,3,3), the faces' indices)."""
+    values, rotations, found = [], [], []
     for a in range(0, len(faces), batch):
         idx = faces[a:a + batch]
         frames = [MD.val_frame(big.images[i], big.lmk[i]) for i in idx]
@@ -59,7 +62,8 @@ def collect(model, big, fc, faces, batch=30):
             if f is not None:
                 values.append(f["values"])
                 rotations.append(fc.R[i])
-    return np.array(values, np.float64), np.array(rotations)
+                found.append(i)
+    return np.array(values, np.float64), np.array(rotations), np.array(found)
 
 
 def main():
@@ -79,26 +83,30 @@ def main():
     fc = FaceCache(args.sfn_cache, decode=False)
     assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"
     faces = np.nonzero((fc.split != 1) & fc.has_pose)[0][:args.limit]  # never the HELEN test faces (split 1)
-    v, R = collect(model, big, fc, faces)
+    v, R, found = collect(model, big, fc, faces)
+    # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
+    weights = MD.face_weights(fc.split[found], fc.gray[found])
+    helen = fc.split[found] == 0
     F = M.pose_fit_features(torch.from_numpy(v)).numpy()
     r6 = v[:, 136:142]
     Y = six(R) - r6
-    before = rotation_errors_deg(r6, R).mean()
+    before = np.average(rotation_errors_deg(r6, R), weights=weights)
     folds = np.random.default_rng(0).permutation(len(F)) % 5
     cv = {}
     for lam in RIDGE_GRID:
         errs = np.zeros(len(F))
         for k in range(5):
-            w, b = ridge(F[folds != k], Y[folds != k], lam)
+            w, b = ridge(F[folds != k], Y[folds != k], weights[folds != k], lam)
             test = folds == k
             errs[test] = rotation_errors_deg(r6[test] + F[test] @ w.T + b, R[test])
-        cv[lam] = errs.mean()
-        print(f"ridge {lam}: cross-validated pose error {cv[lam]:.3f} deg", flush=True)
+        cv[lam] = np.average(errs, weights=weights)
+        print(f"ridge {lam}: cross-validated pose error {cv[lam]:.3f} deg (weighted), HELEN train "
+              f"{errs[helen].mean():.3f}", flush=True)
     lam = min(cv, key=cv.get)
-    w, b = ridge(F, Y, lam)
-    after = rotation_errors_deg(r6 + F @ w.T + b, R).mean()
-    print(f"{len(F)} training faces ({len(faces) - len(F)} missed): pose error {before:.3f} deg without the fit, "
-          f"{cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} fitted on all")
+    w, b = ridge(F, Y, weights, lam)
+    after = np.average(rotation_errors_deg(r6 + F @ w.T + b, R), weights=weights)
+    print(f"{len(F)} training faces ({len(faces) - len(F)} missed): weighted pose error {before:.3f} deg without the "
+          f"fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} fitted on all")
     ck["pose_fit"] = {"weight": torch.tensor(w, dtype=torch.float32), "bias": torch.tensor(b, dtype=torch.float32),
                       "features": M.POSE_FIT_FEATURES, "ridge": lam, "faces": len(F),
                       "train_deg_before": float(before), "cv_deg": float(cv[lam])}
