@@ -35,13 +35,15 @@ def main():
     model = M.MFN(ck["config"])
     model.load_state_dict(ck["ema"])
     model.eval()
+    fit = ck.get("pose_fit")  # checkpoints written by mfn_pose_fit.py: scored with the fit, as exported
+    pose_fit = None if fit is None else (fit["weight"], fit["bias"])
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
     pred, true = [], []
     n = len(data.val_imgs)
     for a in range(0, n, 30):
         idx = list(range(a, min(n, a + 30)))
         frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
-        for i, face in zip(idx, T.matched_faces(model, frames)):
+        for i, face in zip(idx, T.matched_faces(model, frames, pose_fit=pose_fit)):
             if face is not None and data.val_has_pose[i]:
                 pred.append(euler_deg(face["R"].astype(np.float64)))
                 true.append(euler_deg(data.val_R[i]))
