@@ -137,7 +137,8 @@ class MFN(DM.Detector):
     def load_without_refine(self, state_dict):
         """start from an MFN without the refinement (same outputs, since it starts at zero)."""
         missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        assert not unexpected and all(k.startswith(("refine.", "refine_more.", "refine_mlp")) for k in missing), (missing, unexpected)
+        new = ("refine.", "refine_more.", "refine_mlp")
+        assert not unexpected and all(k.startswith(new) for k in missing), (missing, unexpected)
 
     def mlp_tensors(self):
         """(w1, b1, w2, b2) of the residual MLP, or None."""
@@ -398,5 +399,13 @@ if __name__ == "__main__":
         h = F.relu(m5.refine_mlp1(torch.cat([sample_points(fine, lmk, REFINE_STRIDE), v2], -1)))
         assert torch.allclose(v3, v2 + m5.refine_mlp2(h), atol=1e-5) and not torch.allclose(v3, v2, atol=1e-3)
     print("the hidden-layer stage starts at the net without it and reads the samples and the values before it")
+    v = torch.randn(3, 193)
+    moved = v.clone()
+    moved[:, :136] = (v[:, :136].unflatten(-1, (68, 2)) * 2.5 + torch.tensor([3.0, -1.0])).flatten(-2)
+    feats = pose_fit_features(v)
+    assert feats.shape == (3, POSE_FIT_INPUTS) and torch.allclose(feats, pose_fit_features(moved), atol=1e-5)
+    assert torch.allclose(apply_pose_fit(v, (torch.zeros(6, POSE_FIT_INPUTS), torch.ones(6)))[:, 136:142],
+                          v[:, 136:142] + 1)
+    print("the pose fit's inputs do not depend on the box's place and size")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

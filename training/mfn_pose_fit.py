@@ -2,8 +2,9 @@
 (`mfn_model.pose_fit_features`: the landmarks centred and scaled, the 6 rotation values, and their products), by
 ridge least squares against the teacher's rotation on training faces only (HELEN train and the wild faces, each crop
 used as the whole frame, as `polyface eval` reads the HELEN test crops), each weighted as often as training pastes
-it (`mfn_data.face_weights`). The ridge weight is picked by 5-fold cross-validation on those faces. Writes the checkpoint again with a "pose_fit" entry, which `mfn_train.py
---export-from` stores in the model file (face_pose_fit.*).
+it (`mfn_data.face_weights`). The ridge weight is picked by 5-fold cross-validation on those faces. Writes the
+checkpoint again with a "pose_fit" entry, which `mfn_train.py --export-from` stores in the model file
+(face_pose_fit.*).
 
 Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) but its rotation output does not use
 their geometry fully (pose 3.4 deg against the SFN's 2.1); the geometry, read around the net's own rotation, tells
@@ -12,7 +13,6 @@ much of what is missing. One 6 x 958 product per face.
     python training/mfn_pose_fit.py training/runs/mfn12a/last.pt training/runs/mfn12a/last_posefit.pt
 """
 import argparse
-import math
 
 import numpy as np
 import torch
@@ -104,6 +104,7 @@ def main():
               f"{errs[helen].mean():.3f}", flush=True)
     lam = min(cv, key=cv.get)
     w, b = ridge(F, Y, weights, lam)
+    assert np.isfinite(w).all() and np.isfinite(b).all(), "the fit is not finite"
     after = np.average(rotation_errors_deg(r6 + F @ w.T + b, R), weights=weights)
     print(f"{len(F)} training faces ({len(faces) - len(F)} missed): weighted pose error {before:.3f} deg without the "
           f"fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} fitted on all")
@@ -112,7 +113,6 @@ def main():
                       "train_deg_before": float(before), "cv_deg": float(cv[lam])}
     torch.save(ck, args.out)
     print(f"wrote {args.out}")
-    assert math.isfinite(after)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def rot_angle_deg(Ra, Rb):
 @torch.no_grad()
 def matched_faces(model, frames, device="cpu", min_iou=0.3, pose_fit=None):
     """frames: (u8 320x240 image, true landmarks in input px) pairs -> for each, the decoded face whose box overlaps
-    the landmarks' box most (dict with numpy lmk (68,2), R (3,3), blend (51,), values (193,)), or None when none overlaps by
-    min_iou. The HELEN-as-frame protocol of the validation and of the check scripts. pose_fit: see
+    the landmarks' box most (dict with numpy lmk (68,2), R (3,3), blend (51,), values (193,)), or None when none
+    overlaps by min_iou. The HELEN-as-frame protocol of the validation and of the check scripts. pose_fit: see
     mfn_pose_fit.py."""
     model.eval()
     x = D.normalize(np.stack([f[0] for f in frames])).to(device)
@@ -229,6 +229,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             macs_per_face += t.numel() if t.ndim == 2 else 0
         stage_names.append(names)
     if pose_fit is not None:
+        assert tuple(pose_fit[0].shape) == (6, M.POSE_FIT_INPUTS), pose_fit[0].shape
         tensors["face_pose_fit.weight"], tensors["face_pose_fit.bias"] = (t.float().contiguous() for t in pose_fit)
         head_params += sum(t.numel() for t in pose_fit)
         macs_per_face += pose_fit[0].numel()

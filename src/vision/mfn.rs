@@ -267,6 +267,15 @@ unsafe fn face_block<const F: usize>(
     }
 }
 
+/// Adds `bias` to each row of `values` (rows × bias.len()).
+fn add_to_rows(values: &mut [f32], bias: &[f32]) {
+    for row in values.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
 /// `rows` copies of `bias`, one after another: the starting values of a dense layer's output.
 fn repeated(bias: &[f32], rows: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows * bias.len());
@@ -339,11 +348,7 @@ impl RefinementStage {
     /// landmarks (rows × 68 · channels).
     fn correct(&self, samples: &[f32], values: &mut [f32]) {
         let Some(out) = &self.hidden else {
-            for v in values.chunks_exact_mut(FACE_CHANNELS) {
-                for (v, b) in v.iter_mut().zip(&self.bias) {
-                    *v += b;
-                }
-            }
+            add_to_rows(values, &self.bias);
             self.linear.accumulate(samples, values);
             return;
         };
@@ -365,11 +370,7 @@ impl RefinementStage {
         for h in &mut hidden {
             *h = h.max(0.0);
         }
-        for v in values.chunks_exact_mut(FACE_CHANNELS) {
-            for (v, b) in v.iter_mut().zip(&out.bias) {
-                *v += b;
-            }
-        }
+        add_to_rows(values, &out.bias);
         out.dense.accumulate(&hidden, values);
     }
 }
