@@ -302,6 +302,14 @@ POSE_FIT_FEATURES = "landmarks+rotation+products"  # the layout pose_fit_feature
 POSE_FIT_INPUTS = 2 * N_LMK + 6 + 2 * N_LMK * 6
 
 
+def load_ema(path):
+    """a training checkpoint -> (its dict, its EMA net in eval mode): the net every check script and export reads."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = MFN(ck["config"])
+    model.load_state_dict(ck["ema"])
+    return ck, model.eval()
+
+
 def pose_fit_features(v):
     """(..., 193) face values -> (..., 958) inputs of the pose fit: the 136 landmark coordinates centred on their mean
     and divided by their RMS distance from it (so the box's place and size drop out), the 6 rotation values, and every

@@ -31,10 +31,7 @@ def main():
     ap.add_argument("--sharp-faces", action="store_true", help="frames from the 256-px crops, as `polyface eval`")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    model = M.MFN(ck["config"])
-    model.load_state_dict(ck["ema"])
-    model.eval()
+    ck, model = M.load_ema(args.checkpoint)
     fit = ck.get("pose_fit")  # checkpoints written by mfn_pose_fit.py: scored with the fit, as exported
     pose_fit = None if fit is None else (fit["weight"], fit["bias"])
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)

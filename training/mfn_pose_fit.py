@@ -75,10 +75,7 @@ def main():
     ap.add_argument("--limit", type=int, default=None, help="fit on the first N training faces only (smoke)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    model = M.MFN(ck["config"])
-    model.load_state_dict(ck["ema"])
-    model.eval()
+    ck, model = M.load_ema(args.checkpoint)
     big = FaceCache(args.sfn_cache, faces_file="faces256.npz")
     fc = FaceCache(args.sfn_cache, decode=False)
     assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"

@@ -50,10 +50,7 @@ def main():
     root = os.path.join(args.data, "helen")
     rows = [json.loads(line) for line in open(os.path.join(root, "test.jsonl"))]
     for path in args.checkpoints:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        model = M.MFN(ck["config"])
-        model.load_state_dict(ck["ema"])
-        model.eval()
+        _, model = M.load_ema(path)
         (sharp, n), (soft, _) = nme(model, rows, root, False), nme(model, rows, root, True)
         print(f"{path}: {n} faces, NME sharp {sharp:.3f} %, soft {soft:.3f} %")
 

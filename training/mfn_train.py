@@ -376,9 +376,7 @@ def main():
     dev = torch.device(args.device)
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
     if args.export_from:
-        ck = torch.load(args.export_from, map_location="cpu", weights_only=False)
-        em = M.MFN(ck["config"])
-        em.load_state_dict(ck["ema"])
+        ck, em = M.load_ema(args.export_from)
         export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
                data.blend_names, {"epoch": ck["epoch"]}, args.refine_rank, args.grid_rank,
                grid_calibration(em, data) if args.grid_rank else None,
