@@ -302,6 +302,24 @@ POSE_FIT_FEATURES = "landmarks+rotation+products"  # the layout pose_fit_feature
 POSE_FIT_INPUTS = 2 * N_LMK + 6 + 2 * N_LMK * 6
 
 
+def exported_head(tensors, config):
+    """the face head as an exported file's tensors compute it (low-rank forms, every refinement stage), without the
+    pose fit: head(feat, centers, sizes) -> (B,N,193), as decode_faces takes it."""
+    stages = []
+    for i in range(1, 9):
+        p = "face_refine" if i == 1 else f"face_refine{i}"
+        if f"{p}.weight" not in tensors:
+            break
+        stages.append(tuple(tensors[n] for n in (f"{p}.basis", f"{p}.weight", f"{p}.bias") if n in tensors))
+    if "face_refine_mlp.hidden.weight" in tensors:
+        stages.append(tuple(tensors[f"face_refine_mlp.{a}.{b}"] for a in ("hidden", "out") for b in ("weight", "bias")))
+    mlp = tuple(tensors[f"face_mlp{i}.{k}"] for i in (1, 2) for k in ("weight", "bias")) \
+        if "face_mlp1.weight" in tensors else None
+    return lambda f, c, s: face_values(f, c, s, tensors["face_roi.weight"], tensors["face_roi.bias"],
+                                       config["face_grid"], config["face_grid_spacing"], mlp, stages or None,
+                                       grid_basis=tensors.get("face_roi.basis"))
+
+
 def load_ema(path):
     """a training checkpoint -> (its dict, its EMA net in eval mode): the net every check script and export reads."""
     ck = torch.load(path, map_location="cpu", weights_only=False)

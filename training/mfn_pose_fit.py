@@ -4,7 +4,8 @@ ridge least squares against the teacher's rotation on training faces only (HELEN
 used as the whole frame, as `polyface eval` reads the HELEN test crops), each weighted as often as training pastes
 it (`mfn_data.face_weights`). The ridge weight is picked by 5-fold cross-validation on those faces. Writes the
 checkpoint again with a "pose_fit" entry, which `mfn_train.py --export-from` stores in the model file
-(face_pose_fit.*).
+(face_pose_fit.*). With --as-exported FILE (a file exported from the same checkpoint with the shipped ranks) it fits
+to the values the exported low-rank head gives, which the Rust decode computes.
 
 Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) but its rotation output does not use
 their geometry fully (pose 3.4 deg against the SFN's 2.1); the geometry, read around the net's own rotation, tells
@@ -16,6 +17,7 @@ import argparse
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 import mfn_data as MD
 import mfn_model as M
@@ -51,14 +53,14 @@ def ridge(F, Y, weights, lam):
     return w, mu_y - w @ mu_f
 
 
-def collect(model, big, fc, faces, batch=30):
+def collect(model, big, fc, faces, head=None, batch=30):
     """the net's raw values for each face (its crop as the whole frame; faces it misses are left out) -> (values
     (n,193), teacher R (n,3,3), the faces' indices)."""
     values, rotations, found = [], [], []
     for a in range(0, len(faces), batch):
         idx = faces[a:a + batch]
         frames = [MD.val_frame(big.images[i], big.lmk[i]) for i in idx]
-        for i, f in zip(idx, T.matched_faces(model, frames)):
+        for i, f in zip(idx, T.matched_faces(model, frames, head=head)):
             if f is not None:
                 values.append(f["values"])
                 rotations.append(fc.R[i])
@@ -72,6 +74,9 @@ def main():
     ap.add_argument("out", help="the checkpoint written again with the fit")
     ap.add_argument("--sfn-cache", default="training/cache")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--as-exported", default="",
+                    help="a model file exported from this checkpoint: fit to the values its (low-rank) face head "
+                         "gives, as the Rust decode computes them, instead of the checkpoint's full-rank head")
     ap.add_argument("--limit", type=int, default=None, help="fit on the first N training faces only (smoke)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,7 +85,8 @@ def main():
     fc = FaceCache(args.sfn_cache, decode=False)
     assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"
     faces = np.nonzero((fc.split != 1) & fc.has_pose)[0][:args.limit]  # never the HELEN test faces (split 1)
-    v, R, found = collect(model, big, fc, faces)
+    head = M.exported_head(load_file(args.as_exported), ck["config"]) if args.as_exported else None
+    v, R, found = collect(model, big, fc, faces, head)
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
     helen = fc.split[found] == 0

@@ -66,15 +66,16 @@ def rot_angle_deg(Ra, Rb):
 
 
 @torch.no_grad()
-def matched_faces(model, frames, device="cpu", min_iou=0.3, pose_fit=None):
+def matched_faces(model, frames, device="cpu", min_iou=0.3, pose_fit=None, head=None):
     """frames: (u8 320x240 image, true landmarks in input px) pairs -> for each, the decoded face whose box overlaps
     the landmarks' box most (dict with numpy lmk (68,2), R (3,3), blend (51,), values (193,)), or None when none
     overlaps by min_iou. The HELEN-as-frame protocol of the validation and of the check scripts. pose_fit: see
-    mfn_pose_fit.py."""
+    mfn_pose_fit.py; head: the face head to use in place of the net's own (e.g. mfn_model.exported_head)."""
     model.eval()
     x = D.normalize(np.stack([f[0] for f in frames])).to(device)
     det, face = model(x)
-    res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: M.apply_pose_fit(model.face_values(
+    head = head or model.face_values
+    res = M.decode_faces(det.float().cpu(), face, lambda f, c, s: M.apply_pose_fit(head(
         f, c.to(device), s.to(device)).float().cpu(), pose_fit), threshold=0.2)
     out = []
     for (_, gt), r in zip(frames, res):
@@ -214,7 +215,6 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         macs_per_face += mlp[0].numel() + mlp[2].numel()
     refine = model.refine_tensors()
     stages = [refine] if isinstance(refine, tuple) else refine or []
-    stage_names = []
     for i, stage in enumerate(stages):
         prefix = "face_refine" if i == 0 else f"face_refine{i + 1}"  # stage 1, 2, ...
         names = [f"{prefix}.weight", f"{prefix}.bias"]
@@ -227,7 +227,6 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             tensors[name] = t.detach().float().contiguous()
             head_params += t.numel()
             macs_per_face += t.numel() if t.ndim == 2 else 0
-        stage_names.append(names)
     if pose_fit is not None:
         assert tuple(pose_fit[0].shape) == (6, M.POSE_FIT_INPUTS), pose_fit[0].shape
         tensors["face_pose_fit.weight"], tensors["face_pose_fit.bias"] = (t.float().contiguous() for t in pose_fit)
@@ -277,12 +276,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         err = max((a - b).abs().max().item() for a, b in zip([y["head.out"]] + feats, [ref[0]] + refs))
         feat = tuple(feats) if stages else feats[0]
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
-        d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.apply_pose_fit(M.face_values(
-            f, cc, ss, tensors["face_roi.weight"], tensors["face_roi.bias"], c["face_grid"],
-            c["face_grid_spacing"], None if mlp is None else tuple(tensors["face_mlp%d.%s" % (i, k)]
-                                                                for i in (1, 2) for k in ("weight", "bias")),
-            [tuple(tensors[n] for n in names) for names in stage_names] or None,
-            grid_basis=tensors.get("face_roi.basis")), pose_fit))[0]
+        head = M.exported_head(tensors, c)
+        d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.apply_pose_fit(head(f, cc, ss), pose_fit))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),
                "boxes": d["boxes"].reshape(-1, 4).contiguous(), "scores": d["scores"].reshape(-1).contiguous(),
