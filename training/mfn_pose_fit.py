@@ -23,23 +23,17 @@ import mfn_data as MD
 import mfn_model as M
 import mfn_train as T
 from sfn_data import FaceCache
+from sfn_model import matrix_to_rot6d, rot6d_to_matrix
 
 RIDGE_GRID = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 
 
 def rotation_errors_deg(r6, R):
-    """geodesic angle (degrees) between the Gram-Schmidt rotation of each row of r6 (n,6: R00,R10,R20,R01,R11,R21)
-    and each R (n,3,3)."""
-    a = r6[:, :3] / np.linalg.norm(r6[:, :3], axis=1, keepdims=True)
-    b = r6[:, 3:] - (a * r6[:, 3:]).sum(1, keepdims=True) * a
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    P = np.stack([a, b, np.cross(a, b)], 2)
+    """geodesic angle (degrees) between the rotation of each row of r6 (n,6, the net's rotation values) and each R
+    (n,3,3)."""
+    P = rot6d_to_matrix(torch.from_numpy(r6)).numpy()
     tr = np.trace(np.einsum("nji,njk->nik", P, R), axis1=1, axis2=2)
     return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1, 1)))
-
-
-def six(R):
-    return np.concatenate([R[:, :, 0], R[:, :, 1]], 1)
 
 
 def ridge(F, Y, weights, lam):
@@ -92,7 +86,7 @@ def main():
     helen = fc.split[found] == 0
     F = M.pose_fit_features(torch.from_numpy(v)).numpy()
     r6 = v[:, 136:142]
-    Y = six(R) - r6
+    Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6
     before = np.average(rotation_errors_deg(r6, R), weights=weights)
     folds = np.random.default_rng(0).permutation(len(F)) % 5
     cv = {}

@@ -4,7 +4,8 @@
 //! stride-8 face trunk; each detected face reads a small grid of trunk features spread over its
 //! box into a linear layer plus a small MLP (the grid head: 1.5 M multiply-adds per face for the
 //! shipped 5×5 grid, against ~80 M for the pass); in files with the refinement, stride-4
-//! features sampled at the 68 landmarks that head gives correct all its values (0.42 M more).
+//! features sampled at the 68 landmarks that head gives correct all its values (one or more
+//! stages, 0.42 M each at full rank), and a pose fit may correct the rotation last.
 //! `training/MFN.md` documents the layout, the model file carries the layer list.
 
 use std::path::Path;
@@ -1211,9 +1212,10 @@ mod tests {
         }
         let rotation = [0.9, 0.1, -0.2, 0.05, 0.8, 0.3];
         values[2 * LANDMARKS..2 * LANDMARKS + 6].copy_from_slice(&rotation);
-        let l1y = (std::f32::consts::TAU / LANDMARKS as f32).sin(); // landmark 1's y
-                                                                    // output 0 reads landmark 1's y, output 1 the rotation's 5th value, output 2 the
-                                                                    // product of landmark 0's x with the rotation's 2nd value (1 · 0.1)
+        // landmark 1's normalised y
+        let l1y = (std::f32::consts::TAU / LANDMARKS as f32).sin();
+        // output 0 reads landmark 1's y, output 1 the rotation's 5th value, output 2 the
+        // product of landmark 0's x with the rotation's 2nd value (1 · 0.1)
         let mut weight = vec![0f32; 6 * PoseFit::INPUTS];
         weight[3] = 2.0;
         weight[PoseFit::INPUTS + 2 * LANDMARKS + 4] = -1.0;
