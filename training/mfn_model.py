@@ -108,6 +108,16 @@ class MFN(DM.Detector):
                 for layer in [self.refine, *self.refine_more] + ([self.refine_mlp2] if self.refine_hidden else []):
                     layer.weight.zero_()
                     layer.bias.zero_()
+        # optional trained pose stage (face_pose_fit = POSE_FIT_FEATURES): the pose fit's linear correction of the
+        # rotation from the landmarks and the rotation (pose_fit_features), trained with the net so that the rotation
+        # output learns what the landmarks' geometry cannot tell. The file stores it as the pose fit (face_pose_fit.*)
+        self.pose_stage = c.get("face_pose_fit", "")
+        if self.pose_stage:
+            assert self.pose_stage == POSE_FIT_FEATURES, self.pose_stage
+            self.pose_fit = nn.Linear(POSE_FIT_INPUTS, 6)
+            with torch.no_grad():
+                self.pose_fit.weight.zero_()
+                self.pose_fit.bias.zero_()
 
     def forward(self, x):
         """-> detection map, face features (read per face by face_values): the stride-8 trunk, or with the
@@ -120,8 +130,17 @@ class MFN(DM.Detector):
     def face_values(self, feat, centers, sizes, stages=False):
         """(B,N,193) raw face outputs for faces at centers (B,N,2) with sizes (B,N), input pixels; with stages=True
         the pair (grid head's values, final values)."""
-        return face_values(feat, centers, sizes, self.roi.weight, self.roi.bias, self.grid, self.spacing,
-                           self.mlp_tensors(), self.refine_tensors(), stages)
+        outs = face_values(feat, centers, sizes, self.roi.weight, self.roi.bias, self.grid, self.spacing,
+                           self.mlp_tensors(), self.refine_tensors(), True)
+        if self.pose_stage:
+            outs[-1] = self.apply_pose_stage(outs[-1])
+        return outs if stages else outs[-1]
+
+    def apply_pose_stage(self, v):
+        """v (..., 193) with the trained pose stage's correction added to its rotation values. The landmarks feed it
+        as fixed inputs: the pose loss must not move them."""
+        f = pose_fit_features(torch.cat([v[..., :2 * N_LMK].detach(), v[..., 136:142]], -1))
+        return torch.cat([v[..., :136], v[..., 136:142] + self.pose_fit(f), v[..., 142:]], -1)
 
     def refine_tensors(self):
         """(weight, bias) of the landmark-indexed refinement (a list of them with several stages; the hidden-layer
@@ -133,6 +152,16 @@ class MFN(DM.Detector):
         return [(l.weight, l.bias) for l in [self.refine, *self.refine_more]] + (
             [(self.refine_mlp1.weight, self.refine_mlp1.bias, self.refine_mlp2.weight, self.refine_mlp2.bias)]
             if self.refine_hidden else [])
+
+    def load_without_pose_stage(self, state_dict, pose_fit=None):
+        """start from an MFN without the trained pose stage: the stage starts at that checkpoint's pose fit (a dict with
+        weight and bias, as mfn_pose_fit.py writes it) or at zero, so the start is that net with its fit."""
+        missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        assert not unexpected and set(missing) == {"pose_fit.weight", "pose_fit.bias"}, (missing, unexpected)
+        if pose_fit is not None:
+            with torch.no_grad():
+                self.pose_fit.weight.copy_(pose_fit["weight"])
+                self.pose_fit.bias.copy_(pose_fit["bias"])
 
     def load_without_refine(self, state_dict):
         """start from an MFN without the refinement (same outputs, since it starts at zero)."""
@@ -320,11 +349,17 @@ def exported_head(tensors, config):
                                        grid_basis=tensors.get("face_roi.basis"))
 
 
-def load_ema(path):
-    """a training checkpoint -> (its dict, its EMA net in eval mode): the net every check script and export reads."""
+def load_ema(path, pose_stage=True):
+    """a training checkpoint -> (its dict, its EMA net in eval mode): the net every check script and export reads.
+    A trained pose stage is left out with pose_stage=False (what mfn_pose_fit.py fits to) or when the checkpoint holds
+    a pose fit, which replaces it."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    model = MFN(ck["config"])
-    model.load_state_dict(ck["ema"])
+    config, state = ck["config"], ck["ema"]
+    if config.get("face_pose_fit") and (not pose_stage or "pose_fit" in ck):
+        config = dict(config, face_pose_fit="")
+        state = {k: v for k, v in state.items() if not k.startswith("pose_fit.")}
+    model = MFN(config)
+    model.load_state_dict(state)
     return ck, model.eval()
 
 
@@ -433,5 +468,15 @@ if __name__ == "__main__":
     assert torch.allclose(apply_pose_fit(v, (torch.zeros(6, POSE_FIT_INPUTS), torch.ones(6)))[:, 136:142],
                           v[:, 136:142] + 1)
     print("the pose fit's inputs do not depend on the box's place and size")
+    m6 = MFN(dict(m4.config, face_pose_fit=POSE_FIT_FEATURES))
+    fit = {"weight": torch.randn(6, POSE_FIT_INPUTS) * 0.01, "bias": torch.randn(6) * 0.01}
+    m6.load_without_pose_stage(m4.state_dict(), fit)
+    with torch.no_grad():
+        assert torch.allclose(m6.eval().face_values((f, fine), c, sz), apply_pose_fit(
+            m4.face_values((f, fine), c, sz), (fit["weight"], fit["bias"])), atol=1e-5)
+    v = torch.randn(2, 193, requires_grad=True)
+    m6.apply_pose_stage(v)[:, 136:142].sum().backward()
+    assert v.grad[:, :136].abs().max() == 0 and v.grad[:, 136:142].abs().max() > 0
+    print("the trained pose stage starts at the pose fit it is given; the pose does not train the landmarks through it")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

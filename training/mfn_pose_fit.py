@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 import mfn_data as MD
 import mfn_model as M
 import mfn_train as T
-from sfn_data import FaceCache
+from sfn_data import FLIP_PERM, S_FLIP, FaceCache, apply_affine, crop_affine, rot_z, warp
 from sfn_model import matrix_to_rot6d, rot6d_to_matrix
 
-RIDGE_GRID = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+RIDGE_GRID = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 
 
 def rotation_errors_deg(r6, R):
@@ -47,17 +47,42 @@ def ridge(F, Y, weights, lam):
     return w, mu_y - w @ mu_f
 
 
-def collect(model, big, fc, faces, head=None, batch=30):
-    """the net's raw values for each face (its crop as the whole frame; faces it misses are left out) -> (values
-    (n,193), teacher R (n,3,3), the faces' indices)."""
+def view(img, lmk, R, angle, mirror, scale=1.0, place=(0.0, 0.0)):
+    """a face crop turned by angle degrees (counter-clockwise) about its centre, then mirrored if asked, with its
+    landmarks and teacher rotation turned and mirrored alike (as training pastes faces); with scale < 1 it is then
+    put into a black square scale times as large, at `place` (0..1 of the free room in x and y), so the face comes
+    out smaller in the frame."""
+    side = img.shape[0]
+    A = crop_affine(np.array([side / 2, side / 2]), side, angle, mirror, out=side)
+    img, lmk, R = warp(img, A, out=side), apply_affine(A, lmk), rot_z(angle) @ R
+    if mirror:
+        lmk, R = lmk[FLIP_PERM], S_FLIP @ R @ S_FLIP
+    if scale < 1.0:
+        frame = int(round(side / scale))
+        x, y = (np.asarray(place) * (frame - side)).astype(int)
+        canvas = np.zeros((frame, frame, 3), np.uint8)
+        canvas[y:y + side, x:x + side] = img
+        img, lmk = canvas, lmk + (x, y)
+    return img, lmk, R
+
+
+def collect(model, big, fc, faces, head=None, views=None, batch=30):
+    """the net's raw values for each face (its crop as the whole frame, or view(crop, ...views[k]) if given; faces
+    it misses are left out) -> (values (n,193), teacher R (n,3,3), the faces' indices)."""
     values, rotations, found = [], [], []
     for a in range(0, len(faces), batch):
-        idx = faces[a:a + batch]
-        frames = [MD.val_frame(big.images[i], big.lmk[i]) for i in idx]
-        for i, f in zip(idx, T.matched_faces(model, frames, head=head)):
+        views_now = []
+        for k in range(a, min(a + batch, len(faces))):
+            i = faces[k]
+            if views is None:
+                views_now.append((big.images[i], big.lmk[i], fc.R[i]))
+            else:
+                views_now.append(view(big.images[i], big.lmk[i], fc.R[i], *views[k]))
+        frames = [MD.val_frame(img, lmk) for img, lmk, _ in views_now]
+        for i, (_, _, R), f in zip(faces[a:a + batch], views_now, T.matched_faces(model, frames, head=head)):
             if f is not None:
                 values.append(f["values"])
-                rotations.append(fc.R[i])
+                rotations.append(R)
                 found.append(i)
     return np.array(values, np.float64), np.array(rotations), np.array(found)
 
@@ -71,24 +96,47 @@ def main():
     ap.add_argument("--as-exported", default="",
                     help="a model file exported from this checkpoint: fit to the values its (low-rank) face head "
                          "gives, as the Rust decode computes them, instead of the checkpoint's full-rank head")
+    ap.add_argument("--mirror", action="store_true", help="also fit to every face mirrored")
+    ap.add_argument("--turned", type=int, default=0,
+                    help="also fit to this many views of every face turned in-plane (uniform within --max-angle, "
+                         "each mirrored with probability 1/2)")
+    ap.add_argument("--small", type=int, default=0,
+                    help="also fit to this many views of every face turned and mirrored as --turned and shrunk to a "
+                         "share of the frame's height uniform in --small-range, at a random place")
+    ap.add_argument("--max-angle", type=float, default=15.0)
+    ap.add_argument("--small-range", type=float, nargs=2, default=(0.2, 0.7))
     ap.add_argument("--limit", type=int, default=None, help="fit on the first N training faces only (smoke)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ck, model = M.load_ema(args.checkpoint)
+    # a trained pose stage (mfn_train.py --pose-stage) is left out: this fit replaces it
+    ck, model = M.load_ema(args.checkpoint, pose_stage=False)
     big = FaceCache(args.sfn_cache, faces_file="faces256.npz")
     fc = FaceCache(args.sfn_cache, decode=False)
     assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"
     faces = np.nonzero((fc.split != 1) & fc.has_pose)[0][:args.limit]  # never the HELEN test faces (split 1)
     head = M.exported_head(load_file(args.as_exported), ck["config"]) if args.as_exported else None
-    v, R, found = collect(model, big, fc, faces, head)
+    # views: each face as it is, then mirrored, then turned; all views of a face share its cross-validation fold
+    rng = np.random.default_rng(1)
+    n = len(faces)
+
+    def turned(scale=(1.0, 1.0)):
+        return list(zip(rng.uniform(-args.max_angle, args.max_angle, n), rng.random(n) < 0.5,
+                        rng.uniform(*scale, n), rng.random((n, 2))))
+    views = [None] + ([[(0.0, True)] * n] if args.mirror else []) + [turned() for _ in range(args.turned)] + [
+        turned(args.small_range) for _ in range(args.small)]
+    parts = [collect(model, big, fc, faces, head, vs) for vs in views]
+    v, R, found = (np.concatenate(x) for x in zip(*parts))
+    kind = np.concatenate([np.full(len(p[2]), 2 if k >= len(views) - args.small else int(k > 0))
+                           for k, p in enumerate(parts)])
+    plain = kind == 0  # the faces as they are: what the ridge weight is chosen on
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
-    helen = fc.split[found] == 0
+    helen = (fc.split[found] == 0) & plain
     F = M.pose_fit_features(torch.from_numpy(v)).numpy()
     r6 = v[:, 136:142]
     Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6
-    before = np.average(rotation_errors_deg(r6, R), weights=weights)
-    folds = np.random.default_rng(0).permutation(len(F)) % 5
+    before = np.average(rotation_errors_deg(r6[plain], R[plain]), weights=weights[plain])
+    folds = (np.random.default_rng(0).permutation(len(fc.split)) % 5)[found]
     cv = {}
     for lam in RIDGE_GRID:
         errs = np.zeros(len(F))
@@ -96,17 +144,21 @@ def main():
             w, b = ridge(F[folds != k], Y[folds != k], weights[folds != k], lam)
             test = folds == k
             errs[test] = rotation_errors_deg(r6[test] + F[test] @ w.T + b, R[test])
-        cv[lam] = np.average(errs, weights=weights)
+        cv[lam] = np.average(errs[plain], weights=weights[plain])
+        small = f", small views {np.average(errs[kind == 2], weights=weights[kind == 2]):.3f}" if args.small else ""
         print(f"ridge {lam}: cross-validated pose error {cv[lam]:.3f} deg (weighted), HELEN train "
-              f"{errs[helen].mean():.3f}", flush=True)
+              f"{errs[helen].mean():.3f}{small}", flush=True)
     lam = min(cv, key=cv.get)
     w, b = ridge(F, Y, weights, lam)
     assert np.isfinite(w).all() and np.isfinite(b).all(), "the fit is not finite"
-    after = np.average(rotation_errors_deg(r6 + F @ w.T + b, R), weights=weights)
-    print(f"{len(F)} training faces ({len(faces) - len(F)} missed): weighted pose error {before:.3f} deg without the "
-          f"fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} fitted on all")
+    after = np.average(rotation_errors_deg(r6[plain] + F[plain] @ w.T + b, R[plain]), weights=weights[plain])
+    print(f"{plain.sum()} training faces ({len(faces) - plain.sum()} missed), {len(F)} views: weighted pose error "
+          f"{before:.3f} deg without the fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} "
+          f"fitted on all")
     ck["pose_fit"] = {"weight": torch.tensor(w, dtype=torch.float32), "bias": torch.tensor(b, dtype=torch.float32),
-                      "features": M.POSE_FIT_FEATURES, "ridge": lam, "faces": len(F),
+                      "features": M.POSE_FIT_FEATURES, "ridge": lam, "faces": int(plain.sum()), "views": len(F),
+                      "mirror": args.mirror, "turned": args.turned, "small": args.small,
+                      "max_angle": args.max_angle, "small_range": list(args.small_range),
                       "train_deg_before": float(before), "cv_deg": float(cv[lam])}
     torch.save(ck, args.out)
     print(f"wrote {args.out}")

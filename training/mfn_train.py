@@ -347,6 +347,9 @@ def main():
     ap.add_argument("--refine-mlp", type=int, default=0,
                     help="with --face-refine: width of a last refinement stage with a hidden layer, reading the "
                          "samples at the landmarks and the values so far (0 = none)")
+    ap.add_argument("--pose-stage", action="store_true",
+                    help="train a pose stage (the pose fit's linear correction, mfn_model.pose_fit_features) with the "
+                         "net; from --init-full it starts at that checkpoint's pose fit, if it has one")
     ap.add_argument("--refine-rank", type=int, default=96,
                     help="export the refinement's weight as its rank-r truncated SVD (0: as trained); rank 96 "
                          "scored the same as the full weight")
@@ -375,13 +378,15 @@ def main():
         export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
                data.blend_names, {"epoch": ck["epoch"]}, args.refine_rank, args.grid_rank,
                grid_calibration(em, data) if args.grid_rank else None,
-               (ck["pose_fit"]["weight"], ck["pose_fit"]["bias"]) if "pose_fit" in ck else None)
+               (ck["pose_fit"]["weight"], ck["pose_fit"]["bias"]) if "pose_fit" in ck else
+               (em.pose_fit.weight.detach(), em.pose_fit.bias.detach()) if em.pose_stage else None)
         print(f"exported {args.export_from} to {args.export}" + (f" + {args.fixture}" if args.fixture else ""))
         return
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
                        face_grid_spacing=args.grid_spacing,
                        face_refine=M.REFINE_FEATURES if args.face_refine else "",
-                       face_refine_stages=args.refine_stages, face_refine_mlp=args.refine_mlp))
+                       face_refine_stages=args.refine_stages, face_refine_mlp=args.refine_mlp,
+                       face_pose_fit=M.POSE_FIT_FEATURES if args.pose_stage else ""))
     if args.init_full and not args.resume:
         ck = torch.load(args.init_full, map_location="cpu", weights_only=False)
         old = ck.get("config", M.DEFAULT_CONFIG)
@@ -390,6 +395,8 @@ def main():
         elif args.face_refine and ((old.get("face_refine_stages", 1) if old.get("face_refine") else 0)
                                    < args.refine_stages or old.get("face_refine_mlp", 0) < args.refine_mlp):
             model.load_without_refine(ck["ema"])
+        elif args.pose_stage and not old.get("face_pose_fit"):
+            model.load_without_pose_stage(ck["ema"], ck.get("pose_fit"))
         else:
             model.load_state_dict(ck["ema"])
         print(f"initialised from MFN {args.init_full} (epoch {ck.get('epoch')})", flush=True)
