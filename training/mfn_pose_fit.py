@@ -2,7 +2,9 @@
 (`mfn_model.pose_fit_features`: the landmarks centred and scaled, the 6 rotation values, and their products), by
 ridge least squares against the teacher's rotation on training faces only (HELEN train and the wild faces, each crop
 used as the whole frame, as `polyface eval` reads the HELEN test crops), each weighted as often as training pastes
-it (`mfn_data.face_weights`). The ridge weight is picked by 5-fold cross-validation on those faces. Writes the
+it (`mfn_data.face_weights`); with --mirror / --turned / --small also on views of each face (mirrored; turned
+in-plane; turned and shrunk in the frame), labelled as training pastes faces. The ridge weight is picked by 5-fold
+cross-validation on the faces as they are (all views of a face share its fold). Writes the
 checkpoint again with a "pose_fit" entry, which `mfn_train.py --export-from` stores in the model file
 (face_pose_fit.*). With --as-exported FILE (a file exported from the same checkpoint with the shipped ranks) it fits
 to the values the exported low-rank head gives, which the Rust decode computes.
@@ -11,7 +13,8 @@ Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) bu
 their geometry fully (pose 3.4 deg against the SFN's 2.1); the geometry, read around the net's own rotation, tells
 much of what is missing. One 6 x 958 product per face.
 
-    python training/mfn_pose_fit.py training/runs/mfn12a/last.pt training/runs/mfn12a/last_posefit.pt
+    python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_views.pt \
+        --mirror --turned 1 --small 1 --threads 1
 """
 import argparse
 
