@@ -137,10 +137,9 @@ class MFN(DM.Detector):
         return outs if stages else outs[-1]
 
     def apply_pose_stage(self, v):
-        """v (..., 193) with the trained pose stage's correction added to its rotation values. The landmarks feed it
-        as fixed inputs: the pose loss must not move them."""
-        f = pose_fit_features(torch.cat([v[..., :2 * N_LMK].detach(), v[..., 136:142]], -1))
-        return torch.cat([v[..., :136], v[..., 136:142] + self.pose_fit(f), v[..., 142:]], -1)
+        """v (..., 193) with the trained pose stage's correction: the pose fit's, with the landmarks as fixed inputs
+        (the pose loss must not move them)."""
+        return apply_pose_fit(v, (self.pose_fit.weight, self.pose_fit.bias), fixed_landmarks=True)
 
     def refine_tensors(self):
         """(weight, bias) of the landmark-indexed refinement (a list of them with several stages; the hidden-layer
@@ -374,13 +373,16 @@ def pose_fit_features(v):
     return torch.cat([lmk, r6, (lmk[..., :, None] * r6[..., None, :]).flatten(-2)], -1)
 
 
-def apply_pose_fit(v, pose_fit):
+def apply_pose_fit(v, pose_fit, fixed_landmarks=False):
     """v with the pose fit's correction added to its rotation values; pose_fit = (weight [6, 958], bias [6]) or
-    None (v unchanged)."""
+    None (v unchanged). fixed_landmarks: the landmarks feed the correction as fixed inputs (no gradient reaches them
+    through it)."""
     if pose_fit is None:
         return v
     w, b = pose_fit
-    return torch.cat([v[..., :136], v[..., 136:142] + F.linear(pose_fit_features(v), w, b), v[..., 142:]], -1)
+    lmk = v[..., :2 * N_LMK]
+    f = pose_fit_features(torch.cat([lmk.detach() if fixed_landmarks else lmk, v[..., 136:142]], -1))
+    return torch.cat([v[..., :136], v[..., 136:142] + F.linear(f, w, b), v[..., 142:]], -1)
 
 
 def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):

@@ -125,13 +125,13 @@ def main():
     def turned(scale=(1.0, 1.0)):
         return list(zip(rng.uniform(-args.max_angle, args.max_angle, n), rng.random(n) < 0.5,
                         rng.uniform(*scale, n), rng.random((n, 2))))
-    views = [None] + ([[(0.0, True)] * n] if args.mirror else []) + [turned() for _ in range(args.turned)] + [
-        turned(args.small_range) for _ in range(args.small)]
-    parts = [collect(model, big, fc, faces, head, vs) for vs in views]
+    PLAIN, OTHER, SMALL = range(3)  # kinds of view
+    views = [(PLAIN, None)] + ([(OTHER, [(0.0, True)] * n)] if args.mirror else []) + [
+        (OTHER, turned()) for _ in range(args.turned)] + [(SMALL, turned(args.small_range)) for _ in range(args.small)]
+    parts = [collect(model, big, fc, faces, head, vs) for _, vs in views]
     v, R, found = (np.concatenate(x) for x in zip(*parts))
-    kind = np.concatenate([np.full(len(p[2]), 2 if k >= len(views) - args.small else int(k > 0))
-                           for k, p in enumerate(parts)])
-    plain = kind == 0  # the faces as they are: what the ridge weight is chosen on
+    kind = np.concatenate([np.full(len(p[2]), k) for (k, _), p in zip(views, parts)])
+    plain = kind == PLAIN  # the faces as they are: what the ridge weight is chosen on
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
     helen = (fc.split[found] == 0) & plain
@@ -148,7 +148,7 @@ def main():
             test = folds == k
             errs[test] = rotation_errors_deg(r6[test] + F[test] @ w.T + b, R[test])
         cv[lam] = np.average(errs[plain], weights=weights[plain])
-        small = f", small views {np.average(errs[kind == 2], weights=weights[kind == 2]):.3f}" if args.small else ""
+        small = f", small views {np.average(errs[kind == SMALL], weights=weights[kind == SMALL]):.3f}" if args.small else ""
         print(f"ridge {lam}: cross-validated pose error {cv[lam]:.3f} deg (weighted), HELEN train "
               f"{errs[helen].mean():.3f}{small}", flush=True)
     lam = min(cv, key=cv.get)
