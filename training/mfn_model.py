@@ -294,21 +294,27 @@ def sample_grid(feat, centers, sizes, grid, spacing):
 
 
 def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, refine=None, stages=False,
-                grid_basis=None):
+                grid_basis=None, head_features=False):
     """the grid head: (B,N,193) = linear(sampled grid features) [+ mlp2(relu(mlp1(same)))]; with the refinement
     (feat = (trunk, fine), refine = (weight, bias), or (basis, weight, bias) as exported at a lower rank: weight @
     basis in place of weight) plus linear(fine sampled at the grid head's 68 landmarks); a stage (w1, b1, w2, b2)
     adds w2 relu(w1 [samples, values so far] + b1) + b2.
     stages=True -> (grid head's values, final values). grid_basis [r, G*G*C] (files exported with face_grid_rank r):
-    the samples are first projected on it, and weight / mlp's first weight read those r values."""
+    the samples are first projected on it, and weight / mlp's first weight read those r values.
+    head_features=True (factored heads only): the final values are followed by the head's own per-face features
+    (HEAD_FEATURES_LAYOUT), what the pose fit with POSE_FIT_HEAD_FEATURES reads."""
     trunk, fine = feat if refine is not None else (feat, None)
     s = sample_grid(trunk, centers, sizes, grid, spacing)
+    assert not head_features or grid_basis is not None, "head features need the grid head's projection"
     if grid_basis is not None:
         s = F.linear(s, grid_basis)
+    own = [s]
     v = F.linear(s, weight, bias)
     if mlp is not None:
         w1, b1, w2, b2 = mlp
-        v = v + F.linear(F.relu(F.linear(s, w1, b1)), w2, b2)
+        h = F.relu(F.linear(s, w1, b1))
+        own.append(h)
+        v = v + F.linear(h, w2, b2)
     outs = [v]
     for stage in ([refine] if isinstance(refine, tuple) else refine or []):
         # the sample points are not trained through: the refinement corrects where the stage before put them
@@ -320,19 +326,45 @@ def face_values(feat, centers, sizes, weight, bias, grid, spacing, mlp=None, ref
             h = F.relu(F.linear(torch.cat([s, outs[-1].detach()], -1), w1, b1))
             outs.append(outs[-1] + F.linear(h, w2, b2))
             continue
+        assert not head_features or len(stage) == 3, "head features need every refinement stage factored"
         if len(stage) == 3:
             s = F.linear(s, stage[0])
+            own.append(s)
         outs.append(outs[-1] + F.linear(s, *stage[-2:]))
+    if head_features:
+        outs[-1] = torch.cat([outs[-1], *own], -1)
     return outs if stages else outs[-1]
 
 
 POSE_FIT_FEATURES = "landmarks+rotation+products"  # the layout pose_fit_features gives (model metadata face_pose_fit)
 POSE_FIT_INPUTS = 2 * N_LMK + 6 + 2 * N_LMK * 6
+# ... followed by the exported head's own per-face features, which its decode computes anyway (HEAD_FEATURES_LAYOUT)
+POSE_FIT_HEAD_FEATURES = POSE_FIT_FEATURES + "+head"
+HEAD_FEATURES_LAYOUT = ("the grid samples' projection (face_roi.basis @ samples, face_grid_rank values), the MLP's "
+                        "hidden values after the ReLU (face_mlp), each refinement stage's projection of its samples "
+                        "(face_refineN.basis @ samples, face_refine_rank values each), in that order")
 
 
-def exported_head(tensors, config):
+def head_feature_count(tensors):
+    """how many per-face features an exported head gives (0 when it cannot give them: an unfactored head or stage)."""
+    if "face_roi.basis" not in tensors or "face_refine_mlp.hidden.weight" in tensors:
+        return 0
+    n = tensors["face_roi.basis"].shape[0] + (tensors["face_mlp1.weight"].shape[0] if "face_mlp1.weight" in tensors
+                                              else 0)
+    for i in range(1, 9):
+        p = "face_refine" if i == 1 else f"face_refine{i}"
+        if f"{p}.weight" not in tensors:
+            break
+        if f"{p}.basis" not in tensors:
+            return 0
+        n += tensors[f"{p}.basis"].shape[0]
+    return n
+
+
+def exported_head(tensors, config, head_features=False):
     """the face head as an exported file's tensors compute it (low-rank forms, every refinement stage), without the
-    pose fit: head(feat, centers, sizes) -> (B,N,193), as decode_faces takes it."""
+    pose fit: head(feat, centers, sizes) -> (B,N,193), as decode_faces takes it; with head_features (B,N,193 +
+    head_feature_count(tensors)), the values followed by the head's own features."""
     stages = []
     for i in range(1, 9):
         p = "face_refine" if i == 1 else f"face_refine{i}"
@@ -345,7 +377,7 @@ def exported_head(tensors, config):
         if "face_mlp1.weight" in tensors else None
     return lambda f, c, s: face_values(f, c, s, tensors["face_roi.weight"], tensors["face_roi.bias"],
                                        config["face_grid"], config["face_grid_spacing"], mlp, stages or None,
-                                       grid_basis=tensors.get("face_roi.basis"))
+                                       grid_basis=tensors.get("face_roi.basis"), head_features=head_features)
 
 
 def load_ema(path, pose_stage=True):
@@ -362,31 +394,37 @@ def load_ema(path, pose_stage=True):
     return ck, model.eval()
 
 
-def pose_fit_features(v):
+def pose_fit_features(v, head_features=False):
     """(..., 193) face values -> (..., 958) inputs of the pose fit: the 136 landmark coordinates centred on their mean
     and divided by their RMS distance from it (so the box's place and size drop out), the 6 rotation values, and every
-    product of a landmark coordinate with a rotation value (landmark coordinate outer, rotation value inner)."""
+    product of a landmark coordinate with a rotation value (landmark coordinate outer, rotation value inner).
+    head_features: v is (..., 193 + n) as exported_head(..., head_features=True) gives it, and its n head features
+    follow the 958 (POSE_FIT_HEAD_FEATURES)."""
     lmk = v[..., :2 * N_LMK].unflatten(-1, (N_LMK, 2))
     lmk = lmk - lmk.mean(-2, keepdim=True)
     lmk = (lmk / lmk.square().sum((-1, -2), keepdim=True).div(N_LMK).sqrt().clamp(min=1e-6)).flatten(-2)
     r6 = v[..., 136:142]
-    return torch.cat([lmk, r6, (lmk[..., :, None] * r6[..., None, :]).flatten(-2)], -1)
+    own = [v[..., FACE_CH:]] if head_features else []
+    return torch.cat([lmk, r6, (lmk[..., :, None] * r6[..., None, :]).flatten(-2), *own], -1)
 
 
 def apply_pose_fit(v, pose_fit, fixed_landmarks=False):
     """v with the pose fit's correction added to its rotation values; pose_fit = (weight [6, 958], bias [6]) or
-    None (v unchanged). fixed_landmarks: the landmarks feed the correction as fixed inputs (no gradient reaches them
+    None (v unchanged); a wider weight [6, 958 + n] reads the n head features that follow the 193 values in v (see
+    pose_fit_features). fixed_landmarks: the landmarks feed the correction as fixed inputs (no gradient reaches them
     through it)."""
     if pose_fit is None:
         return v
     w, b = pose_fit
+    head_features = w.shape[-1] > POSE_FIT_INPUTS
+    assert w.shape[-1] == POSE_FIT_INPUTS + (v.shape[-1] - FACE_CH) * head_features, (w.shape, v.shape)
     lmk = v[..., :2 * N_LMK]
-    f = pose_fit_features(torch.cat([lmk.detach() if fixed_landmarks else lmk, v[..., 136:142]], -1))
+    f = pose_fit_features(torch.cat([lmk.detach() if fixed_landmarks else lmk, v[..., 136:]], -1), head_features)
     return torch.cat([v[..., :136], v[..., 136:142] + F.linear(f, w, b), v[..., 142:]], -1)
 
 
 def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
-    """-> per image list of dicts: boxes, scores, lmk (K,68,2), R (K,3,3), blend (K,51), values (K,193) as the head
+    """-> per image list of dicts: boxes, scores, lmk (K,68,2), R (K,3,3), blend (K,51), values (K,193 or more) as the head
     gave them.
     head(feat (1,C,H,W), centers (1,K,2), sizes (1,K)) -> (1,K,193): MFN.face_values or face_values with tensors."""
     from sfn_model import rot6d_to_matrix
@@ -402,7 +440,8 @@ def decode_faces(det_out, feat, head, threshold=DM.DEFAULT_SCORE_THRESHOLD):
         size = (boxes[:, 2:] - boxes[:, :2]).max(1).values
         v = head(image_features(feat, b), c[None], size[None])[0]
         lmk = c[:, None, :] + v[:, :136].reshape(-1, 68, 2) * size[:, None, None]
-        res.append(dict(d, lmk=lmk, R=rot6d_to_matrix(v[:, 136:142]), blend=torch.sigmoid(v[:, 142:]), values=v))
+        res.append(dict(d, lmk=lmk, R=rot6d_to_matrix(v[:, 136:142]), blend=torch.sigmoid(v[:, 142:FACE_CH]),
+                        values=v))
     return res
 
 
@@ -480,5 +519,25 @@ if __name__ == "__main__":
     m6.apply_pose_stage(v)[:, 136:142].sum().backward()
     assert v.grad[:, :136].abs().max() == 0 and v.grad[:, 136:142].abs().max() > 0
     print("the trained pose stage starts at the pose fit it is given; the pose does not train the landmarks through it")
+    both, mlp1 = torch.cat([m4.roi.weight, m4.mlp1.weight]), m4.mlp1.weight
+    basis, both = low_rank(both, both.shape[0])
+    tensors = {"face_roi.basis": basis, "face_roi.weight": both[:FACE_CH], "face_roi.bias": m4.roi.bias,
+               "face_mlp1.weight": both[FACE_CH:], "face_mlp1.bias": m4.mlp1.bias, "face_mlp2.weight": m4.mlp2.weight,
+               "face_mlp2.bias": m4.mlp2.bias, "face_refine.bias": m4.refine.bias}
+    tensors["face_refine.basis"], tensors["face_refine.weight"] = low_rank(m4.refine.weight, FACE_CH)
+    n = head_feature_count(tensors)
+    assert n == 449 + 256 + FACE_CH, n
+    with torch.no_grad():
+        vx = exported_head(tensors, m4.config, head_features=True)((f, fine), c, sz)
+        assert vx.shape[-1] == FACE_CH + n
+        assert torch.allclose(vx[..., :FACE_CH], m4.face_values((f, fine), c, sz), atol=1e-4)
+        assert torch.allclose(vx[..., FACE_CH:FACE_CH + 449], F.linear(sample_grid(f, c, sz, 5, 0.15), basis), atol=1e-4)
+        wide = (torch.cat([fit["weight"], torch.zeros(6, n)], 1), fit["bias"])
+        assert torch.allclose(apply_pose_fit(vx, wide)[..., :FACE_CH], apply_pose_fit(vx[..., :FACE_CH], (
+            fit["weight"], fit["bias"])), atol=1e-5)
+        wide[0][:, -1] = 1.0
+        assert not torch.allclose(apply_pose_fit(vx, wide)[..., 136:142], apply_pose_fit(vx[..., :FACE_CH], (
+            fit["weight"], fit["bias"]))[..., 136:142], atol=1e-5)
+    print("the exported head gives its own features after its values; a pose fit reads them after the 958")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 import mfn_data as MD
 import mfn_model as M
@@ -29,18 +30,24 @@ def main():
     ap.add_argument("--sfn-cache", default="training/cache")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sharp-faces", action="store_true", help="frames from the 256-px crops, as `polyface eval`")
+    ap.add_argument("--as-exported", default="",
+                    help="a model file exported from the checkpoint: score its (low-rank) head, as the Rust decode "
+                         "computes it; needed for a fit that reads the head's own features")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ck, model = M.load_ema(args.checkpoint)
     fit = ck.get("pose_fit")  # checkpoints written by mfn_pose_fit.py: scored with the fit, as exported
     pose_fit = None if fit is None else (fit["weight"], fit["bias"])
+    head_features = fit is not None and fit["weight"].shape[1] > M.POSE_FIT_INPUTS
+    assert args.as_exported or not head_features, "this pose fit reads the exported head's features: give --as-exported"
+    head = M.exported_head(load_file(args.as_exported), ck["config"], head_features) if args.as_exported else None
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)
     pred, true = [], []
     n = len(data.val_imgs)
     for a in range(0, n, 30):
         idx = list(range(a, min(n, a + 30)))
         frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
-        for i, face in zip(idx, T.matched_faces(model, frames, pose_fit=pose_fit)):
+        for i, face in zip(idx, T.matched_faces(model, frames, pose_fit=pose_fit, head=head)):
             if face is not None and data.val_has_pose[i]:
                 pred.append(euler_deg(face["R"].astype(np.float64)))
                 true.append(euler_deg(data.val_R[i]))

@@ -28,7 +28,7 @@ import mfn_train as T
 from sfn_data import FLIP_PERM, S_FLIP, FaceCache, apply_affine, crop_affine, rot_z, warp
 from sfn_model import matrix_to_rot6d, rot6d_to_matrix
 
-RIDGE_GRID = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+RIDGE_GRID = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 
 
 def rotation_errors_deg(r6, R):
@@ -99,6 +99,9 @@ def main():
     ap.add_argument("--as-exported", default="",
                     help="a model file exported from this checkpoint: fit to the values its (low-rank) face head "
                          "gives, as the Rust decode computes them, instead of the checkpoint's full-rank head")
+    ap.add_argument("--head-features", action="store_true",
+                    help="with --as-exported: the fit also reads the exported head's own per-face features "
+                         "(mfn_model.HEAD_FEATURES_LAYOUT), which the decode computes anyway")
     ap.add_argument("--mirror", action="store_true", help="also fit to every face mirrored")
     ap.add_argument("--turned", type=int, default=0,
                     help="also fit to this many views of every face turned in-plane (uniform within --max-angle, "
@@ -117,7 +120,8 @@ def main():
     fc = FaceCache(args.sfn_cache, decode=False)
     assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"
     faces = np.nonzero((fc.split != 1) & fc.has_pose)[0][:args.limit]  # never the HELEN test faces (split 1)
-    head = M.exported_head(load_file(args.as_exported), ck["config"]) if args.as_exported else None
+    assert args.as_exported or not args.head_features, "--head-features reads an exported head: give --as-exported"
+    head = M.exported_head(load_file(args.as_exported), ck["config"], args.head_features) if args.as_exported else None
     # views: each face as it is, then mirrored, then turned; all views of a face share its cross-validation fold
     rng = np.random.default_rng(1)
     n = len(faces)
@@ -135,7 +139,11 @@ def main():
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
     helen = (fc.split[found] == 0) & plain
-    F = M.pose_fit_features(torch.from_numpy(v)).numpy()
+    F = M.pose_fit_features(torch.from_numpy(v), args.head_features).numpy()
+    # the head features, scaled to the geometry's typical spread, so one ridge weight suits both; folded back below
+    scale = np.ones(F.shape[1])
+    scale[M.POSE_FIT_INPUTS:] = F[plain, :M.POSE_FIT_INPUTS].std(0).mean() / F[plain, M.POSE_FIT_INPUTS:].std(0).clip(1e-3)
+    F *= scale
     r6 = v[:, 136:142]
     Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6
     before = np.average(rotation_errors_deg(r6[plain], R[plain]), weights=weights[plain])
@@ -155,11 +163,13 @@ def main():
     w, b = ridge(F, Y, weights, lam)
     assert np.isfinite(w).all() and np.isfinite(b).all(), "the fit is not finite"
     after = np.average(rotation_errors_deg(r6[plain] + F[plain] @ w.T + b, R[plain]), weights=weights[plain])
+    w = w * scale  # for the unscaled features
     print(f"{plain.sum()} training faces ({len(faces) - plain.sum()} missed), {len(F)} views: weighted pose error "
           f"{before:.3f} deg without the fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} "
           f"fitted on all")
     ck["pose_fit"] = {"weight": torch.tensor(w, dtype=torch.float32), "bias": torch.tensor(b, dtype=torch.float32),
-                      "features": M.POSE_FIT_FEATURES, "ridge": lam, "faces": int(plain.sum()), "views": len(F),
+                      "features": M.POSE_FIT_HEAD_FEATURES if args.head_features else M.POSE_FIT_FEATURES,
+                      "head_features": F.shape[1] - M.POSE_FIT_INPUTS, "ridge": lam, "faces": int(plain.sum()), "views": len(F),
                       "mirror": args.mirror, "turned": args.turned, "small": args.small,
                       "max_angle": args.max_angle, "small_range": list(args.small_range),
                       "train_deg_before": float(before), "cv_deg": float(cv[lam])}

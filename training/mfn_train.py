@@ -164,7 +164,9 @@ FACE_DECODING = (
     "face_refine_mlp.out.bias. With face_pose_fit = 'landmarks+rotation+products', last: l = the 136 landmark values "
     "(v 0..135) minus their mean point, divided by their RMS distance from it (sqrt(sum of squares / 68)); r = v "
     "136..141; f = [l, r, l_i * r_j for i in 0..135 (outer), j in 0..5 (inner)] (958 values); v 136..141 += "
-    "face_pose_fit.weight [6, 958] @ f + face_pose_fit.bias."
+    "face_pose_fit.weight [6, 958] @ f + face_pose_fit.bias. With face_pose_fit = "
+    "'landmarks+rotation+products+head' (factored heads only) f is followed by the head's own per-face features: "
+    + M.HEAD_FEATURES_LAYOUT + "; face_pose_fit.weight is [6, 958 + their count]."
 )
 
 
@@ -227,8 +229,10 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             tensors[name] = t.detach().float().contiguous()
             head_params += t.numel()
             macs_per_face += t.numel() if t.ndim == 2 else 0
+    head_features = 0 if pose_fit is None else pose_fit[0].shape[1] - M.POSE_FIT_INPUTS
     if pose_fit is not None:
-        assert tuple(pose_fit[0].shape) == (6, M.POSE_FIT_INPUTS), pose_fit[0].shape
+        # a fit that reads the head's own features was fitted to this head exported at these ranks
+        assert head_features in (0, M.head_feature_count(tensors)), (pose_fit[0].shape, M.head_feature_count(tensors))
         tensors["face_pose_fit.weight"], tensors["face_pose_fit.bias"] = (t.float().contiguous() for t in pose_fit)
         head_params += sum(t.numel() for t in pose_fit)
         macs_per_face += pose_fit[0].numel()
@@ -242,7 +246,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
         "face_refine_stages": str(sum(len(st) < 4 for st in stages)),
         "face_refine_mlp": str(c.get("face_refine_mlp", 0)),
-        "face_pose_fit": M.POSE_FIT_FEATURES if pose_fit is not None else "",
+        "face_pose_fit": "" if pose_fit is None else M.POSE_FIT_HEAD_FEATURES if head_features else
+        M.POSE_FIT_FEATURES,
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -276,7 +281,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         err = max((a - b).abs().max().item() for a, b in zip([y["head.out"]] + feats, [ref[0]] + refs))
         feat = tuple(feats) if stages else feats[0]
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
-        head = M.exported_head(tensors, c)
+        head = M.exported_head(tensors, c, head_features > 0)
         d = M.decode_faces(y["head.out"], feat, lambda f, cc, ss: M.apply_pose_fit(head(f, cc, ss), pose_fit))[0]
         k = len(d["scores"])
         fix = {"input_u8": inp, "head_out": y["head.out"].contiguous(), "face_features": y[M.FEATURES].contiguous(),

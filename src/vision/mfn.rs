@@ -61,21 +61,55 @@ struct Factored {
 }
 
 impl Factored {
-    /// `out` (rows × outputs) += the layer applied to `x` (rows × inputs).
-    fn accumulate(&self, x: &[f32], out: &mut [f32]) {
+    /// `out` (rows × outputs) += the layer applied to `x` (rows × inputs); in a factored layer
+    /// also gives the projection (rows × rank), which a pose fit may read.
+    fn accumulate(&self, x: &[f32], out: &mut [f32]) -> Option<Vec<f32>> {
         match &self.basis {
-            None => self.dense.accumulate(x, out),
+            None => {
+                self.dense.accumulate(x, out);
+                None
+            }
             Some(basis) => {
                 let rows = x.len() / basis.inputs;
                 let mut projected = vec![0f32; rows * basis.outputs];
                 basis.accumulate(x, &mut projected);
                 self.dense.accumulate(&projected, out);
+                Some(projected)
             }
         }
     }
 
     fn outputs(&self) -> usize {
         self.dense.outputs
+    }
+
+    /// The projection's width, in a factored layer.
+    fn rank(&self) -> Option<usize> {
+        self.basis.as_ref().map(|b| b.outputs)
+    }
+}
+
+/// Per-face values the head computes on its way to the face values — the grid samples'
+/// projection, the MLP's hidden values, each refinement stage's projection, in that order —
+/// kept for a pose fit that reads them ([`PoseFit::WITH_HEAD`]): they see the face's appearance,
+/// where the landmarks give only its geometry.
+#[derive(Default)]
+struct HeadFeatures {
+    /// (rows × width values, width), one block per source.
+    blocks: Vec<(Vec<f32>, usize)>,
+}
+
+impl HeadFeatures {
+    fn push(&mut self, block: Vec<f32>, rows: usize) {
+        let width = block.len().checked_div(rows).unwrap_or(0);
+        self.blocks.push((block, width));
+    }
+
+    /// Appends face `row`'s features, block by block.
+    fn extend_row(&self, row: usize, out: &mut Vec<f32>) {
+        for (block, width) in &self.blocks {
+            out.extend_from_slice(&block[row * width..][..*width]);
+        }
     }
 }
 
@@ -277,6 +311,20 @@ fn add_to_rows(values: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// How many features [`HeadFeatures`] holds for each face with this head and refinement, or
+/// `None` when some layer is not factored (it computes no projection to keep) or a stage has a
+/// hidden layer.
+fn head_feature_count(head: &GridHead, refinement: Option<&Refinement>) -> Option<usize> {
+    let mut count = head.first.rank()? + (head.first.outputs() - FACE_CHANNELS);
+    for stage in refinement.map_or(&[][..], |r| &r.stages) {
+        if stage.hidden.is_some() {
+            return None;
+        }
+        count += stage.linear.rank()?;
+    }
+    Some(count)
+}
+
 /// `rows` copies of `bias`, one after another: the starting values of a dense layer's output.
 fn repeated(bias: &[f32], rows: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows * bias.len());
@@ -287,11 +335,14 @@ fn repeated(bias: &[f32], rows: usize) -> Vec<f32> {
 }
 
 impl GridHead {
-    /// The head's FACE_CHANNELS values for each row of `samples` (rows × grid² · channels).
-    fn apply(&self, samples: &[f32], rows: usize) -> Vec<f32> {
+    /// The head's FACE_CHANNELS values for each row of `samples` (rows × grid² · channels);
+    /// the projection and the MLP's hidden values go to `kept`.
+    fn apply(&self, samples: &[f32], rows: usize, kept: &mut HeadFeatures) -> Vec<f32> {
         let width = self.first.outputs();
         let mut first = repeated(&self.first_bias, rows);
-        self.first.accumulate(samples, &mut first);
+        if let Some(projected) = self.first.accumulate(samples, &mut first) {
+            kept.push(projected, rows);
+        }
         let mut values = Vec::with_capacity(rows * FACE_CHANNELS);
         for row in first.chunks_exact(width) {
             values.extend_from_slice(&row[..FACE_CHANNELS]);
@@ -302,6 +353,7 @@ impl GridHead {
                 hidden.extend(row[FACE_CHANNELS..].iter().map(|h| h.max(0.0)));
             }
             out.accumulate(&hidden, &mut values);
+            kept.push(hidden, rows);
         }
         values
     }
@@ -346,14 +398,16 @@ struct HiddenOutput {
 
 impl RefinementStage {
     /// Adds this stage's correction to `values` (rows × FACE_CHANNELS), given the samples at the
-    /// landmarks (rows × 68 · channels).
-    fn correct(&self, samples: &[f32], values: &mut [f32]) {
+    /// landmarks (rows × 68 · channels); a factored stage's projection goes to `kept`.
+    fn correct(&self, samples: &[f32], values: &mut [f32], kept: &mut HeadFeatures) {
+        let rows = values.len() / FACE_CHANNELS;
         let Some(out) = &self.hidden else {
             add_to_rows(values, &self.bias);
-            self.linear.accumulate(samples, values);
+            if let Some(projected) = self.linear.accumulate(samples, values) {
+                kept.push(projected, rows);
+            }
             return;
         };
-        let rows = values.len() / FACE_CHANNELS;
         if rows == 0 {
             return;
         }
@@ -376,26 +430,31 @@ impl RefinementStage {
     }
 }
 
-/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`], from
-/// `training/mfn_pose_fit.py`): a linear correction of the 6 rotation values from the face's own
-/// landmarks and rotation, fitted to the teacher's rotation on training faces. The net places
-/// the landmarks as well as the SFN but its rotation output uses their geometry only in part.
+/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`] or [`PoseFit::WITH_HEAD`],
+/// from `training/mfn_pose_fit.py`): a linear correction of the 6 rotation values from the
+/// face's own landmarks and rotation (and, with the head, the head's own per-face features),
+/// fitted to the teacher's rotation on training faces. The net places the landmarks as well as
+/// the SFN but its rotation output uses their geometry only in part.
 struct PoseFit {
-    /// [`PoseFit::INPUTS`] → 6.
+    /// [`PoseFit::INPUTS`] + `head_features` → 6.
     weight: Dense,
     bias: Vec<f32>,
+    /// How many of the head's own features ([`HeadFeatures`]) follow the geometry (0: none).
+    head_features: usize,
 }
 
 impl PoseFit {
     const FEATURES: &'static str = "landmarks+rotation+products";
+    const WITH_HEAD: &'static str = "landmarks+rotation+products+head";
     /// 136 landmark values, 6 rotation values and their 816 products.
     const INPUTS: usize = 2 * LANDMARKS + 6 + 2 * LANDMARKS * 6;
 
-    /// Adds the correction to each face's rotation values (`values`: rows × FACE_CHANNELS).
-    fn correct(&self, values: &mut [f32]) {
+    /// Adds the correction to each face's rotation values (`values`: rows × FACE_CHANNELS;
+    /// `head`: the head's features of the same rows, read when the fit has `head_features`).
+    fn correct(&self, values: &mut [f32], head: &HeadFeatures) {
         let rows = values.len() / FACE_CHANNELS;
-        let mut features = Vec::with_capacity(rows * Self::INPUTS);
-        for v in values.chunks_exact(FACE_CHANNELS) {
+        let mut features = Vec::with_capacity(rows * (Self::INPUTS + self.head_features));
+        for (row, v) in values.chunks_exact(FACE_CHANNELS).enumerate() {
             // The landmarks centred on their mean point and scaled to unit RMS distance from
             // it: the box's place and size drop out.
             let points = &v[..2 * LANDMARKS];
@@ -421,6 +480,9 @@ impl PoseFit {
             for i in start..start + 2 * LANDMARKS {
                 let l = features[i];
                 features.extend(rotation.iter().map(|r| l * r));
+            }
+            if self.head_features > 0 {
+                head.extend_row(row, &mut features);
             }
         }
         let mut correction = repeated(&self.bias, rows);
@@ -776,19 +838,36 @@ impl Mfn {
         };
         let pose_fit = match file.metadata.get("face_pose_fit").map(String::as_str) {
             None | Some("") => None,
-            Some(PoseFit::FEATURES) => Some(PoseFit {
-                weight: Dense::new(&cpu_tensor("face_pose_fit.weight", &[6, PoseFit::INPUTS])?)
-                    .map_err(tensor_error)?,
-                bias: cpu_tensor("face_pose_fit.bias", &[6])?
-                    .to_vec1()
-                    .map_err(tensor_error)?,
-            }),
+            Some(kind @ (PoseFit::FEATURES | PoseFit::WITH_HEAD)) => {
+                let head_features = match kind {
+                    PoseFit::FEATURES => 0,
+                    _ => head_feature_count(&head, refinement.as_ref()).ok_or_else(|| {
+                        bad(
+                            "face_pose_fit",
+                            format!(
+                                "{kind:?} reads the head's own features, which only a factored head \
+                                 gives (face_grid_rank and face_refine_rank > 0, no hidden-layer stage)"
+                            ),
+                        )
+                    })?,
+                };
+                let inputs = PoseFit::INPUTS + head_features;
+                Some(PoseFit {
+                    weight: Dense::new(&cpu_tensor("face_pose_fit.weight", &[6, inputs])?)
+                        .map_err(tensor_error)?,
+                    bias: cpu_tensor("face_pose_fit.bias", &[6])?
+                        .to_vec1()
+                        .map_err(tensor_error)?,
+                    head_features,
+                })
+            }
             Some(other) => {
                 return Err(bad(
                     "face_pose_fit",
                     format!(
-                        "{other:?} is not a pose fit this build reads ({:?})",
-                        PoseFit::FEATURES
+                        "{other:?} is not a pose fit this build reads ({:?} or {:?})",
+                        PoseFit::FEATURES,
+                        PoseFit::WITH_HEAD
                     ),
                 ))
             }
@@ -907,7 +986,8 @@ impl Mfn {
                 &mut samples,
             );
         }
-        let mut values = self.head.apply(&samples, places.len());
+        let mut kept = HeadFeatures::default();
+        let mut values = self.head.apply(&samples, places.len(), &mut kept);
         if let Some(refinement) = &self.refinement {
             let map = output.refinement.as_ref().ok_or_else(|| {
                 candle_core::Error::Msg(
@@ -924,11 +1004,11 @@ impl Mfn {
                 )));
             }
             read_f32(map, |map| {
-                self.refine(refinement, map, &places, &mut values)
+                self.refine(refinement, map, &places, &mut values, &mut kept)
             })?;
         }
         if let Some(fit) = &self.pose_fit {
-            fit.correct(&mut values);
+            fit.correct(&mut values, &kept);
         }
         Ok(detections
             .iter()
@@ -966,6 +1046,7 @@ impl Mfn {
         map: &[f32],
         places: &[(Vec2, f32)],
         values: &mut [f32],
+        kept: &mut HeadFeatures,
     ) {
         use rayon::prelude::*;
         let (rows, columns) = self.detection_map_size();
@@ -990,7 +1071,7 @@ impl Mfn {
                             out,
                         );
                     });
-                stage.correct(&samples, values);
+                stage.correct(&samples, values, kept);
             }
         });
     }
@@ -1166,7 +1247,7 @@ mod tests {
         let samples = matrix(rows, per_face, 5);
         let before = matrix(rows, FACE_CHANNELS, 6);
         let mut values = before.clone();
-        stage.correct(&samples, &mut values);
+        stage.correct(&samples, &mut values, &mut HeadFeatures::default());
         let mut active = 0;
         for r in 0..rows {
             let x: Vec<f32> = samples[r * per_face..][..per_face]
@@ -1197,7 +1278,7 @@ mod tests {
         // the ReLU both passed and cut some hidden values
         assert!(active > 0 && active < rows * width, "{active} active");
         // no faces: no panic
-        stage.correct(&[], &mut []);
+        stage.correct(&[], &mut [], &mut HeadFeatures::default());
     }
 
     #[test]
@@ -1226,9 +1307,10 @@ mod tests {
             )
             .unwrap(),
             bias: vec![0.5, 0.0, 0.0, 0.0, 0.0, -0.25],
+            head_features: 0,
         };
         let mut corrected = values.clone();
-        fit.correct(&mut corrected);
+        fit.correct(&mut corrected, &HeadFeatures::default());
         let expected = [
             rotation[0] + 0.5 + 2.0 * l1y,
             rotation[1] - rotation[4],
@@ -1247,7 +1329,92 @@ mod tests {
         // nothing else changes
         assert_eq!(corrected[..2 * LANDMARKS], values[..2 * LANDMARKS]);
         assert_eq!(corrected[2 * LANDMARKS + 6..], values[2 * LANDMARKS + 6..]);
-        fit.correct(&mut []);
+        fit.correct(&mut [], &HeadFeatures::default());
+    }
+
+    #[test]
+    fn only_a_factored_head_keeps_features_for_the_pose_fit() {
+        let dense = |outputs: usize, inputs: usize| {
+            Dense::new(
+                &Tensor::zeros((outputs, inputs), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap()
+        };
+        // a 128-value projection of the samples and 256 hidden units
+        let head = |factored: bool| GridHead {
+            grid: 5,
+            spacing: 0.15,
+            channels: 128,
+            first: Factored {
+                basis: factored.then(|| dense(128, 3200)),
+                dense: dense(FACE_CHANNELS + 256, if factored { 128 } else { 3200 }),
+            },
+            first_bias: vec![0.0; FACE_CHANNELS + 256],
+            mlp_out: Some(dense(FACE_CHANNELS, 256)),
+        };
+        let stage = |factored: bool, hidden: bool| RefinementStage {
+            linear: Factored {
+                basis: factored.then(|| dense(96, 2176)),
+                dense: dense(FACE_CHANNELS, if factored { 96 } else { 2176 }),
+            },
+            bias: vec![0.0; FACE_CHANNELS],
+            hidden: hidden.then(|| HiddenOutput {
+                dense: dense(FACE_CHANNELS, 8),
+                bias: vec![0.0; FACE_CHANNELS],
+            }),
+        };
+        let refinement = |stages| Refinement {
+            layer: "fpn.smooth4.pw".into(),
+            channels: 32,
+            stages,
+        };
+        let two = refinement(vec![stage(true, false), stage(true, false)]);
+        assert_eq!(head_feature_count(&head(true), None), Some(128 + 256));
+        assert_eq!(
+            head_feature_count(&head(true), Some(&two)),
+            Some(128 + 256 + 2 * 96)
+        );
+        assert_eq!(head_feature_count(&head(false), Some(&two)), None);
+        let plain = refinement(vec![stage(true, false), stage(false, false)]);
+        assert_eq!(head_feature_count(&head(true), Some(&plain)), None);
+        let hidden = refinement(vec![stage(true, false), stage(false, true)]);
+        assert_eq!(head_feature_count(&head(true), Some(&hidden)), None);
+    }
+
+    #[test]
+    fn a_pose_fit_with_the_head_reads_each_faces_own_features_after_the_geometry() {
+        // Two faces, the same geometry; the head kept two blocks for them (widths 2 and 1), and
+        // the fit reads the second block's value (input 958 + 2) into rotation value 3.
+        let mut face = vec![0f32; FACE_CHANNELS];
+        for k in 0..LANDMARKS {
+            face[2 * k] = k as f32;
+            face[2 * k + 1] = (k % 7) as f32;
+        }
+        let values: Vec<f32> = [face.clone(), face].concat();
+        let mut kept = HeadFeatures::default();
+        kept.push(vec![1.0, 2.0, 3.0, 4.0], 2);
+        kept.push(vec![10.0, -20.0], 2);
+        let inputs = PoseFit::INPUTS + 3;
+        let mut weight = vec![0f32; 6 * inputs];
+        weight[3 * inputs + PoseFit::INPUTS + 2] = 0.5;
+        weight[PoseFit::INPUTS] = 1.0; // first block, first value, into rotation value 0
+        let fit = PoseFit {
+            weight: Dense::new(&Tensor::from_vec(weight, (6, inputs), &Device::Cpu).unwrap())
+                .unwrap(),
+            bias: vec![0.0; 6],
+            head_features: 3,
+        };
+        let mut corrected = values.clone();
+        fit.correct(&mut corrected, &kept);
+        let rotation =
+            |v: &[f32], face: usize, i: usize| v[face * FACE_CHANNELS + 2 * LANDMARKS + i];
+        assert!((rotation(&corrected, 0, 3) - 5.0).abs() < 1e-5);
+        assert!((rotation(&corrected, 1, 3) + 10.0).abs() < 1e-5);
+        assert!((rotation(&corrected, 0, 0) - 1.0).abs() < 1e-5);
+        assert!((rotation(&corrected, 1, 0) - 3.0).abs() < 1e-5);
+        for i in [1, 2, 4, 5] {
+            assert_eq!(rotation(&corrected, 1, i), rotation(&values, 1, i));
+        }
     }
 
     #[test]
