@@ -7,14 +7,17 @@ in-plane; turned and shrunk in the frame), labelled as training pastes faces. Th
 cross-validation on the faces as they are (all views of a face share its fold). Writes the
 checkpoint again with a "pose_fit" entry, which `mfn_train.py --export-from` stores in the model file
 (face_pose_fit.*). With --as-exported FILE (a file exported from the same checkpoint with the shipped ranks) it fits
-to the values the exported low-rank head gives, which the Rust decode computes.
+to the values the exported low-rank head gives, which the Rust decode computes; with --head-features as well, it
+also reads the per-face values that head computes on the way (mfn_model.HEAD_FEATURES_LAYOUT: its projections and
+the MLP's hidden values), which see the face's appearance where the landmarks give only its geometry.
 
 Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) but its rotation output does not use
 their geometry fully (pose 3.4 deg against the SFN's 2.1); the geometry, read around the net's own rotation, tells
-much of what is missing. One 6 x 958 product per face.
+much of what is missing. One 6 x 958 product per face (6 x 1,534 with the head's features).
 
-    python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_views.pt \
-        --mirror --turned 1 --small 1 --threads 1
+    python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_head.pt \
+        --as-exported HEAD.safetensors --head-features --mirror --turned 1 --small 1
+(HEAD.safetensors: `mfn_train.py --export-from training/runs/mfn11/last.pt` with the shipped ranks, see MFN.md.)
 """
 import argparse
 

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import det_data as D  # noqa: E402
@@ -186,11 +187,13 @@ def grid_calibration(model, data, images=480, seed=99):
 
 
 def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, refine_rank=0, grid_rank=0,
-           calibration=None, pose_fit=None):
+           calibration=None, pose_fit=None, prune_mlp=False):
     """model file + parity fixture. refine_rank > 0 stores the refinement's weight as its truncated SVD; grid_rank
     > 0 (with `calibration`, grid_calibration's rows) stores the grid head's linear layer and the MLP's first layer
     as one shared projection to grid_rank values and two small weights, fitted to those rows (data_low_rank): two
-    smaller products in the decode. pose_fit: (weight, bias) from mfn_pose_fit.py, stored as face_pose_fit.*."""
+    smaller products in the decode. pose_fit: (weight, bias) from mfn_pose_fit.py, stored as face_pose_fit.*.
+    prune_mlp (with grid_rank): the MLP's hidden units that no calibration row activates are left out, with a pose
+    fit's weights for them (they read zeros): the same outputs wherever those units stay off, for less work."""
     model = model.eval()
     tensors = DM.folded_tensors(model)
     roi_w = model.roi.weight.detach()
@@ -206,8 +209,20 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         roi_w = both[:roi_w.shape[0]]
         if mlp is not None:
             mlp = (both[roi_w.shape[0]:], *mlp[1:])
+    roi_b, dead = model.roi.bias.detach(), None
+    if prune_mlp and mlp is not None:
+        assert grid_rank > 0, "pruning the MLP reads the calibration rows of the low-rank fit (grid_rank)"
+        with torch.no_grad():
+            h = F.relu(F.linear(F.linear(calibration.float(), tensors["face_roi.basis"].float()), mlp[0], mlp[1]))
+        alive = torch.nonzero((h > 0).any(0))[:, 0]
+        print(f"MLP: {len(alive)} of {mlp[0].shape[0]} hidden units are active on the {len(h)} calibration faces")
+        dead = (alive, mlp[0].shape[0])
+        if len(alive) == 0:
+            roi_b, mlp = roi_b + mlp[3], None
+        else:
+            mlp = (mlp[0][alive], mlp[1][alive], mlp[2][:, alive], mlp[3])
     tensors["face_roi.weight"] = roi_w.float().contiguous()
-    tensors["face_roi.bias"] = model.roi.bias.detach().float().contiguous()
+    tensors["face_roi.bias"] = roi_b.float().contiguous()
     head_params += roi_w.numel() + model.roi.bias.numel()
     macs_per_face += roi_w.numel()
     if mlp is not None:
@@ -230,6 +245,11 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             head_params += t.numel()
             macs_per_face += t.numel() if t.ndim == 2 else 0
     head_features = 0 if pose_fit is None else pose_fit[0].shape[1] - M.POSE_FIT_INPUTS
+    if dead is not None and head_features == M.head_feature_count(tensors) + dead[1] - len(dead[0]):
+        # a fit made on the head with every hidden unit: its weights for the units left out read zeros
+        first = M.POSE_FIT_INPUTS + grid_rank  # the fit's first weight for a hidden unit (HEAD_FEATURES_LAYOUT)
+        keep = torch.cat([torch.arange(first), first + dead[0], torch.arange(first + dead[1], pose_fit[0].shape[1])])
+        pose_fit, head_features = (pose_fit[0][:, keep], pose_fit[1]), len(keep) - M.POSE_FIT_INPUTS
     if pose_fit is not None:
         # a fit that reads the head's own features was fitted to this head exported at these ranks
         assert head_features in (0, M.head_feature_count(tensors)), (pose_fit[0].shape, M.head_feature_count(tensors))
@@ -241,7 +261,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
     md = {
         "format": "polyface-mfn", "format_version": "2",
         "face_grid": str(c["face_grid"]), "face_grid_spacing": str(c["face_grid_spacing"]),
-        "face_mlp": str(c.get("face_mlp", 0)), "face_grid_rank": str(grid_rank if grid_rank > 0 else 0),
+        "face_mlp": str(0 if mlp is None else mlp[0].shape[0]), "face_mlp_trained": str(c.get("face_mlp", 0)),
+        "face_grid_rank": str(grid_rank if grid_rank > 0 else 0),
         "face_refine": c.get("face_refine", ""),
         "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
         "face_refine_stages": str(sum(len(st) < 4 for st in stages)),
@@ -368,6 +389,9 @@ def main():
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
     ap.add_argument("--export", default="models/mfn.safetensors", help="'' to skip")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors", help="'' to skip")
+    ap.add_argument("--prune-dead-mlp", action="store_true",
+                    help="with --export-from and --grid-rank: leave out the MLP's hidden units that no calibration "
+                         "face activates (and a pose fit's weights for them)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
@@ -384,7 +408,7 @@ def main():
                data.blend_names, {"epoch": ck["epoch"]}, args.refine_rank, args.grid_rank,
                grid_calibration(em, data) if args.grid_rank else None,
                (ck["pose_fit"]["weight"], ck["pose_fit"]["bias"]) if "pose_fit" in ck else
-               (em.pose_fit.weight.detach(), em.pose_fit.bias.detach()) if em.pose_stage else None)
+               (em.pose_fit.weight.detach(), em.pose_fit.bias.detach()) if em.pose_stage else None, args.prune_dead_mlp)
         print(f"exported {args.export_from} to {args.export}" + (f" + {args.fixture}" if args.fixture else ""))
         return
     model = M.MFN(dict(M.DEFAULT_CONFIG, face_mlp=args.face_mlp, face_grid=args.face_grid,
