@@ -168,6 +168,19 @@ class MFN(DM.Detector):
         new = ("refine.", "refine_more.", "refine_mlp")
         assert not unexpected and all(k.startswith(new) for k in missing), (missing, unexpected)
 
+    @torch.no_grad()
+    def revive_dead_mlp(self, samples, generator=None):
+        """re-initialises the MLP's hidden units that none of `samples` (rows of grid samples, as sample_grid gives
+        them) activates: their first-layer weights and bias drawn afresh (nn.Linear's default ranges), their output
+        weights zero, so the net's outputs stay the same while they can learn again. -> how many were revived."""
+        dead = ~(F.relu(self.mlp1(samples)) > 0).any(0)
+        n, fan_in = int(dead.sum()), self.mlp1.weight.shape[1]
+        bound = 1 / math.sqrt(fan_in)
+        self.mlp1.weight[dead] = (torch.rand(n, fan_in, generator=generator) * 2 - 1) * bound
+        self.mlp1.bias[dead] = (torch.rand(n, generator=generator) * 2 - 1) * bound
+        self.mlp2.weight[:, dead] = 0
+        return n
+
     def mlp_tensors(self):
         """(w1, b1, w2, b2) of the residual MLP, or None."""
         if not self.mlp_hidden:
@@ -539,5 +552,15 @@ if __name__ == "__main__":
         assert not torch.allclose(apply_pose_fit(vx, wide)[..., 136:142], apply_pose_fit(vx[..., :FACE_CH], (
             fit["weight"], fit["bias"]))[..., 136:142], atol=1e-5)
     print("the exported head gives its own features after its values; a pose fit reads them after the 958")
+    m7 = copy.deepcopy(m4).eval()
+    with torch.no_grad():
+        m7.mlp1.bias[:200] = -1e3  # 200 dead units
+        before = m7.face_values((f, fine), c, sz)
+        rows = sample_grid(f, torch.rand(1, 40, 2) * 200 + 40, torch.rand(1, 40) * 60 + 30, 5, 0.15)[0]
+        assert (F.relu(m7.mlp1(rows))[:, :200] == 0).all()
+        assert m7.revive_dead_mlp(rows, torch.Generator().manual_seed(0)) >= 200
+        assert torch.allclose(m7.face_values((f, fine), c, sz), before, atol=1e-6)
+        assert (F.relu(m7.mlp1(rows))[:, :200] > 0).any(0).float().mean() > 0.2
+    print("reviving dead MLP units keeps the outputs and makes them active again")
     a, b = m(torch.zeros(2, 3, 240, 320))
     print(a.shape, b.shape)

@@ -389,6 +389,9 @@ def main():
     ap.add_argument("--val-limit", type=int, default=None, help="validate on the first N images only (smoke)")
     ap.add_argument("--export", default="models/mfn.safetensors", help="'' to skip")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors", help="'' to skip")
+    ap.add_argument("--revive-mlp", action="store_true",
+                    help="with --init-full: re-initialise the MLP's hidden units that no calibration face activates "
+                         "(output weights zero, so the start is the same net)")
     ap.add_argument("--prune-dead-mlp", action="store_true",
                     help="with --export-from and --grid-rank: leave out the MLP's hidden units that no calibration "
                          "face activates (and a pose fit's weights for them)")
@@ -429,6 +432,11 @@ def main():
         else:
             model.load_state_dict(ck["ema"])
         print(f"initialised from MFN {args.init_full} (epoch {ck.get('epoch')})", flush=True)
+        if args.revive_mlp:
+            revived = model.revive_dead_mlp(grid_calibration(model, data, images=120, seed=98),
+                                            torch.Generator().manual_seed(args.seed))
+            print(f"revived {revived} of {model.mlp1.weight.shape[0]} MLP hidden units no calibration face activated",
+                  flush=True)
     elif args.init_grid and not args.resume:
         ck = torch.load(args.init_grid, map_location="cpu", weights_only=False)
         model.load_linear_head(ck["ema"])
