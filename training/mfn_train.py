@@ -392,6 +392,8 @@ def main():
     ap.add_argument("--revive-mlp", action="store_true",
                     help="with --init-full: re-initialise the MLP's hidden units that no calibration face activates "
                          "(output weights zero, so the start is the same net)")
+    ap.add_argument("--mlp-lr-scale", type=float, default=1.0,
+                    help="the residual MLP's learning rate as a share of --lr (without weight decay when not 1)")
     ap.add_argument("--prune-dead-mlp", action="store_true",
                     help="with --export-from and --grid-rank: leave out the MLP's hidden units that no calibration "
                          "face activates (and a pose fit's weights for them)")
@@ -451,11 +453,14 @@ def main():
         print(f"initialised from detector {args.init} (epoch {ck.get('epoch')})", flush=True)
     model.to(dev)
     ema = EMA(model)
-    decay, no_decay = [], []
+    decay, no_decay, mlp = [], [], []
     for n_, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
-                            lr=args.lr)
+        (mlp if args.mlp_lr_scale != 1 and n_.startswith(("mlp1.", "mlp2.")) else no_decay if p.ndim <= 1
+         else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}]
+    if mlp:  # the residual MLP at its own learning rate (LambdaLR scales every group's own)
+        groups.append({"params": mlp, "weight_decay": 0, "lr": args.lr * args.mlp_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=args.lr)
     it_per_epoch = args.samples // args.batch
     total = it_per_epoch * args.epochs
     warm = min(200, total // 10 + 1)
