@@ -173,7 +173,7 @@ class MFN(DM.Detector):
         """re-initialises the MLP's hidden units that none of `samples` (rows of grid samples, as sample_grid gives
         them) activates: their first-layer weights and bias drawn afresh (nn.Linear's default ranges), their output
         weights zero, so the net's outputs stay the same while they can learn again. -> how many were revived."""
-        dead = ~(F.relu(self.mlp1(samples)) > 0).any(0)
+        dead = ~active_units(samples, self.mlp1.weight, self.mlp1.bias)
         n, fan_in = int(dead.sum()), self.mlp1.weight.shape[1]
         bound = 1 / math.sqrt(fan_in)
         self.mlp1.weight[dead] = (torch.rand(n, fan_in, generator=generator) * 2 - 1) * bound
@@ -276,6 +276,12 @@ def data_low_rank(weight, samples, rank):
     root, inv_root = (U * lam.sqrt()) @ U.T, (U / lam.sqrt()) @ U.T
     P, S, Qh = torch.linalg.svd(weight.detach().double() @ root, full_matrices=False)
     return (Qh[:rank] @ inv_root).float().contiguous(), (P[:, :rank] * S[:rank]).float().contiguous()
+
+
+def active_units(inputs, weight, bias):
+    """which hidden units of a ReLU layer (weight [H, n], bias [H]) some row of inputs (rows, n) switches on -> (H,)
+    bool: the MLP's dead units are the others (mfn_train.py --revive-mlp, --prune-dead-mlp)."""
+    return (F.linear(inputs, weight, bias) > 0).any(0)
 
 
 def sample_points(feat, pts, stride):

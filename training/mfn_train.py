@@ -213,9 +213,10 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
     if prune_mlp and mlp is not None:
         assert grid_rank > 0, "pruning the MLP reads the calibration rows of the low-rank fit (grid_rank)"
         with torch.no_grad():
-            h = F.relu(F.linear(F.linear(calibration.float(), tensors["face_roi.basis"].float()), mlp[0], mlp[1]))
-        alive = torch.nonzero((h > 0).any(0))[:, 0]
-        print(f"MLP: {len(alive)} of {mlp[0].shape[0]} hidden units are active on the {len(h)} calibration faces")
+            projected = F.linear(calibration.float(), tensors["face_roi.basis"].float())
+            alive = torch.nonzero(M.active_units(projected, mlp[0], mlp[1]))[:, 0]
+        print(f"MLP: {len(alive)} of {mlp[0].shape[0]} hidden units are active on the {len(projected)} calibration "
+              f"faces")
         dead = (alive, mlp[0].shape[0])
         if len(alive) == 0:
             roi_b, mlp = roi_b + mlp[3], None
