@@ -20,6 +20,7 @@ much of what is missing. One 6 x 958 product per face (6 x 1,534 with the head's
 (HEAD.safetensors: `mfn_train.py --export-from training/runs/mfn11/last.pt` with the shipped ranks, see MFN.md.)
 """
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from sfn_data import FLIP_PERM, S_FLIP, FaceCache, apply_affine, crop_affine, ro
 from sfn_model import matrix_to_rot6d, rot6d_to_matrix
 
 RIDGE_GRID = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+ROBUST_FLOOR = np.radians(0.1)  # rows closer than this are not weighted up further (6D units ~ radians)
 
 
 def rotation_errors_deg(r6, R):
@@ -115,6 +117,13 @@ def main():
     ap.add_argument("--max-angle", type=float, default=15.0)
     ap.add_argument("--small-range", type=float, nargs=2, default=(0.2, 0.7))
     ap.add_argument("--limit", type=int, default=None, help="fit on the first N training faces only (smoke)")
+    ap.add_argument("--rows", default="",
+                    help="an .npz of the net's values on the views: read from it when it exists (same checkpoint, "
+                         "head and view flags), else collected and written there (the slow part, ~10 min per view)")
+    ap.add_argument("--ridge", type=float, nargs="+", default=RIDGE_GRID, help="the ridge weights to cross-validate")
+    ap.add_argument("--robust", type=int, default=0,
+                    help="this many reweighted refits (IRLS) after the ridge, each row weighted by 1 / its error, "
+                         "so the fit minimises the mean error (what eval reports) rather than the mean square")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     # a trained pose stage (mfn_train.py --pose-stage) is left out: this fit replaces it
@@ -135,9 +144,16 @@ def main():
     PLAIN, OTHER, SMALL = range(3)  # kinds of view
     views = [(PLAIN, None)] + ([(OTHER, [(0.0, True)] * n)] if args.mirror else []) + [
         (OTHER, turned()) for _ in range(args.turned)] + [(SMALL, turned(args.small_range)) for _ in range(args.small)]
-    parts = [collect(model, big, fc, faces, head, vs) for _, vs in views]
-    v, R, found = (np.concatenate(x) for x in zip(*parts))
-    kind = np.concatenate([np.full(len(p[2]), k) for (k, _), p in zip(views, parts)])
+    if args.rows and os.path.exists(args.rows):
+        rows = np.load(args.rows)
+        v, R, found, kind = rows["values"], rows["rotations"], rows["found"], rows["kind"]
+        print(f"{len(v)} views' values from {args.rows}")
+    else:
+        parts = [collect(model, big, fc, faces, head, vs) for _, vs in views]
+        v, R, found = (np.concatenate(x) for x in zip(*parts))
+        kind = np.concatenate([np.full(len(p[2]), k) for (k, _), p in zip(views, parts)])
+        if args.rows:
+            np.savez(args.rows, values=v, rotations=R, found=found, kind=kind)
     plain = kind == PLAIN  # the faces as they are: what the ridge weight is chosen on
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
@@ -151,11 +167,19 @@ def main():
     Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6
     before = np.average(rotation_errors_deg(r6[plain], R[plain]), weights=weights[plain])
     folds = (np.random.default_rng(0).permutation(len(fc.split)) % 5)[found]
+    def fit(rows, lam):
+        w, b = ridge(F[rows], Y[rows], weights[rows], lam)
+        for _ in range(args.robust):
+            # IRLS for the weighted mean of |residual|: each row at weight / max(|residual|, 0.1 deg in 6D units)
+            e = np.linalg.norm(Y[rows] - F[rows] @ w.T - b, axis=1)
+            w, b = ridge(F[rows], Y[rows], weights[rows] / np.maximum(e, ROBUST_FLOOR), lam)
+        return w, b
+
     cv = {}
-    for lam in RIDGE_GRID:
+    for lam in args.ridge:
         errs = np.zeros(len(F))
         for k in range(5):
-            w, b = ridge(F[folds != k], Y[folds != k], weights[folds != k], lam)
+            w, b = fit(folds != k, lam)
             test = folds == k
             errs[test] = rotation_errors_deg(r6[test] + F[test] @ w.T + b, R[test])
         cv[lam] = np.average(errs[plain], weights=weights[plain])
@@ -163,7 +187,7 @@ def main():
         print(f"ridge {lam}: cross-validated pose error {cv[lam]:.3f} deg (weighted), HELEN train "
               f"{errs[helen].mean():.3f}{small}", flush=True)
     lam = min(cv, key=cv.get)
-    w, b = ridge(F, Y, weights, lam)
+    w, b = fit(np.ones(len(F), bool), lam)
     assert np.isfinite(w).all() and np.isfinite(b).all(), "the fit is not finite"
     after = np.average(rotation_errors_deg(r6[plain] + F[plain] @ w.T + b, R[plain]), weights=weights[plain])
     w = w * scale  # for the unscaled features
@@ -175,7 +199,7 @@ def main():
                       "head_features": F.shape[1] - M.POSE_FIT_INPUTS, "ridge": lam, "faces": int(plain.sum()), "views": len(F),
                       "mirror": args.mirror, "turned": args.turned, "small": args.small,
                       "max_angle": args.max_angle, "small_range": list(args.small_range),
-                      "train_deg_before": float(before), "cv_deg": float(cv[lam])}
+                      "train_deg_before": float(before), "cv_deg": float(cv[lam]), "robust": args.robust}
     torch.save(ck, args.out)
     print(f"wrote {args.out}")
 
