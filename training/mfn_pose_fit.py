@@ -15,8 +15,8 @@ Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) bu
 their geometry fully (pose 3.4 deg against the SFN's 2.1); the geometry, read around the net's own rotation, tells
 much of what is missing. One 6 x 958 product per face (6 x 1,534 with the head's features).
 
-    python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_head.pt \
-        --as-exported HEAD.safetensors --head-features --mirror --turned 1 --small 1
+    python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_robust.pt \
+        --as-exported HEAD.safetensors --head-features --mirror --turned 1 --small 1 --robust 3 [--rows ROWS.npz]
 (HEAD.safetensors: `mfn_train.py --export-from training/runs/mfn11/last.pt` with the shipped ranks, see MFN.md.)
 """
 import argparse
@@ -119,7 +119,7 @@ def main():
     ap.add_argument("--limit", type=int, default=None, help="fit on the first N training faces only (smoke)")
     ap.add_argument("--rows", default="",
                     help="an .npz of the net's values on the views: read from it when it exists (same checkpoint, "
-                         "head and view flags), else collected and written there (the slow part, ~10 min per view)")
+                         "head and view flags), else collected and written there (the slow part, ~6 min per view on one thread)")
     ap.add_argument("--ridge", type=float, nargs="+", default=RIDGE_GRID, help="the ridge weights to cross-validate")
     ap.add_argument("--robust", type=int, default=0,
                     help="this many reweighted refits (IRLS) after the ridge, each row weighted by 1 / its error, "
@@ -144,8 +144,14 @@ def main():
     PLAIN, OTHER, SMALL = range(3)  # kinds of view
     views = [(PLAIN, None)] + ([(OTHER, [(0.0, True)] * n)] if args.mirror else []) + [
         (OTHER, turned()) for _ in range(args.turned)] + [(SMALL, turned(args.small_range)) for _ in range(args.small)]
+    # what the cached values depend on: a cache made for other flags is refused, not silently fitted
+    rows_key = repr((args.checkpoint, args.as_exported, args.head_features, args.mirror, args.turned, args.small,
+                     args.max_angle, tuple(args.small_range), args.limit))
     if args.rows and os.path.exists(args.rows):
         rows = np.load(args.rows)
+        if "key" not in rows or str(rows["key"]) != rows_key:
+            raise SystemExit(f"{args.rows} holds values for other flags ({rows['key'] if 'key' in rows else 'unknown'}"
+                             f"), not {rows_key}: give another --rows file or remove it")
         v, R, found, kind = rows["values"], rows["rotations"], rows["found"], rows["kind"]
         print(f"{len(v)} views' values from {args.rows}")
     else:
@@ -153,7 +159,7 @@ def main():
         v, R, found = (np.concatenate(x) for x in zip(*parts))
         kind = np.concatenate([np.full(len(p[2]), k) for (k, _), p in zip(views, parts)])
         if args.rows:
-            np.savez(args.rows, values=v, rotations=R, found=found, kind=kind)
+            np.savez(args.rows, values=v, rotations=R, found=found, kind=kind, key=rows_key)
     plain = kind == PLAIN  # the faces as they are: what the ridge weight is chosen on
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
@@ -167,12 +173,14 @@ def main():
     Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6
     before = np.average(rotation_errors_deg(r6[plain], R[plain]), weights=weights[plain])
     folds = (np.random.default_rng(0).permutation(len(fc.split)) % 5)[found]
+
     def fit(rows, lam):
-        w, b = ridge(F[rows], Y[rows], weights[rows], lam)
+        Fr, Yr, pr = F[rows], Y[rows], weights[rows]  # copied once, not once per refit
+        w, b = ridge(Fr, Yr, pr, lam)
         for _ in range(args.robust):
             # IRLS for the weighted mean of |residual|: each row at weight / max(|residual|, 0.1 deg in 6D units)
-            e = np.linalg.norm(Y[rows] - F[rows] @ w.T - b, axis=1)
-            w, b = ridge(F[rows], Y[rows], weights[rows] / np.maximum(e, ROBUST_FLOOR), lam)
+            e = np.linalg.norm(Yr - Fr @ w.T - b, axis=1)
+            w, b = ridge(Fr, Yr, pr / np.maximum(e, ROBUST_FLOOR), lam)
         return w, b
 
     cv = {}
