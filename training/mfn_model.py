@@ -359,6 +359,9 @@ POSE_FIT_FEATURES = "landmarks+rotation+products"  # the layout pose_fit_feature
 POSE_FIT_INPUTS = 2 * N_LMK + 6 + 2 * N_LMK * 6
 # ... followed by the exported head's own per-face features, which its decode computes anyway (HEAD_FEATURES_LAYOUT)
 POSE_FIT_HEAD_FEATURES = POSE_FIT_FEATURES + "+head"
+# ... and then the products of the landmarks' principal shape values (pose_fit_shape_products): the geometry read to
+# second order, which a rotation's cosine terms need, in few values
+POSE_FIT_SHAPE_FEATURES = POSE_FIT_HEAD_FEATURES + "+shape"
 HEAD_FEATURES_LAYOUT = ("the grid samples' projection (face_roi.basis @ samples, face_grid_rank values), the MLP's "
                         "hidden values after the ReLU (face_mlp), each refinement stage's projection of its samples "
                         "(face_refineN.basis @ samples, face_refine_rank values each), in that order")
@@ -427,18 +430,46 @@ def pose_fit_features(v, head_features=False):
     return torch.cat([lmk, r6, (lmk[..., :, None] * r6[..., None, :]).flatten(-2), *own], -1)
 
 
+def stored_pose_fit(fit):
+    """a checkpoint's "pose_fit" entry (mfn_pose_fit.py) -> the tuple apply_pose_fit takes."""
+    names = ("weight", "bias") + (("shape_mean", "shape_basis") if "shape_basis" in fit else ())
+    return tuple(fit[n] for n in names)
+
+
+def shape_product_count(pose_fit):
+    """how many shape products a pose fit reads: k(k+1)/2 for (weight, bias, shape_mean, shape_basis [k, 136]), 0
+    for (weight, bias)."""
+    if pose_fit is None or len(pose_fit) == 2:
+        return 0
+    k = pose_fit[3].shape[0]
+    return k * (k + 1) // 2
+
+
+def pose_fit_shape_products(features, mean, basis):
+    """(..., 958 or more) pose fit inputs -> (..., k(k+1)/2): z = basis [k, 136] @ (the 136 scaled landmark values -
+    mean [136]), the landmarks' principal shape values (basis holds the principal directions divided by their
+    spread), and z_i * z_j for i <= j, i outer, j inner (numpy.triu_indices(k) order)."""
+    z = F.linear(features[..., :2 * N_LMK] - mean, basis)
+    i, j = torch.triu_indices(basis.shape[0], basis.shape[0])
+    return z[..., i] * z[..., j]
+
+
 def apply_pose_fit(v, pose_fit, fixed_landmarks=False):
     """v with the pose fit's correction added to its rotation values; pose_fit = (weight [6, 958], bias [6]) or
     None (v unchanged); a wider weight [6, 958 + n] reads the n head features that follow the 193 values in v (see
-    pose_fit_features). fixed_landmarks: the landmarks feed the correction as fixed inputs (no gradient reaches them
-    through it)."""
+    pose_fit_features); (weight [6, 958 + n + k(k+1)/2], bias, shape_mean [136], shape_basis [k, 136]) also reads
+    the shape products (pose_fit_shape_products) after those (POSE_FIT_SHAPE_FEATURES). fixed_landmarks: the
+    landmarks feed the correction as fixed inputs (no gradient reaches them through it)."""
     if pose_fit is None:
         return v
-    w, b = pose_fit
-    head_features = w.shape[-1] > POSE_FIT_INPUTS
-    assert w.shape[-1] == POSE_FIT_INPUTS + (v.shape[-1] - FACE_CH) * head_features, (w.shape, v.shape)
+    w, b = pose_fit[:2]
+    products = shape_product_count(pose_fit)
+    head_features = w.shape[-1] - products > POSE_FIT_INPUTS
+    assert w.shape[-1] == POSE_FIT_INPUTS + (v.shape[-1] - FACE_CH) * head_features + products, (w.shape, v.shape)
     lmk = v[..., :2 * N_LMK]
     f = pose_fit_features(torch.cat([lmk.detach() if fixed_landmarks else lmk, v[..., 136:]], -1), head_features)
+    if products:
+        f = torch.cat([f, pose_fit_shape_products(f, *pose_fit[2:])], -1)
     return torch.cat([v[..., :136], v[..., 136:142] + F.linear(f, w, b), v[..., 142:]], -1)
 
 
@@ -558,6 +589,20 @@ if __name__ == "__main__":
         assert not torch.allclose(apply_pose_fit(vx, wide)[..., 136:142], apply_pose_fit(vx[..., :FACE_CH], (
             fit["weight"], fit["bias"]))[..., 136:142], atol=1e-5)
     print("the exported head gives its own features after its values; a pose fit reads them after the 958")
+    with torch.no_grad():
+        k, mean, sbasis = 3, torch.randn(136) * 0.01, torch.randn(3, 136)
+        shaped = (torch.cat([wide[0], torch.zeros(6, 6)], 1), wide[1], mean, sbasis)
+        assert shape_product_count(shaped) == 6
+        assert torch.allclose(apply_pose_fit(vx, shaped), apply_pose_fit(vx, wide), atol=1e-5)
+        z = (pose_fit_features(vx[0, :1])[0, :136] - mean) @ sbasis.T
+        shaped[0][2, -2] = 1.0  # the product z_1 * z_2 (i <= j, i outer), into rotation value 2
+        assert torch.allclose(apply_pose_fit(vx[0, :1], shaped)[0, 138], apply_pose_fit(vx[0, :1], wide)[0, 138]
+                              + z[1] * z[2], atol=1e-4)
+        moved = vx[0, :1].clone()
+        moved[:, :136] = (moved[:, :136].unflatten(-1, (68, 2)) * 0.5 + 2.0).flatten(-2)
+        assert torch.allclose(apply_pose_fit(moved, shaped)[:, 136:142], apply_pose_fit(vx[0, :1], shaped)[:, 136:142],
+                              rtol=1e-3, atol=1e-4)
+    print("the shape products follow the head features, in triu order, and do not depend on the box either")
     m7 = copy.deepcopy(m4).eval()
     with torch.no_grad():
         m7.mlp1.bias[:200] = -1e3  # 200 dead units

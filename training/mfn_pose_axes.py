@@ -37,8 +37,8 @@ def main():
     torch.set_num_threads(args.threads)
     ck, model = M.load_ema(args.checkpoint)
     fit = ck.get("pose_fit")  # checkpoints written by mfn_pose_fit.py: scored with the fit, as exported
-    pose_fit = None if fit is None else (fit["weight"], fit["bias"])
-    head_features = fit is not None and fit["weight"].shape[1] > M.POSE_FIT_INPUTS
+    pose_fit = None if fit is None else M.stored_pose_fit(fit)
+    head_features = fit is not None and fit["weight"].shape[1] - M.shape_product_count(pose_fit) > M.POSE_FIT_INPUTS
     assert args.as_exported or not head_features, "this pose fit reads the exported head's features: give --as-exported"
     head = M.exported_head(load_file(args.as_exported), ck["config"], head_features) if args.as_exported else None
     data = MD.MFNData(args.det_cache, args.sfn_cache, sharp_faces=args.sharp_faces)

@@ -13,10 +13,13 @@ the MLP's hidden values), which see the face's appearance where the landmarks gi
 
 Why: the net places the landmarks well (HELEN-as-frame NME 4.5 %, as the SFN) but its rotation output does not use
 their geometry fully (pose 3.4 deg against the SFN's 2.1); the geometry, read around the net's own rotation, tells
-much of what is missing. One 6 x 958 product per face (6 x 1,534 with the head's features).
+much of what is missing. With --shape-products K it also reads the products of the landmarks' first K principal
+shape values: a rotation changes the projected shape through cosines as well as sines, which a linear read of the
+landmarks misses. One 6 x 958 product per face (6 x 1,534 with the head's features, plus K(K+1)/2 with the shape).
 
     python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_robust.pt \
-        --as-exported HEAD.safetensors --head-features --mirror --turned 1 --small 1 --robust 3 [--rows ROWS.npz]
+        --as-exported HEAD.safetensors --head-features --mirror --turned 1 --small 1 --robust 3 [--rows ROWS.npz] \
+        [--shape-products 12]
 (HEAD.safetensors: `mfn_train.py --export-from training/runs/mfn11/last.pt` with the shipped ranks, see MFN.md.)
 """
 import argparse
@@ -121,6 +124,10 @@ def main():
                     help="an .npz of the net's values on the views: read from it when it exists (same checkpoint, "
                          "head and view flags), else collected and written there (the slow part, ~6 min per view on one thread)")
     ap.add_argument("--ridge", type=float, nargs="+", default=RIDGE_GRID, help="the ridge weights to cross-validate")
+    ap.add_argument("--shape-products", type=int, default=0, metavar="K",
+                    help="with --head-features: the fit also reads the K(K+1)/2 products of the landmarks' first K "
+                         "principal shape values (mfn_model.pose_fit_shape_products; PCA of the training faces' "
+                         "scaled landmarks), the geometry to second order")
     ap.add_argument("--robust", type=int, default=0,
                     help="this many reweighted refits (IRLS) after the ridge, each row weighted by 1 / its error, "
                          "so the fit minimises the mean error (what eval reports) rather than the mean square")
@@ -169,6 +176,20 @@ def main():
     scale = np.ones(F.shape[1])
     scale[M.POSE_FIT_INPUTS:] = F[plain, :M.POSE_FIT_INPUTS].std(0).mean() / F[plain, M.POSE_FIT_INPUTS:].std(0).clip(1e-3)
     F *= scale
+    shape = None
+    if args.shape_products:
+        assert args.head_features, "--shape-products follows the head features: give --head-features"
+        # principal directions of the scaled landmarks over the training faces as they are, each weighted as in the
+        # fit, divided by their spread so the K shape values are of unit variance
+        lm, p = F[plain, :2 * M.N_LMK], weights[plain] / weights[plain].sum()
+        mean = p @ lm
+        spread, U = np.linalg.eigh(((lm - mean) * p[:, None]).T @ (lm - mean))
+        top = np.argsort(spread)[::-1][:args.shape_products]
+        shape = (mean, (U[:, top] / np.sqrt(spread[top])).T)
+        P = M.pose_fit_shape_products(torch.from_numpy(F), *(torch.from_numpy(t) for t in shape)).numpy()
+        # scaled to the geometry's spread as the head features are; folded back below
+        product_scale = F[plain, :M.POSE_FIT_INPUTS].std(0).mean() / P[plain].std(0).clip(1e-6)
+        F, scale = np.hstack([F, P * product_scale]), np.concatenate([scale, product_scale])
     r6 = v[:, 136:142]
     Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6
     before = np.average(rotation_errors_deg(r6[plain], R[plain]), weights=weights[plain])
@@ -203,11 +224,16 @@ def main():
           f"{before:.3f} deg without the fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} "
           f"fitted on all")
     ck["pose_fit"] = {"weight": torch.tensor(w, dtype=torch.float32), "bias": torch.tensor(b, dtype=torch.float32),
-                      "features": M.POSE_FIT_HEAD_FEATURES if args.head_features else M.POSE_FIT_FEATURES,
-                      "head_features": F.shape[1] - M.POSE_FIT_INPUTS, "ridge": lam, "faces": int(plain.sum()), "views": len(F),
+                      "features": M.POSE_FIT_SHAPE_FEATURES if shape else M.POSE_FIT_HEAD_FEATURES
+                      if args.head_features else M.POSE_FIT_FEATURES,
+                      "head_features": F.shape[1] - M.POSE_FIT_INPUTS - (0 if shape is None else P.shape[1]),
+                      "ridge": lam, "faces": int(plain.sum()), "views": len(F),
                       "mirror": args.mirror, "turned": args.turned, "small": args.small,
                       "max_angle": args.max_angle, "small_range": list(args.small_range),
                       "train_deg_before": float(before), "cv_deg": float(cv[lam]), "robust": args.robust}
+    if shape is not None:
+        ck["pose_fit"].update(shape_mean=torch.tensor(shape[0], dtype=torch.float32),
+                              shape_basis=torch.tensor(shape[1], dtype=torch.float32))
     torch.save(ck, args.out)
     print(f"wrote {args.out}")
 

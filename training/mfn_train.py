@@ -167,7 +167,10 @@ FACE_DECODING = (
     "136..141; f = [l, r, l_i * r_j for i in 0..135 (outer), j in 0..5 (inner)] (958 values); v 136..141 += "
     "face_pose_fit.weight [6, 958] @ f + face_pose_fit.bias. With face_pose_fit = "
     "'landmarks+rotation+products+head' (factored heads only) f is followed by the head's own per-face features: "
-    + M.HEAD_FEATURES_LAYOUT + "; face_pose_fit.weight is [6, 958 + their count]."
+    + M.HEAD_FEATURES_LAYOUT + "; face_pose_fit.weight is [6, 958 + their count]. With face_pose_fit = "
+    "'landmarks+rotation+products+head+shape' those are followed by the shape products: z = face_pose_fit.shape_basis "
+    "[k, 136] @ (l - face_pose_fit.shape_mean [136]), then z_i * z_j for i in 0..k-1 (outer), j in i..k-1 (inner) "
+    "(k(k+1)/2 values); face_pose_fit.weight is [6, 958 + head features + k(k+1)/2]."
 )
 
 
@@ -245,18 +248,23 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             tensors[name] = t.detach().float().contiguous()
             head_params += t.numel()
             macs_per_face += t.numel() if t.ndim == 2 else 0
-    head_features = 0 if pose_fit is None else pose_fit[0].shape[1] - M.POSE_FIT_INPUTS
+    products = M.shape_product_count(pose_fit)
+    head_features = 0 if pose_fit is None else pose_fit[0].shape[1] - M.POSE_FIT_INPUTS - products
     if dead is not None and head_features == M.head_feature_count(tensors) + dead[1] - len(dead[0]):
         # a fit made on the head with every hidden unit: its weights for the units left out read zeros
         first = M.POSE_FIT_INPUTS + grid_rank  # the fit's first weight for a hidden unit (HEAD_FEATURES_LAYOUT)
         keep = torch.cat([torch.arange(first), first + dead[0], torch.arange(first + dead[1], pose_fit[0].shape[1])])
-        pose_fit, head_features = (pose_fit[0][:, keep], pose_fit[1]), len(keep) - M.POSE_FIT_INPUTS
+        pose_fit = (pose_fit[0][:, keep], *pose_fit[1:])
+        head_features = len(keep) - M.POSE_FIT_INPUTS - products
     if pose_fit is not None:
         # a fit that reads the head's own features was fitted to this head exported at these ranks
         assert head_features in (0, M.head_feature_count(tensors)), (pose_fit[0].shape, M.head_feature_count(tensors))
-        tensors["face_pose_fit.weight"], tensors["face_pose_fit.bias"] = (t.float().contiguous() for t in pose_fit)
+        names = ("weight", "bias", "shape_mean", "shape_basis")[:len(pose_fit)]
+        assert not products or head_features, "shape products come only after the head features"
+        for name, t in zip(names, pose_fit):
+            tensors[f"face_pose_fit.{name}"] = t.float().contiguous()
         head_params += sum(t.numel() for t in pose_fit)
-        macs_per_face += pose_fit[0].numel()
+        macs_per_face += pose_fit[0].numel() + (pose_fit[3].numel() if products else 0)
     c = model.config
     outputs = M.outputs(c)
     md = {
@@ -268,8 +276,8 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
         "face_refine_stages": str(sum(len(st) < 4 for st in stages)),
         "face_refine_mlp": str(c.get("face_refine_mlp", 0)),
-        "face_pose_fit": "" if pose_fit is None else M.POSE_FIT_HEAD_FEATURES if head_features else
-        M.POSE_FIT_FEATURES,
+        "face_pose_fit": "" if pose_fit is None else M.POSE_FIT_SHAPE_FEATURES if products else
+        M.POSE_FIT_HEAD_FEATURES if head_features else M.POSE_FIT_FEATURES,
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
@@ -413,7 +421,7 @@ def main():
         export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
                data.blend_names, {"epoch": ck["epoch"]}, args.refine_rank, args.grid_rank,
                grid_calibration(em, data) if args.grid_rank else None,
-               (ck["pose_fit"]["weight"], ck["pose_fit"]["bias"]) if "pose_fit" in ck else
+               M.stored_pose_fit(ck["pose_fit"]) if "pose_fit" in ck else
                (em.pose_fit.weight.detach(), em.pose_fit.bias.detach()) if em.pose_stage else None, args.prune_dead_mlp)
         print(f"exported {args.export_from} to {args.export}" + (f" + {args.fixture}" if args.fixture else ""))
         return

@@ -430,22 +430,60 @@ impl RefinementStage {
     }
 }
 
-/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`] or [`PoseFit::WITH_HEAD`],
-/// from `training/mfn_pose_fit.py`): a linear correction of the 6 rotation values from the
-/// face's own landmarks and rotation (and, with the head, the head's own per-face features),
+/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`], [`PoseFit::WITH_HEAD`] or
+/// [`PoseFit::WITH_SHAPE`], from `training/mfn_pose_fit.py`): a linear correction of the 6
+/// rotation values from the face's own landmarks and rotation (and, with the head, the head's
+/// own per-face features; with the shape, products of the landmarks' principal shape values),
 /// fitted to the teacher's rotation on training faces. The net places the landmarks as well as
 /// the SFN but its rotation output uses their geometry only in part.
 struct PoseFit {
-    /// [`PoseFit::INPUTS`] + `head_features` → 6.
+    /// [`PoseFit::INPUTS`] + `head_features` + the shape's products → 6.
     weight: Dense,
     bias: Vec<f32>,
     /// How many of the head's own features ([`HeadFeatures`]) follow the geometry (0: none).
     head_features: usize,
+    shape: Option<ShapeProducts>,
+}
+
+/// The landmarks' geometry to second order in few values: z = basis · (scaled landmarks −
+/// mean), the first k principal shape values of the training faces (the basis holds the
+/// principal directions divided by their spread), then z_i z_j for i ≤ j (i outer).
+struct ShapeProducts {
+    mean: Vec<f32>,
+    /// [k, 136], row-major.
+    basis: Vec<f32>,
+}
+
+impl ShapeProducts {
+    fn count(&self) -> usize {
+        let k = self.basis.len() / (2 * LANDMARKS);
+        k * (k + 1) / 2
+    }
+
+    /// The products for one face's scaled landmarks (136 values).
+    fn of(&self, landmarks: &[f32]) -> Vec<f32> {
+        let z: Vec<f32> = self
+            .basis
+            .chunks_exact(2 * LANDMARKS)
+            .map(|direction| {
+                direction
+                    .iter()
+                    .zip(landmarks.iter().zip(&self.mean))
+                    .map(|(d, (l, m))| d * (l - m))
+                    .sum()
+            })
+            .collect();
+        z.iter()
+            .enumerate()
+            .flat_map(|(i, zi)| z[i..].iter().map(move |zj| zi * zj))
+            .collect()
+    }
 }
 
 impl PoseFit {
     const FEATURES: &'static str = "landmarks+rotation+products";
     const WITH_HEAD: &'static str = "landmarks+rotation+products+head";
+    const WITH_SHAPE: &'static str = "landmarks+rotation+products+head+shape";
     /// 136 landmark values, 6 rotation values and their 816 products.
     const INPUTS: usize = 2 * LANDMARKS + 6 + 2 * LANDMARKS * 6;
 
@@ -453,7 +491,9 @@ impl PoseFit {
     /// `head`: the head's features of the same rows, read when the fit has `head_features`).
     fn correct(&self, values: &mut [f32], head: &HeadFeatures) {
         let rows = values.len() / FACE_CHANNELS;
-        let mut features = Vec::with_capacity(rows * (Self::INPUTS + self.head_features));
+        let products = self.shape.as_ref().map_or(0, ShapeProducts::count);
+        let mut features =
+            Vec::with_capacity(rows * (Self::INPUTS + self.head_features + products));
         for (row, v) in values.chunks_exact(FACE_CHANNELS).enumerate() {
             // The landmarks centred on their mean point and scaled to unit RMS distance from
             // it: the box's place and size drop out.
@@ -481,9 +521,14 @@ impl PoseFit {
                 let l = features[i];
                 features.extend(rotation.iter().map(|r| l * r));
             }
+            let shape = self
+                .shape
+                .as_ref()
+                .map(|shape| shape.of(&features[start..start + 2 * LANDMARKS]));
             if self.head_features > 0 {
                 head.extend_row(row, &mut features);
             }
+            features.extend(shape.into_iter().flatten());
         }
         let mut correction = repeated(&self.bias, rows);
         self.weight.accumulate(&features, &mut correction);
@@ -838,7 +883,7 @@ impl Mfn {
         };
         let pose_fit = match file.metadata.get("face_pose_fit").map(String::as_str) {
             None | Some("") => None,
-            Some(kind @ (PoseFit::FEATURES | PoseFit::WITH_HEAD)) => {
+            Some(kind @ (PoseFit::FEATURES | PoseFit::WITH_HEAD | PoseFit::WITH_SHAPE)) => {
                 let head_features = match kind {
                     PoseFit::FEATURES => 0,
                     _ => head_feature_count(&head, refinement.as_ref()).ok_or_else(|| {
@@ -851,7 +896,36 @@ impl Mfn {
                         )
                     })?,
                 };
-                let inputs = PoseFit::INPUTS + head_features;
+                let shape = if kind == PoseFit::WITH_SHAPE {
+                    const BASIS: &str = "face_pose_fit.shape_basis";
+                    let k = match file.shape(BASIS) {
+                        Some(&[k, n]) if n == 2 * LANDMARKS && (1..=64).contains(&k) => k,
+                        found => {
+                            return Err(bad(
+                                "face_pose_fit",
+                                format!(
+                                    "{kind:?} needs {BASIS} [k, {}] with 1 <= k <= 64, the file \
+                                     has {found:?}",
+                                    2 * LANDMARKS
+                                ),
+                            ))
+                        }
+                    };
+                    Some(ShapeProducts {
+                        mean: cpu_tensor("face_pose_fit.shape_mean", &[2 * LANDMARKS])?
+                            .to_vec1()
+                            .map_err(tensor_error)?,
+                        basis: cpu_tensor(BASIS, &[k, 2 * LANDMARKS])?
+                            .flatten_all()
+                            .and_then(|t| t.to_vec1())
+                            .map_err(tensor_error)?,
+                    })
+                } else {
+                    None
+                };
+                let inputs = PoseFit::INPUTS
+                    + head_features
+                    + shape.as_ref().map_or(0, ShapeProducts::count);
                 Some(PoseFit {
                     weight: Dense::new(&cpu_tensor("face_pose_fit.weight", &[6, inputs])?)
                         .map_err(tensor_error)?,
@@ -859,15 +933,17 @@ impl Mfn {
                         .to_vec1()
                         .map_err(tensor_error)?,
                     head_features,
+                    shape,
                 })
             }
             Some(other) => {
                 return Err(bad(
                     "face_pose_fit",
                     format!(
-                        "{other:?} is not a pose fit this build reads ({:?} or {:?})",
+                        "{other:?} is not a pose fit this build reads ({:?}, {:?} or {:?})",
                         PoseFit::FEATURES,
-                        PoseFit::WITH_HEAD
+                        PoseFit::WITH_HEAD,
+                        PoseFit::WITH_SHAPE
                     ),
                 ))
             }
@@ -1308,6 +1384,7 @@ mod tests {
             .unwrap(),
             bias: vec![0.5, 0.0, 0.0, 0.0, 0.0, -0.25],
             head_features: 0,
+            shape: None,
         };
         let mut corrected = values.clone();
         fit.correct(&mut corrected, &HeadFeatures::default());
@@ -1403,6 +1480,7 @@ mod tests {
                 .unwrap(),
             bias: vec![0.0; 6],
             head_features: 3,
+            shape: None,
         };
         let mut corrected = values.clone();
         fit.correct(&mut corrected, &kept);
@@ -1414,6 +1492,50 @@ mod tests {
         assert!((rotation(&corrected, 1, 0) - 3.0).abs() < 1e-5);
         for i in [1, 2, 4, 5] {
             assert_eq!(rotation(&corrected, 1, i), rotation(&values, 1, i));
+        }
+    }
+
+    #[test]
+    fn a_pose_fit_with_the_shape_reads_products_of_shape_values_after_the_head() {
+        // The circle of the first pose fit test: normalised, landmark 0 is (1, 0) and landmark
+        // 1's y is sin(τ/68). Shape values z0 = landmark 0's x − 0.5, z1 = landmark 1's y; their
+        // products z0², z0 z1, z1² follow the head's one feature.
+        let mut values = vec![0f32; FACE_CHANNELS];
+        for k in 0..LANDMARKS {
+            let a = k as f32 * std::f32::consts::TAU / LANDMARKS as f32;
+            values[2 * k] = 10.0 + 3.0 * a.cos();
+            values[2 * k + 1] = -4.0 + 3.0 * a.sin();
+        }
+        let l1y = (std::f32::consts::TAU / LANDMARKS as f32).sin();
+        let mut mean = vec![0f32; 2 * LANDMARKS];
+        mean[0] = 0.5;
+        let mut basis = vec![0f32; 2 * 2 * LANDMARKS];
+        basis[0] = 1.0;
+        basis[2 * LANDMARKS + 3] = 1.0;
+        let shape = ShapeProducts { mean, basis };
+        assert_eq!(shape.count(), 3);
+        let inputs = PoseFit::INPUTS + 1 + 3;
+        let mut weight = vec![0f32; 6 * inputs];
+        weight[2 * inputs + PoseFit::INPUTS + 1 + 1] = 2.0; // z0 z1 into rotation value 2
+        weight[4 * inputs + PoseFit::INPUTS + 1 + 2] = -1.0; // z1² into rotation value 4
+        weight[5 * inputs + PoseFit::INPUTS] = 0.1; // the head's feature into value 5
+        let fit = PoseFit {
+            weight: Dense::new(&Tensor::from_vec(weight, (6, inputs), &Device::Cpu).unwrap())
+                .unwrap(),
+            bias: vec![0.0; 6],
+            head_features: 1,
+            shape: Some(shape),
+        };
+        let mut kept = HeadFeatures::default();
+        kept.push(vec![7.0], 1);
+        let mut corrected = values.clone();
+        fit.correct(&mut corrected, &kept);
+        let change = |i: usize| corrected[2 * LANDMARKS + i] - values[2 * LANDMARKS + i];
+        assert!((change(2) - 2.0 * 0.5 * l1y).abs() < 1e-5, "{}", change(2));
+        assert!((change(4) + l1y * l1y).abs() < 1e-5, "{}", change(4));
+        assert!((change(5) - 0.7).abs() < 1e-5, "{}", change(5));
+        for i in [0, 1, 3] {
+            assert_eq!(change(i), 0.0);
         }
     }
 

@@ -90,6 +90,11 @@ impl ModelFile {
         })
     }
 
+    /// A tensor's shape, if the file holds it (for tensors whose size the file chooses).
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.shapes.get(name).map(Vec::as_slice)
+    }
+
     /// A tensor that must exist with exactly `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<candle_core::Tensor, ModelError> {
         let error = |problem: String| ModelError::Tensor {

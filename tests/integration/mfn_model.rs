@@ -331,6 +331,12 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
             &["face_pose_fit.weight"],
         ),
         (
+            "a pose fit with shape products but no shape basis",
+            set("face_pose_fit", "landmarks+rotation+products+head+shape"),
+            "face_pose_fit.shape_basis",
+            &["face_pose_fit.shape_basis", "[k, 136]"],
+        ),
+        (
             "a pose fit without its weight",
             set("face_pose_fit", "landmarks+rotation+products"),
             "face_pose_fit.weight",
