@@ -654,23 +654,27 @@ impl CustomOp3 for GemmConv {
             }
             return Ok((CpuStorage::F32(out), Shape::from_dims(&[n, cout, ho, wo])));
         }
-        let image = |index: usize, out: &mut [MaybeUninit<f32>], parallelism: gemm::Parallelism| {
+        // The matrix the weight multiplies: the input itself (1×1) or its unfolded 3×3 patches.
+        let columns = |index: usize| -> std::borrow::Cow<'_, [f32]> {
             let input = &input[index * cin * h * w..(index + 1) * cin * h * w];
-            let columns;
-            let rhs = if k == 1 {
-                input
+            if k == 1 {
+                input.into()
             } else {
-                columns = im2col3x3(input, (cin, h, w), self.stride, (ho, wo));
-                &columns[..]
-            };
+                im2col3x3(input, (cin, h, w), self.stride, (ho, wo)).into()
+            }
+        };
+        // Output channels `first..` of image `index` (as many as `out` holds rows).
+        let product = |index: usize, first: usize, out: &mut [MaybeUninit<f32>], rhs: &[f32]| {
+            let rows = out.len() / plane_out;
             // The product adds onto the bias (plus the residual), written here first.
-            let residual = residual.map(|r| &r[index * out.len()..(index + 1) * out.len()]);
-            let out = write_bias(out, bias, residual);
-            // SAFETY: the pointers and strides describe the row-major matrices allocated above:
-            // out (cout × plane_out), weight (cout × depth), rhs (depth × plane_out).
+            let residual = residual.map(|r| &r[(index * cout + first) * plane_out..][..out.len()]);
+            let out = write_bias(out, &bias[first..first + rows], residual);
+            let weight = &weight[first * depth..(first + rows) * depth];
+            // SAFETY: the pointers and strides describe row-major matrices of these sizes:
+            // out (rows × plane_out), weight (rows × depth), rhs (depth × plane_out).
             unsafe {
                 gemm::gemm(
-                    cout,
+                    rows,
                     plane_out,
                     depth,
                     out.as_mut_ptr(),
@@ -688,29 +692,36 @@ impl CustomOp3 for GemmConv {
                     false,
                     false,
                     false,
-                    parallelism,
+                    gemm::Parallelism::None,
                 );
             }
             self.activation.apply_all(out);
         };
         let mut out = unwritten(n * cout * plane_out);
-        if n == 1 {
-            image(
-                0,
-                &mut out,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
-            );
+        if n == 1 && !out.is_empty() {
+            // One image: each thread takes a band of output channels. gemm's own threading
+            // (Parallelism::Rayon) made these products ~2× slower than one thread on a 2-core
+            // Xeon (`bench --layers`), as did the bias and activation passes left on one thread.
+            let rhs = columns(0);
+            let threads = rayon::current_num_threads().min(cout.div_ceil(MIN_BAND_CHANNELS));
+            let band = cout.div_ceil(threads.max(1));
+            out.par_chunks_mut(band * plane_out)
+                .enumerate()
+                .for_each(|(i, out)| product(0, i * band, out, &rhs));
         } else if !out.is_empty() {
             // Several faces: one image per thread beats splitting each small product.
             out.par_chunks_mut(cout * plane_out)
                 .enumerate()
-                .for_each(|(i, out)| image(i, out, gemm::Parallelism::None));
+                .for_each(|(i, out)| product(i, 0, out, &columns(i)));
         }
-        // SAFETY: each image's part went through write_bias in `image` (none when empty).
+        // SAFETY: each band of each image went through write_bias in `product` (none when empty).
         let out = unsafe { assume_written(out) };
         Ok((CpuStorage::F32(out), Shape::from_dims(&[n, cout, ho, wo])))
     }
 }
+
+/// The fewest output channels worth a thread of their own in a one-image product.
+const MIN_BAND_CHANNELS: usize = 8;
 
 /// Input channels up to which a 3×3 convolution runs directly rather than as im2col + gemm.
 const DIRECT_MAX_INPUTS: usize = 4;
@@ -1246,13 +1257,28 @@ pub(crate) mod tests {
     #[test]
     fn pointwise_matches_candle_conv_for_one_and_many_images() {
         let dev = Device::Cpu;
+        // Three threads, whatever the machine: one image's 24 channels go in three bands of 8,
+        // its 15 in two uneven ones (8 + 7).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
         for n in [1, 3] {
-            let x = Tensor::randn(0f32, 1.0, (n, 16, 7, 9), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (24, 16, 1, 1), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, 24, &dev).unwrap();
-            let fast = pointwise(&x, &w, &b, Activation::Relu).unwrap();
-            let slow = reference_conv(&x, &w, &b, 1, 0, Activation::Relu);
-            assert!(max_abs_diff(&fast, &slow) < 1e-4);
+            for cout in [24, 15, 4] {
+                let x = Tensor::randn(0f32, 1.0, (n, 16, 7, 9), &dev).unwrap();
+                let w = Tensor::randn(0f32, 1.0, (cout, 16, 1, 1), &dev).unwrap();
+                let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+                let r = Tensor::randn(0f32, 1.0, (n, cout, 7, 9), &dev).unwrap();
+                let slow = reference_conv(&x, &w, &b, 1, 0, Activation::Relu);
+                let fast = pool.install(|| pointwise(&x, &w, &b, Activation::Relu).unwrap());
+                assert!(max_abs_diff(&fast, &slow) < 1e-4, "n {n} cout {cout}");
+                let fused =
+                    pool.install(|| pointwise_residual(&x, &w, &b, &r, Activation::Relu).unwrap());
+                let plain = reference_conv(&x, &w, &b, 1, 0, Activation::None);
+                let expected = Activation::Relu.forward(&(plain + &r).unwrap()).unwrap();
+                let d = max_abs_diff(&fused, &expected);
+                assert!(d < 1e-4, "n {n} cout {cout} with the residual: {d}");
+            }
         }
     }
 
