@@ -1013,6 +1013,16 @@ impl Mfn {
         output: &MfnOutput,
         letterbox: &Letterbox,
     ) -> candle_core::Result<Vec<FaceObservation>> {
+        // Entered once: each of the decode's products splits over the pool, and entering it
+        // from outside wakes it and puts this thread to sleep every time.
+        super::ops::on_pool(|| self.decode_on_pool(output, letterbox))
+    }
+
+    fn decode_on_pool(
+        &self,
+        output: &MfnOutput,
+        letterbox: &Letterbox,
+    ) -> candle_core::Result<Vec<FaceObservation>> {
         let (rows, columns) = self.detection_map_size();
         let layout = HeatmapLayout {
             stride: self.stride as f32,
