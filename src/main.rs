@@ -179,12 +179,28 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let models = vision::models_dir(args.models.as_deref());
     let crops = match &args.input {
         Some(dir) => polyface::bench::face_crops_from_folder(dir, &models, 20)?,
-        None => polyface::bench::load_face_crops(&args.data, 20).with_context(|| {
-            format!(
-                "reading face crops from {} (use --data, or --input with your own photos)",
-                args.data.display()
-            )
-        })?,
+        None => {
+            let crops = polyface::bench::load_face_crops(&args.data, 60).with_context(|| {
+                format!(
+                    "reading face crops from {} (use --data, or --input with your own photos)",
+                    args.data.display()
+                )
+            })?;
+            // N crops must mean N faces for both pipelines.
+            let cpu = candle_core::Device::Cpu;
+            let offered = crops.len();
+            let kept = polyface::bench::single_face_crops(
+                crops,
+                &vision::Detector::load(&models.join("detector.safetensors"), &cpu)?,
+                &vision::Mfn::load(&models.join("mfn.safetensors"), &cpu)?,
+                20,
+            )?;
+            eprintln!(
+                "bench: {} face crops that hold one face for both networks (from the first {offered} of helen/test.jsonl)",
+                kept.len()
+            );
+            kept
+        }
     };
     if args.jitter {
         let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;

@@ -209,6 +209,7 @@ mod tests {
         let row = |p: &str, faces, ms| BenchResult {
             pipeline: p.into(),
             faces,
+            faces_found: faces,
             median_ms: ms,
             p95_ms: ms * 1.2,
             stages: Default::default(),
