@@ -362,6 +362,8 @@ POSE_FIT_HEAD_FEATURES = POSE_FIT_FEATURES + "+head"
 # ... and then the products of the landmarks' principal shape values (pose_fit_shape_products): the geometry read to
 # second order, which a rotation's cosine terms need, in few values
 POSE_FIT_SHAPE_FEATURES = POSE_FIT_HEAD_FEATURES + "+shape"
+# ... with, after the pairs, the cubic products of the first few shape values and the rotation values' pairs
+POSE_FIT_SHAPE3_FEATURES = POSE_FIT_SHAPE_FEATURES + "+cubic+rotation"
 HEAD_FEATURES_LAYOUT = ("the grid samples' projection (face_roi.basis @ samples, face_grid_rank values), the MLP's "
                         "hidden values after the ReLU (face_mlp), each refinement stage's projection of its samples "
                         "(face_refineN.basis @ samples, face_refine_rank values each), in that order")
@@ -433,25 +435,40 @@ def pose_fit_features(v, head_features=False):
 def stored_pose_fit(fit):
     """a checkpoint's "pose_fit" entry (mfn_pose_fit.py) -> the tuple apply_pose_fit takes."""
     names = ("weight", "bias") + (("shape_mean", "shape_basis") if "shape_basis" in fit else ())
-    return tuple(fit[n] for n in names)
+    return tuple(fit[n] for n in names) + ((fit["shape_cubic"],) if "shape_cubic" in fit else ())
 
 
 def shape_product_count(pose_fit):
-    """how many shape products a pose fit reads: k(k+1)/2 for (weight, bias, shape_mean, shape_basis [k, 136]), 0
-    for (weight, bias)."""
+    """how many shape products a pose fit reads: k(k+1)/2 for (weight, bias, shape_mean, shape_basis [k, 136]),
+    plus c(c+1)(c+2)/6 + 21 for (..., cubic c), 0 for (weight, bias)."""
     if pose_fit is None or len(pose_fit) == 2:
         return 0
     k = pose_fit[3].shape[0]
-    return k * (k + 1) // 2
+    c = pose_fit[4] if len(pose_fit) > 4 else None
+    return k * (k + 1) // 2 + (0 if c is None else c * (c + 1) * (c + 2) // 6 + 21)
 
 
-def pose_fit_shape_products(features, mean, basis):
+def cubic_indices(c):
+    """(i, j, l) with i <= j <= l < c, i outer, l inner."""
+    return torch.tensor([(a, b, d) for a in range(c) for b in range(a, c) for d in range(b, c)],
+                        dtype=torch.long).reshape(-1, 3).T
+
+
+def pose_fit_shape_products(features, mean, basis, cubic=None):
     """(..., 958 or more) pose fit inputs -> (..., k(k+1)/2): z = basis [k, 136] @ (the 136 scaled landmark values -
     mean [136]), the landmarks' principal shape values (basis holds the principal directions divided by their
-    spread), and z_i * z_j for i <= j, i outer, j inner (numpy.triu_indices(k) order)."""
+    spread), and z_i * z_j for i <= j, i outer, j inner (numpy.triu_indices(k) order). With cubic = c, followed by
+    z_i z_j z_l for i <= j <= l < c (cubic_indices order) and r_i r_j for i <= j of the 6 rotation values (inputs
+    136..141)."""
     z = F.linear(features[..., :2 * N_LMK] - mean, basis)
     i, j = torch.triu_indices(basis.shape[0], basis.shape[0])
-    return z[..., i] * z[..., j]
+    out = [z[..., i] * z[..., j]]
+    if cubic is not None:
+        i, j, l = cubic_indices(cubic)
+        r = features[..., 2 * N_LMK:2 * N_LMK + 6]
+        ri, rj = torch.triu_indices(6, 6)
+        out += [z[..., i] * z[..., j] * z[..., l], r[..., ri] * r[..., rj]]
+    return torch.cat(out, -1)
 
 
 def apply_pose_fit(v, pose_fit, fixed_landmarks=False):

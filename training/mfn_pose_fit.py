@@ -128,6 +128,11 @@ def main():
                     help="with --head-features: the fit also reads the K(K+1)/2 products of the landmarks' first K "
                          "principal shape values (mfn_model.pose_fit_shape_products; PCA of the training faces' "
                          "scaled landmarks), the geometry to second order")
+    ap.add_argument("--shape-cubic", type=int, default=0, metavar="C",
+                    help="with --shape-products: also the C(C+1)(C+2)/6 cubic products of the first C shape values "
+                         "and the 21 products of the rotation values (pairs)")
+    ap.add_argument("--view-weight", type=float, default=1.0,
+                    help="each mirrored, turned or small view weighs this much against its face as it is")
     ap.add_argument("--robust", type=int, default=0,
                     help="this many reweighted refits (IRLS) after the ridge, each row weighted by 1 / its error, "
                          "so the fit minimises the mean error (what eval reports) rather than the mean square")
@@ -170,6 +175,7 @@ def main():
     plain = kind == PLAIN  # the faces as they are: what the ridge weight is chosen on
     # each face counts as often as training pastes it, so the many grey wild faces do not outweigh the rest
     weights = MD.face_weights(fc.split[found], fc.gray[found])
+    weights = weights * np.where(kind == PLAIN, 1.0, args.view_weight)
     helen = (fc.split[found] == 0) & plain
     F = M.pose_fit_features(torch.from_numpy(v), args.head_features).numpy()
     # the head features, scaled to the geometry's typical spread, so one ridge weight suits both; folded back below
@@ -186,7 +192,8 @@ def main():
         spread, U = np.linalg.eigh(((lm - mean) * p[:, None]).T @ (lm - mean))
         top = np.argsort(spread)[::-1][:args.shape_products]
         shape = (mean, (U[:, top] / np.sqrt(spread[top])).T)
-        P = M.pose_fit_shape_products(torch.from_numpy(F), *(torch.from_numpy(t) for t in shape)).numpy()
+        P = M.pose_fit_shape_products(torch.from_numpy(F), *(torch.from_numpy(t) for t in shape),
+                                      args.shape_cubic or None).numpy()
         # scaled to the geometry's spread as the head features are; folded back below
         product_scale = F[plain, :M.POSE_FIT_INPUTS].std(0).mean() / P[plain].std(0).clip(1e-6)
         F, scale = np.hstack([F, P * product_scale]), np.concatenate([scale, product_scale])
@@ -224,16 +231,19 @@ def main():
           f"{before:.3f} deg without the fit, {cv[lam]:.3f} cross-validated with it (ridge {lam}), {after:.3f} "
           f"fitted on all")
     ck["pose_fit"] = {"weight": torch.tensor(w, dtype=torch.float32), "bias": torch.tensor(b, dtype=torch.float32),
-                      "features": M.POSE_FIT_SHAPE_FEATURES if shape else M.POSE_FIT_HEAD_FEATURES
+                      "features": (M.POSE_FIT_SHAPE3_FEATURES if args.shape_cubic else M.POSE_FIT_SHAPE_FEATURES)
+                      if shape else M.POSE_FIT_HEAD_FEATURES
                       if args.head_features else M.POSE_FIT_FEATURES,
                       "head_features": F.shape[1] - M.POSE_FIT_INPUTS - (0 if shape is None else P.shape[1]),
                       "ridge": lam, "faces": int(plain.sum()), "views": len(F),
                       "mirror": args.mirror, "turned": args.turned, "small": args.small,
-                      "max_angle": args.max_angle, "small_range": list(args.small_range),
+                      "max_angle": args.max_angle, "view_weight": args.view_weight, "small_range": list(args.small_range),
                       "train_deg_before": float(before), "cv_deg": float(cv[lam]), "robust": args.robust}
     if shape is not None:
         ck["pose_fit"].update(shape_mean=torch.tensor(shape[0], dtype=torch.float32),
                               shape_basis=torch.tensor(shape[1], dtype=torch.float32))
+        if args.shape_cubic:
+            ck["pose_fit"]["shape_cubic"] = args.shape_cubic
     torch.save(ck, args.out)
     print(f"wrote {args.out}")
 

@@ -170,7 +170,10 @@ FACE_DECODING = (
     + M.HEAD_FEATURES_LAYOUT + "; face_pose_fit.weight is [6, 958 + their count]. With face_pose_fit = "
     "'landmarks+rotation+products+head+shape' those are followed by the shape products: z = face_pose_fit.shape_basis "
     "[k, 136] @ (l - face_pose_fit.shape_mean [136]), then z_i * z_j for i in 0..k-1 (outer), j in i..k-1 (inner) "
-    "(k(k+1)/2 values); face_pose_fit.weight is [6, 958 + head features + k(k+1)/2]."
+    "(k(k+1)/2 values); face_pose_fit.weight is [6, 958 + head features + k(k+1)/2]. With face_pose_fit = "
+    "'landmarks+rotation+products+head+shape+cubic+rotation' and face_pose_fit_cubic = c, those are followed by "
+    "z_i * z_j * z_l for i in 0..c-1, j in i..c-1, l in j..c-1 (i outer, l inner; c(c+1)(c+2)/6 values) and r_i * r_j "
+    "for i in 0..5, j in i..5 (21 values)."
 )
 
 
@@ -263,7 +266,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         assert not products or head_features, "shape products come only after the head features"
         for name, t in zip(names, pose_fit):
             tensors[f"face_pose_fit.{name}"] = t.float().contiguous()
-        head_params += sum(t.numel() for t in pose_fit)
+        head_params += sum(t.numel() for t in pose_fit[:4])
         macs_per_face += pose_fit[0].numel() + (pose_fit[3].numel() if products else 0)
     c = model.config
     outputs = M.outputs(c)
@@ -276,8 +279,10 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "face_refine_rank": str(tensors["face_refine.basis"].shape[0] if "face_refine.basis" in tensors else 0),
         "face_refine_stages": str(sum(len(st) < 4 for st in stages)),
         "face_refine_mlp": str(c.get("face_refine_mlp", 0)),
-        "face_pose_fit": "" if pose_fit is None else M.POSE_FIT_SHAPE_FEATURES if products else
-        M.POSE_FIT_HEAD_FEATURES if head_features else M.POSE_FIT_FEATURES,
+        "face_pose_fit": "" if pose_fit is None else M.POSE_FIT_SHAPE3_FEATURES if len(pose_fit) > 4 else
+        M.POSE_FIT_SHAPE_FEATURES if products else M.POSE_FIT_HEAD_FEATURES if head_features else
+        M.POSE_FIT_FEATURES,
+        **({"face_pose_fit_cubic": str(pose_fit[4])} if pose_fit is not None and len(pose_fit) > 4 else {}),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),

@@ -448,20 +448,23 @@ struct PoseFit {
 /// The landmarks' geometry to second order in few values: z = basis · (scaled landmarks −
 /// mean), the first k principal shape values of the training faces (the basis holds the
 /// principal directions divided by their spread), then z_i z_j for i ≤ j (i outer).
+/// With `cubic` = c ([`PoseFit::WITH_SHAPE3`]) those are followed by z_i z_j z_l for
+/// i ≤ j ≤ l < c and the rotation values' pairs r_i r_j, i ≤ j.
 struct ShapeProducts {
     mean: Vec<f32>,
     /// [k, 136], row-major.
     basis: Vec<f32>,
+    cubic: Option<usize>,
 }
 
 impl ShapeProducts {
     fn count(&self) -> usize {
         let k = self.basis.len() / (2 * LANDMARKS);
-        k * (k + 1) / 2
+        k * (k + 1) / 2 + self.cubic.map_or(0, |c| c * (c + 1) * (c + 2) / 6 + 21)
     }
 
-    /// The products for one face's scaled landmarks (136 values).
-    fn of(&self, landmarks: &[f32]) -> Vec<f32> {
+    /// The products for one face's scaled landmarks (136 values) and rotation values (6).
+    fn of(&self, landmarks: &[f32], rotation: &[f32]) -> Vec<f32> {
         let z: Vec<f32> = self
             .basis
             .chunks_exact(2 * LANDMARKS)
@@ -473,10 +476,22 @@ impl ShapeProducts {
                     .sum()
             })
             .collect();
-        z.iter()
-            .enumerate()
-            .flat_map(|(i, zi)| z[i..].iter().map(move |zj| zi * zj))
-            .collect()
+        let pairs = |z: &[f32]| -> Vec<f32> {
+            z.iter()
+                .enumerate()
+                .flat_map(|(i, zi)| z[i..].iter().map(move |zj| zi * zj))
+                .collect()
+        };
+        let mut out = pairs(&z);
+        if let Some(c) = self.cubic {
+            for i in 0..c {
+                for j in i..c {
+                    out.extend(z[j..c].iter().map(|zl| z[i] * z[j] * zl));
+                }
+            }
+            out.extend(pairs(rotation));
+        }
+        out
     }
 }
 
@@ -484,6 +499,7 @@ impl PoseFit {
     const FEATURES: &'static str = "landmarks+rotation+products";
     const WITH_HEAD: &'static str = "landmarks+rotation+products+head";
     const WITH_SHAPE: &'static str = "landmarks+rotation+products+head+shape";
+    const WITH_SHAPE3: &'static str = "landmarks+rotation+products+head+shape+cubic+rotation";
     /// 136 landmark values, 6 rotation values and their 816 products.
     const INPUTS: usize = 2 * LANDMARKS + 6 + 2 * LANDMARKS * 6;
 
@@ -524,7 +540,7 @@ impl PoseFit {
             let shape = self
                 .shape
                 .as_ref()
-                .map(|shape| shape.of(&features[start..start + 2 * LANDMARKS]));
+                .map(|shape| shape.of(&features[start..start + 2 * LANDMARKS], rotation));
             if self.head_features > 0 {
                 head.extend_row(row, &mut features);
             }
@@ -883,7 +899,12 @@ impl Mfn {
         };
         let pose_fit = match file.metadata.get("face_pose_fit").map(String::as_str) {
             None | Some("") => None,
-            Some(kind @ (PoseFit::FEATURES | PoseFit::WITH_HEAD | PoseFit::WITH_SHAPE)) => {
+            Some(
+                kind @ (PoseFit::FEATURES
+                | PoseFit::WITH_HEAD
+                | PoseFit::WITH_SHAPE
+                | PoseFit::WITH_SHAPE3),
+            ) => {
                 let head_features = match kind {
                     PoseFit::FEATURES => 0,
                     _ => head_feature_count(&head, refinement.as_ref()).ok_or_else(|| {
@@ -896,7 +917,7 @@ impl Mfn {
                         )
                     })?,
                 };
-                let shape = if kind == PoseFit::WITH_SHAPE {
+                let shape = if kind == PoseFit::WITH_SHAPE || kind == PoseFit::WITH_SHAPE3 {
                     const BASIS: &str = "face_pose_fit.shape_basis";
                     let k = match file.shape(BASIS) {
                         Some(&[k, n]) if n == 2 * LANDMARKS && (1..=64).contains(&k) => k,
@@ -911,7 +932,20 @@ impl Mfn {
                             ))
                         }
                     };
+                    let cubic = match kind {
+                        PoseFit::WITH_SHAPE3 => match optional_count("face_pose_fit_cubic")? {
+                            c @ 1.. if c <= k => Some(c),
+                            c => {
+                                return Err(bad(
+                                    "face_pose_fit_cubic",
+                                    format!("{c}: {kind:?} needs 1 to {k} (the shape values)"),
+                                ))
+                            }
+                        },
+                        _ => None,
+                    };
                     Some(ShapeProducts {
+                        cubic,
                         mean: cpu_tensor("face_pose_fit.shape_mean", &[2 * LANDMARKS])?
                             .to_vec1()
                             .map_err(tensor_error)?,
@@ -940,10 +974,11 @@ impl Mfn {
                 return Err(bad(
                     "face_pose_fit",
                     format!(
-                        "{other:?} is not a pose fit this build reads ({:?}, {:?} or {:?})",
+                        "{other:?} is not a pose fit this build reads ({:?}, {:?}, {:?} or {:?})",
                         PoseFit::FEATURES,
                         PoseFit::WITH_HEAD,
-                        PoseFit::WITH_SHAPE
+                        PoseFit::WITH_SHAPE,
+                        PoseFit::WITH_SHAPE3
                     ),
                 ))
             }
@@ -1522,7 +1557,11 @@ mod tests {
         let mut basis = vec![0f32; 2 * 2 * LANDMARKS];
         basis[0] = 1.0;
         basis[2 * LANDMARKS + 3] = 1.0;
-        let shape = ShapeProducts { mean, basis };
+        let shape = ShapeProducts {
+            mean,
+            basis,
+            cubic: None,
+        };
         assert_eq!(shape.count(), 3);
         let inputs = PoseFit::INPUTS + 1 + 3;
         let mut weight = vec![0f32; 6 * inputs];
@@ -1547,6 +1586,30 @@ mod tests {
         for i in [0, 1, 3] {
             assert_eq!(change(i), 0.0);
         }
+    }
+
+    #[test]
+    fn shape_products_with_cubic_terms_follow_the_pairs_then_the_rotation_pairs() {
+        // z = (landmark 0's x, landmark 0's y) = (2, 3); rotation values 1..6.
+        let mut basis = vec![0f32; 2 * 2 * LANDMARKS];
+        basis[0] = 1.0;
+        basis[2 * LANDMARKS + 1] = 1.0;
+        let shape = ShapeProducts {
+            mean: vec![0.0; 2 * LANDMARKS],
+            basis,
+            cubic: Some(2),
+        };
+        let mut landmarks = vec![0f32; 2 * LANDMARKS];
+        landmarks[..2].copy_from_slice(&[2.0, 3.0]);
+        let rotation = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let products = shape.of(&landmarks, &rotation);
+        assert_eq!(products.len(), shape.count());
+        assert_eq!(products.len(), 3 + 4 + 21);
+        assert_eq!(products[..7], [4.0, 6.0, 9.0, 8.0, 12.0, 18.0, 27.0]);
+        // r0 r0, r0 r1, ..., r0 r5, r1 r1, ..., r5 r5
+        assert_eq!(products[7..13], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(products[13], 4.0);
+        assert_eq!(*products.last().unwrap(), 36.0);
     }
 
     #[test]

@@ -337,6 +337,12 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
             &["face_pose_fit.shape_basis", "[k, 136]"],
         ),
         (
+            "cubic shape products of more shape values than the file has",
+            set("face_pose_fit_cubic", "13"),
+            "",
+            &["face_pose_fit_cubic", "1 to 12"],
+        ),
+        (
             "a pose fit without its weight",
             set("face_pose_fit", "landmarks+rotation+products"),
             "face_pose_fit.weight",
