@@ -19,7 +19,7 @@ landmarks misses. One 6 x 958 product per face (6 x 1,534 with the head's featur
 
     python training/mfn_pose_fit.py training/runs/mfn11/last.pt training/runs/mfn11/last_posefit_robust.pt \
         --as-exported HEAD.safetensors --head-features --mirror --turned 1 --small 1 --robust 3 [--rows ROWS.npz] \
-        [--shape-products 12]
+        [--shape-products 12 --shape-cubic 4 --view-weight 0.5]
 (HEAD.safetensors: `mfn_train.py --export-from training/runs/mfn11/last.pt` with the shipped ranks, see MFN.md.)
 """
 import argparse
