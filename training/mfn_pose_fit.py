@@ -178,9 +178,11 @@ def main():
     weights = weights * np.where(kind == PLAIN, 1.0, args.view_weight)
     helen = (fc.split[found] == 0) & plain
     F = M.pose_fit_features(torch.from_numpy(v), args.head_features).numpy()
-    # the head features, scaled to the geometry's typical spread, so one ridge weight suits both; folded back below
+    # the head features (and shape products below), scaled to the geometry's typical spread, so one ridge weight
+    # suits all; folded back below
+    geometry_spread = F[plain, :M.POSE_FIT_INPUTS].std(0).mean()
     scale = np.ones(F.shape[1])
-    scale[M.POSE_FIT_INPUTS:] = F[plain, :M.POSE_FIT_INPUTS].std(0).mean() / F[plain, M.POSE_FIT_INPUTS:].std(0).clip(1e-3)
+    scale[M.POSE_FIT_INPUTS:] = geometry_spread / F[plain, M.POSE_FIT_INPUTS:].std(0).clip(1e-3)
     F *= scale
     shape = None
     if args.shape_products:
@@ -194,8 +196,7 @@ def main():
         shape = (mean, (U[:, top] / np.sqrt(spread[top])).T)
         P = M.pose_fit_shape_products(torch.from_numpy(F), *(torch.from_numpy(t) for t in shape),
                                       args.shape_cubic or None).numpy()
-        # scaled to the geometry's spread as the head features are; folded back below
-        product_scale = F[plain, :M.POSE_FIT_INPUTS].std(0).mean() / P[plain].std(0).clip(1e-6)
+        product_scale = geometry_spread / P[plain].std(0).clip(1e-6)
         F, scale = np.hstack([F, P * product_scale]), np.concatenate([scale, product_scale])
     r6 = v[:, 136:142]
     Y = matrix_to_rot6d(torch.from_numpy(R)).numpy() - r6

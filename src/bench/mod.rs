@@ -64,16 +64,16 @@ pub fn load_face_crops(data: &Path, count: usize) -> Result<Vec<(image::RgbImage
         .collect()
 }
 
-/// The face counts at which [`single_face_crops`] checks a crop: the 10-face target. (At
+/// The face count at which [`single_face_crops`] checks a crop: the 10-face target. (At
 /// 20, 53-pixel faces in the network input, both networks miss some faces and find others in
 /// most crops, so few crops would pass.)
-pub const CHECK_FACES: [usize; 1] = [10];
+pub const CHECK_FACES: usize = 10;
 
 /// The crops that hold one face for both networks, up to `count`, in order: in a frame of
-/// copies of the crop at each of [`CHECK_FACES`], the detector and the MFN each find exactly
-/// that many. HELEN photos often hold part of someone else's face, which both networks find:
-/// frames of the first 20 crops made the MFN decode, fit and track 15 faces in the 10-face
-/// frame while the SFN was given exactly 10 (`faces_found` in the results says what it got).
+/// [`CHECK_FACES`] copies of the crop, the detector and the MFN each find exactly that many.
+/// HELEN photos often hold part of someone else's face, which both networks find: frames of the
+/// first 20 crops made the MFN decode, fit and track 15 faces in the 10-face frame while the
+/// SFN was given exactly 10 (`faces_found` in the results says what it got).
 pub fn single_face_crops(
     crops: Vec<(image::RgbImage, Vec<Vec2>)>,
     detector: &Detector,
@@ -81,17 +81,14 @@ pub fn single_face_crops(
     count: usize,
 ) -> Result<Vec<(image::RgbImage, Vec<Vec2>)>> {
     let mut kept = Vec::with_capacity(count);
-    for (crop, points) in crops {
+    for crop in crops {
         if kept.len() == count {
             break;
         }
-        let copies = [(crop, points)];
-        let mut single = true;
-        for faces in CHECK_FACES {
-            let (frame, _) = compose_frame(faces, &copies);
-            single &= detector.detect(&frame)?.len() == faces && mfn.detect(&frame)?.len() == faces;
-        }
-        if single {
+        let copies = [crop];
+        let (frame, _) = compose_frame(CHECK_FACES, &copies);
+        if detector.detect(&frame)?.len() == CHECK_FACES && mfn.detect(&frame)?.len() == CHECK_FACES
+        {
             let [crop] = copies;
             kept.push(crop);
         }

@@ -430,8 +430,9 @@ impl RefinementStage {
     }
 }
 
-/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`], [`PoseFit::WITH_HEAD`] or
-/// [`PoseFit::WITH_SHAPE`], from `training/mfn_pose_fit.py`): a linear correction of the 6
+/// The pose fit (files with `face_pose_fit` = [`PoseFit::FEATURES`], [`PoseFit::WITH_HEAD`],
+/// [`PoseFit::WITH_SHAPE`] or [`PoseFit::WITH_SHAPE3`], from `training/mfn_pose_fit.py`): a
+/// linear correction of the 6
 /// rotation values from the face's own landmarks and rotation (and, with the head, the head's
 /// own per-face features; with the shape, products of the landmarks' principal shape values),
 /// fitted to the teacher's rotation on training faces. The net places the landmarks as well as
@@ -1402,16 +1403,23 @@ mod tests {
         stage.correct(&[], &mut [], &mut HeadFeatures::default());
     }
 
-    #[test]
-    fn the_pose_fit_reads_scaled_landmarks_rotation_and_their_products() {
-        // Landmarks on a circle of radius 3 around (10, -4): normalised, landmark k is
-        // (cos, sin) of its angle (RMS distance 1, whatever the place and size).
+    /// One face's values with its landmarks on a circle of radius 3 around (10, -4), the rest 0:
+    /// normalised, landmark k is (cos, sin) of its angle (RMS distance 1).
+    fn circle_face() -> Vec<f32> {
         let mut values = vec![0f32; FACE_CHANNELS];
         for k in 0..LANDMARKS {
             let a = k as f32 * std::f32::consts::TAU / LANDMARKS as f32;
             values[2 * k] = 10.0 + 3.0 * a.cos();
             values[2 * k + 1] = -4.0 + 3.0 * a.sin();
         }
+        values
+    }
+
+    #[test]
+    fn the_pose_fit_reads_scaled_landmarks_rotation_and_their_products() {
+        // Landmarks on a circle of radius 3 around (10, -4): normalised, landmark k is
+        // (cos, sin) of its angle (RMS distance 1, whatever the place and size).
+        let mut values = circle_face();
         let rotation = [0.9, 0.1, -0.2, 0.05, 0.8, 0.3];
         values[2 * LANDMARKS..2 * LANDMARKS + 6].copy_from_slice(&rotation);
         // landmark 1's normalised y
@@ -1545,12 +1553,7 @@ mod tests {
         // The circle of the first pose fit test: normalised, landmark 0 is (1, 0) and landmark
         // 1's y is sin(τ/68). Shape values z0 = landmark 0's x − 0.5, z1 = landmark 1's y; their
         // products z0², z0 z1, z1² follow the head's one feature.
-        let mut values = vec![0f32; FACE_CHANNELS];
-        for k in 0..LANDMARKS {
-            let a = k as f32 * std::f32::consts::TAU / LANDMARKS as f32;
-            values[2 * k] = 10.0 + 3.0 * a.cos();
-            values[2 * k + 1] = -4.0 + 3.0 * a.sin();
-        }
+        let values = circle_face();
         let l1y = (std::f32::consts::TAU / LANDMARKS as f32).sin();
         let mut mean = vec![0f32; 2 * LANDMARKS];
         mean[0] = 0.5;
