@@ -53,6 +53,9 @@ pub fn nms(mut detections: Vec<Detection>, threshold: f32) -> Vec<Detection> {
     kept
 }
 
+/// u8 → [−1, 1]: x / 127.5 − 1 as one multiply.
+const TO_UNIT: f32 = 1.0 / 127.5;
+
 /// How a frame was fitted into the network input: scaled by `scale`, placed at the top-left.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Letterbox {
@@ -104,10 +107,10 @@ impl Letterbox {
             })
             .collect();
         let pixels = frame.as_raw();
+        // 640×480, 1280×720 and 1920×1080 frames are 2, 4 and 6 times the 320×240 input.
+        let factor = (w % nw == 0 && h % nh == 0 && w / nw == h / nh).then_some(w / nw);
         let (red, rest) = out[..3 * plane].split_at_mut(plane);
         let (green, blue) = rest.split_at_mut(plane);
-        // u8 → [−1, 1]: x / 127.5 − 1 as one multiply.
-        const TO_UNIT: f32 = 1.0 / 127.5;
         // Rows are independent: split them over the CPU threads (this runs before every pass).
         // Each row blends its two source rows first (one straight pass the compiler vectorises),
         // then the columns: ~3x faster than blending four pixels per output pixel.
@@ -121,6 +124,19 @@ impl Letterbox {
                     if y >= nh {
                         for channel in [r, g, b] {
                             channel.fill(-1.0);
+                        }
+                        return;
+                    }
+                    if let Some(k) = factor {
+                        integer_factor_row(
+                            pixels,
+                            w,
+                            k,
+                            y,
+                            [&mut r[..nw], &mut g[..nw], &mut b[..nw]],
+                        );
+                        for channel in [r, g, b] {
+                            channel[nw..].fill(-1.0);
                         }
                         return;
                     }
@@ -148,6 +164,38 @@ impl Letterbox {
 
     pub fn to_frame(&self, input_point: Vec2) -> Vec2 {
         input_point / self.scale
+    }
+}
+
+/// Output row `y` of a frame `k` times the resized size on both axes. The bilinear taps then
+/// sit at fixed places with weights 0 or ½ (odd `k`: the block's centre pixel; even `k`: the
+/// mean of its middle two rows and columns), so summing bytes gives the general path's floats
+/// bit for bit, without its per-pixel weights.
+fn integer_factor_row(pixels: &[u8], w: usize, k: usize, y: usize, [r, g, b]: [&mut [f32]; 3]) {
+    let first = (k - 1) / 2;
+    let row = |i: usize| &pixels[i * w * 3..(i + 1) * w * 3];
+    let (block, at) = (3 * k, 3 * first);
+    let top = row(k * y + first).chunks_exact(block);
+    let outputs = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+    if k % 2 == 1 {
+        for (((r, g), b), p) in outputs.zip(top) {
+            let p = &p[at..at + 3];
+            *r = p[0] as f32 * TO_UNIT - 1.0;
+            *g = p[1] as f32 * TO_UNIT - 1.0;
+            *b = p[2] as f32 * TO_UNIT - 1.0;
+        }
+        return;
+    }
+    let bottom = row(k * y + first + 1).chunks_exact(block);
+    for ((((r, g), b), t), u) in outputs.zip(top).zip(bottom) {
+        let (t, u) = (&t[at..at + 6], &u[at..at + 6]);
+        let mean = |c: usize| {
+            let sum = t[c] as u16 + t[c + 3] as u16 + u[c] as u16 + u[c + 3] as u16;
+            sum as f32 * 0.25 * TO_UNIT - 1.0
+        };
+        *r = mean(0);
+        *g = mean(1);
+        *b = mean(2);
     }
 }
 
@@ -279,6 +327,67 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);
         assert!((iou(&det(0.0, 1.0).bbox, &det(5.0, 1.0).bbox) - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    /// OpenCV's bilinear resize of `frame` into the letterbox, four taps per pixel in f64.
+    fn reference_letterbox(frame: &image::RgbImage, letterbox: &Letterbox) -> Vec<f32> {
+        let (w, h) = (frame.width() as usize, frame.height() as usize);
+        let (iw, ih) = (letterbox.input_width, letterbox.input_height);
+        let nw = ((w as f64 * letterbox.scale as f64 + 0.5).floor() as usize).clamp(1, iw);
+        let nh = ((h as f64 * letterbox.scale as f64 + 0.5).floor() as usize).clamp(1, ih);
+        let taps = |dst: usize, new: usize, old: usize| {
+            let src = ((dst as f64 + 0.5) * old as f64 / new as f64 - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(old - 1);
+            (i0, (i0 + 1).min(old - 1), src - i0 as f64)
+        };
+        let mut out = vec![-1f32; 3 * iw * ih];
+        for y in 0..nh {
+            let (y0, y1, fy) = taps(y, nh, h);
+            for x in 0..nw {
+                let (x0, x1, fx) = taps(x, nw, w);
+                for c in 0..3 {
+                    let p = |x: usize, y: usize| frame.get_pixel(x as u32, y as u32)[c] as f64;
+                    let top = p(x0, y0) * (1.0 - fx) + p(x1, y0) * fx;
+                    let bottom = p(x0, y1) * (1.0 - fx) + p(x1, y1) * fx;
+                    let value = top * (1.0 - fy) + bottom * fy;
+                    out[(c * ih + y) * iw + x] = (value / 127.5 - 1.0) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn letterbox_is_opencvs_bilinear_at_whole_and_fractional_scales() {
+        // 640×480, 1280×720 and 960×720 are 2, 4 and 3 times the input (the fixed-tap path);
+        // the others are not.
+        for (w, h) in [
+            (640, 480),
+            (1280, 720),
+            (960, 720),
+            (641, 479),
+            (500, 700),
+            (320, 240),
+        ] {
+            let mut seed = w * 31 + h;
+            let frame = image::RgbImage::from_fn(w, h, |_, _| {
+                let mut byte = || {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 24) as u8
+                };
+                image::Rgb([byte(), byte(), byte()])
+            });
+            let letterbox = Letterbox::for_frame(w, h, 320, 240);
+            let mut ours = vec![0f32; 3 * 320 * 240];
+            letterbox.fill_resized(&frame, &mut ours);
+            let reference = reference_letterbox(&frame, &letterbox);
+            let worst = ours
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-6, "{w}x{h}: max difference {worst}");
+        }
     }
 
     #[test]
