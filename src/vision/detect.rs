@@ -99,16 +99,20 @@ impl Letterbox {
             let i1 = (i0 + 1).min(old - 1);
             (i0, i1, (src - i0 as f64) as f32)
         };
-        // Byte offsets of each output column's two source pixels, and the right one's weight.
-        let columns: Vec<(usize, usize, f32)> = (0..nw)
-            .map(|x| {
-                let (x0, x1, fx) = taps(x, nw, w);
-                (x0 * 3, x1 * 3, fx)
-            })
-            .collect();
         let pixels = frame.as_raw();
         // 640×480, 1280×720 and 1920×1080 frames are 2, 4 and 6 times the 320×240 input.
         let factor = (w % nw == 0 && h % nh == 0 && w / nw == h / nh).then_some(w / nw);
+        // Byte offsets of each output column's two source pixels, and the right one's weight
+        // (the general path's; the whole-factor rows need none).
+        let columns: Vec<(usize, usize, f32)> = match factor {
+            Some(_) => Vec::new(),
+            None => (0..nw)
+                .map(|x| {
+                    let (x0, x1, fx) = taps(x, nw, w);
+                    (x0 * 3, x1 * 3, fx)
+                })
+                .collect(),
+        };
         let (red, rest) = out[..3 * plane].split_at_mut(plane);
         let (green, blue) = rest.split_at_mut(plane);
         // Rows are independent: split them over the CPU threads (this runs before every pass).
@@ -119,8 +123,9 @@ impl Letterbox {
             .zip(blue.par_chunks_mut(iw))
             .enumerate()
             .for_each_init(
-                || vec![0f32; w * 3],
-                |blended, (y, ((r, g), b))| {
+                // Each job's blended row, allocated on first use (whole-factor rows need none).
+                Vec::new,
+                |blended: &mut Vec<f32>, (y, ((r, g), b))| {
                     if y >= nh {
                         for channel in [r, g, b] {
                             channel.fill(-1.0);
@@ -140,6 +145,7 @@ impl Letterbox {
                         }
                         return;
                     }
+                    blended.resize(w * 3, 0.0);
                     let (y0, y1, fy) = taps(y, nh, h);
                     let top = &pixels[y0 * w * 3..(y0 + 1) * w * 3];
                     let bottom = &pixels[y1 * w * 3..(y1 + 1) * w * 3];
