@@ -167,6 +167,10 @@ pub struct EvalArgs {
     /// Crop each face from the tight box of its ground-truth landmarks instead of detecting it.
     #[arg(long)]
     pub given_boxes: bool,
+    /// Run both pipelines and compare them, also on the faces both find (keys sfn, mfn, both;
+    /// both.mfn_over_sfn holds the error ratios).
+    #[arg(long, conflicts_with_all = ["pipeline", "given_boxes"])]
+    pub compare: bool,
     /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,

@@ -150,6 +150,36 @@ pub struct EvalReport {
     pub ap50: Option<f32>,
 }
 
+/// The errors of one prediction against its labelled face.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct FaceErrors {
+    nme: f32,
+    pose_deg: Option<f32>,
+    blend_mae: Option<f32>,
+}
+
+impl FaceErrors {
+    fn of(predicted: &FaceObservation, truth: &LabelledFace) -> Self {
+        let blend_mae = truth.blendshapes.as_ref().map(|b| {
+            predicted
+                .blendshapes
+                .iter()
+                .zip(b)
+                .map(|(p, t)| (p - t).abs())
+                .sum::<f32>()
+                / b.len() as f32
+        });
+        Self {
+            nme: nme(&predicted.landmarks, &truth.landmarks),
+            pose_deg: truth
+                .rotation
+                .as_ref()
+                .map(|r| rotation_error_degrees(&predicted.rotation, r)),
+            blend_mae,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Accumulator {
     nmes: Vec<f32>,
@@ -158,22 +188,10 @@ struct Accumulator {
 }
 
 impl Accumulator {
-    fn add(&mut self, predicted: &FaceObservation, truth: &LabelledFace) {
-        self.nmes.push(nme(&predicted.landmarks, &truth.landmarks));
-        if let Some(r) = &truth.rotation {
-            self.pose
-                .push(rotation_error_degrees(&predicted.rotation, r));
-        }
-        if let Some(b) = &truth.blendshapes {
-            let mae = predicted
-                .blendshapes
-                .iter()
-                .zip(b)
-                .map(|(p, t)| (p - t).abs())
-                .sum::<f32>()
-                / b.len() as f32;
-            self.blend.push(mae);
-        }
+    fn add(&mut self, errors: &FaceErrors) {
+        self.nmes.push(errors.nme);
+        self.pose.extend(errors.pose_deg);
+        self.blend.extend(errors.blend_mae);
     }
 
     fn report(&self) -> EvalReport {
@@ -222,7 +240,7 @@ pub fn eval_sfn_given_boxes(
             .collect();
         let predictions = sfn.observe(&frame, &crops)?;
         for (prediction, truth) in predictions.iter().zip(&faces) {
-            acc.add(prediction, truth);
+            acc.add(&FaceErrors::of(prediction, truth));
             seen += 1;
         }
     }
@@ -281,18 +299,54 @@ impl DetectionCounts {
     }
 }
 
-/// Accuracy of a whole pipeline (detection included) on every image of `images`. Each
-/// prediction is matched to a labelled face by the IoU (≥ 0.5) of the tight boxes of the
-/// predicted and labelled 68 points; landmark, pose and blendshape errors are over matched faces.
-pub fn eval_pipeline(
+/// What one pipeline found in every image: the errors of the prediction matched to each
+/// confirmed labelled face (`None` where it found none), and the detection counts.
+struct PipelineRun {
+    per_face: Vec<Vec<Option<FaceErrors>>>,
+    counts: DetectionCounts,
+}
+
+impl PipelineRun {
+    fn report(&self) -> EvalReport {
+        let mut report = self.report_where(|_, _| true);
+        report.recall = self.counts.recall();
+        report.precision = self.counts.precision();
+        report.ap50 = self.counts.average_precision();
+        report
+    }
+
+    /// Landmark, pose and blendshape errors over the found faces that `keep(image, face)` keeps
+    /// (no detection figures: those are the whole run's).
+    fn report_where(&self, keep: impl Fn(usize, usize) -> bool) -> EvalReport {
+        let mut acc = Accumulator::default();
+        for (i, faces) in self.per_face.iter().enumerate() {
+            for (f, errors) in faces.iter().enumerate() {
+                if let Some(errors) = errors.as_ref().filter(|_| keep(i, f)) {
+                    acc.add(errors);
+                }
+            }
+        }
+        acc.report()
+    }
+
+    fn found(&self, image: usize, face: usize) -> bool {
+        self.per_face[image][face].is_some()
+    }
+}
+
+/// Runs a whole pipeline (detection included) on every image. Each prediction is matched to a
+/// labelled face by the IoU (≥ 0.5) of the tight boxes of the predicted and labelled 68 points.
+fn run_pipeline(
     pipeline: &mut dyn crate::vision::FacePipeline,
     images: &[LabelledImage],
     limit: Option<usize>,
-) -> Result<EvalReport> {
+) -> Result<PipelineRun> {
     use crate::vision::detect::iou;
     use crate::vision::tight_box;
-    let mut acc = Accumulator::default();
-    let mut counts = DetectionCounts::default();
+    let mut run = PipelineRun {
+        per_face: Vec::new(),
+        counts: DetectionCounts::default(),
+    };
     for image in images.iter().take(limit.unwrap_or(usize::MAX)) {
         let frame = image::open(&image.path)
             .with_context(|| format!("{}: cannot read image", image.path.display()))?
@@ -307,6 +361,8 @@ pub fn eval_pipeline(
             .map(|f| tight_box(&f.landmarks).unwrap_or((Vec2::ZERO, Vec2::ZERO)))
             .collect();
         let mut taken = vec![false; image.faces.len()];
+        let mut found = vec![None; image.faces.len()];
+        let counts = &mut run.counts;
         counts.truths += image.faces.iter().filter(|f| f.confirmed).count();
         for prediction in &predictions {
             let best = truth_boxes
@@ -323,7 +379,7 @@ pub fn eval_pipeline(
                     if image.faces[i].confirmed {
                         counts.matched += 1;
                         counts.scored.push((prediction.score, true));
-                        acc.add(prediction, &image.faces[i]);
+                        found[i] = Some(FaceErrors::of(prediction, &image.faces[i]));
                     }
                 }
                 None if judged => {
@@ -333,12 +389,79 @@ pub fn eval_pipeline(
                 None => {}
             }
         }
+        run.per_face.push(found);
     }
-    let mut report = acc.report();
-    report.recall = counts.recall();
-    report.precision = counts.precision();
-    report.ap50 = counts.average_precision();
-    Ok(report)
+    Ok(run)
+}
+
+/// Accuracy of a whole pipeline (detection included) on every image of `images`; landmark,
+/// pose and blendshape errors are over the labelled faces it found (IoU ≥ 0.5).
+pub fn eval_pipeline(
+    pipeline: &mut dyn crate::vision::FacePipeline,
+    images: &[LabelledImage],
+    limit: Option<usize>,
+) -> Result<EvalReport> {
+    Ok(run_pipeline(pipeline, images, limit)?.report())
+}
+
+/// `eval --compare`: both pipelines on the same images. Each one finds a slightly different set
+/// of faces (a face only one of them finds is often a hard one), so their errors are compared
+/// fairly on the faces both find.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Comparison {
+    /// Each pipeline over every face it found.
+    pub sfn: EvalReport,
+    pub mfn: EvalReport,
+    /// Both pipelines over the faces both found.
+    pub both: JointReport,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct JointReport {
+    pub faces: usize,
+    pub sfn: EvalReport,
+    pub mfn: EvalReport,
+    /// MFN error / SFN error on these faces, per metric.
+    pub mfn_over_sfn: ErrorRatios,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ErrorRatios {
+    pub nme: f32,
+    pub pose_deg: Option<f32>,
+    pub blend_mae: Option<f32>,
+}
+
+/// Evaluates both pipelines on `images` and compares them on the faces both find.
+pub fn compare_pipelines(
+    sfn: &mut dyn crate::vision::FacePipeline,
+    mfn: &mut dyn crate::vision::FacePipeline,
+    images: &[LabelledImage],
+    limit: Option<usize>,
+) -> Result<Comparison> {
+    let sfn_run = run_pipeline(sfn, images, limit)?;
+    let mfn_run = run_pipeline(mfn, images, limit)?;
+    Ok(compare_runs(&sfn_run, &mfn_run))
+}
+
+fn compare_runs(sfn: &PipelineRun, mfn: &PipelineRun) -> Comparison {
+    let both = |i: usize, f: usize| sfn.found(i, f) && mfn.found(i, f);
+    let (sfn_joint, mfn_joint) = (sfn.report_where(both), mfn.report_where(both));
+    let ratio = |m: Option<f32>, s: Option<f32>| m.zip(s).map(|(m, s)| m / s);
+    Comparison {
+        sfn: sfn.report(),
+        mfn: mfn.report(),
+        both: JointReport {
+            faces: sfn_joint.faces,
+            mfn_over_sfn: ErrorRatios {
+                nme: mfn_joint.nme / sfn_joint.nme,
+                pose_deg: ratio(mfn_joint.pose_deg, sfn_joint.pose_deg),
+                blend_mae: ratio(mfn_joint.blend_mae, sfn_joint.blend_mae),
+            },
+            sfn: sfn_joint,
+            mfn: mfn_joint,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -366,6 +489,43 @@ mod tests {
         assert!((counts.average_precision().unwrap() - (0.5 + 1.0 / 3.0)).abs() < 1e-6);
         assert!((counts.precision().unwrap() - 2.0 / 3.0).abs() < 1e-6);
         assert_eq!(counts.recall(), Some(1.0));
+    }
+
+    #[test]
+    fn comparison_judges_both_pipelines_on_the_faces_both_found() {
+        let errors = |nme: f32, pose: f32| {
+            Some(FaceErrors {
+                nme,
+                pose_deg: Some(pose),
+                blend_mae: None,
+            })
+        };
+        let counts = || DetectionCounts {
+            truths: 3,
+            ..Default::default()
+        };
+        // The MFN alone finds a hard third face; on the two both find it is 1.5× the SFN.
+        let sfn = PipelineRun {
+            per_face: vec![vec![errors(0.02, 2.0), errors(0.04, 2.0), None]],
+            counts: counts(),
+        };
+        let mfn = PipelineRun {
+            per_face: vec![vec![
+                errors(0.03, 3.0),
+                errors(0.06, 3.0),
+                errors(0.20, 9.0),
+            ]],
+            counts: counts(),
+        };
+        let c = compare_runs(&sfn, &mfn);
+        assert_eq!((c.sfn.faces, c.mfn.faces, c.both.faces), (2, 3, 2));
+        assert!((c.mfn.pose_deg.unwrap() - 5.0).abs() < 1e-5);
+        assert!((c.both.mfn.pose_deg.unwrap() - 3.0).abs() < 1e-5);
+        assert!((c.both.sfn.nme - 3.0).abs() < 1e-4);
+        assert!((c.both.mfn_over_sfn.nme - 1.5).abs() < 1e-5);
+        assert!((c.both.mfn_over_sfn.pose_deg.unwrap() - 1.5).abs() < 1e-5);
+        assert_eq!(c.both.mfn_over_sfn.blend_mae, None);
+        assert_eq!((c.mfn.recall, c.both.mfn.recall), (Some(0.0), None));
     }
 
     #[test]

@@ -132,6 +132,29 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let device = vision::device(&args.device)?;
     let models = vision::models_dir(args.models.as_deref());
+    if args.compare {
+        let mut sfn = vision::SfnPipeline::load(&models, &device)?;
+        let mut mfn = vision::MfnPipeline::load(&models, &device)?;
+        let c = polyface::eval::compare_pipelines(&mut sfn, &mut mfn, &images, args.limit)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&c)?);
+        } else {
+            print_report("SFN pipeline, every face it found", &c.sfn);
+            print_report("MFN pipeline, every face it found", &c.mfn);
+            print_report("SFN pipeline, faces both found", &c.both.sfn);
+            print_report("MFN pipeline, faces both found", &c.both.mfn);
+            let r = &c.both.mfn_over_sfn;
+            println!("\nMFN / SFN on the {} faces both found", c.both.faces);
+            println!("NME        {:.3}", r.nme);
+            if let Some(p) = r.pose_deg {
+                println!("pose error {p:.3}");
+            }
+            if let Some(b) = r.blend_mae {
+                println!("blend MAE  {b:.3}");
+            }
+        }
+        return Ok(());
+    }
     let report = match args.pipeline {
         PipelineKind::Sfn if args.given_boxes => {
             let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;
@@ -153,24 +176,33 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("faces      {}", report.faces);
-        println!("NME        {:.2} %", report.nme);
-        println!("FR@10%     {:.2} %", report.fr10);
-        if let Some(p) = report.pose_deg {
-            println!("pose error {p:.2} deg");
-        }
-        if let Some(b) = report.blend_mae {
-            println!("blend MAE  {b:.4}");
-        }
-        if let (Some(r), Some(p)) = (report.recall, report.precision) {
-            println!("recall     {r:.4} (IoU 0.5)");
-            println!("precision  {p:.4} (faces >= 30 px)");
-        }
-        if let Some(ap) = report.ap50 {
-            println!("AP50       {ap:.4}");
-        }
+        print_report_lines(&report);
     }
     Ok(())
+}
+
+fn print_report(title: &str, report: &polyface::eval::EvalReport) {
+    println!("\n{title}");
+    print_report_lines(report);
+}
+
+fn print_report_lines(report: &polyface::eval::EvalReport) {
+    println!("faces      {}", report.faces);
+    println!("NME        {:.2} %", report.nme);
+    println!("FR@10%     {:.2} %", report.fr10);
+    if let Some(p) = report.pose_deg {
+        println!("pose error {p:.2} deg");
+    }
+    if let Some(b) = report.blend_mae {
+        println!("blend MAE  {b:.4}");
+    }
+    if let (Some(r), Some(p)) = (report.recall, report.precision) {
+        println!("recall     {r:.4} (IoU 0.5)");
+        println!("precision  {p:.4} (faces >= 30 px)");
+    }
+    if let Some(ap) = report.ap50 {
+        println!("AP50       {ap:.4}");
+    }
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
