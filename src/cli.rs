@@ -171,6 +171,9 @@ pub struct EvalArgs {
     /// both.mfn_over_sfn holds the error ratios).
     #[arg(long, conflicts_with_all = ["pipeline", "given_boxes"])]
     pub compare: bool,
+    /// With --compare: write each labelled face's errors under both pipelines to a CSV file.
+    #[arg(long, value_name = "FILE.csv", requires = "compare")]
+    pub per_face: Option<PathBuf>,
     /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,

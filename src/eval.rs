@@ -150,12 +150,12 @@ pub struct EvalReport {
     pub ap50: Option<f32>,
 }
 
-/// The errors of one prediction against its labelled face.
+/// The errors of one prediction against its labelled face (NME a fraction, pose in degrees).
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct FaceErrors {
-    nme: f32,
-    pose_deg: Option<f32>,
-    blend_mae: Option<f32>,
+pub struct FaceErrors {
+    pub nme: f32,
+    pub pose_deg: Option<f32>,
+    pub blend_mae: Option<f32>,
 }
 
 impl FaceErrors {
@@ -414,6 +414,47 @@ pub struct Comparison {
     pub mfn: EvalReport,
     /// Both pipelines over the faces both found.
     pub both: JointReport,
+    /// Every confirmed labelled face, with each pipeline's errors where it found the face.
+    #[serde(skip)]
+    pub per_face: Vec<FacePair>,
+}
+
+/// One labelled face under both pipelines.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FacePair {
+    pub image: PathBuf,
+    /// The face's place in its record's list.
+    pub face: usize,
+    pub sfn: Option<FaceErrors>,
+    pub mfn: Option<FaceErrors>,
+}
+
+impl Comparison {
+    /// `eval --compare --per-face FILE.csv`: a row per labelled face, NME in %, empty cells
+    /// where a pipeline did not find the face.
+    pub fn write_per_face_csv(&self, path: &Path) -> Result<()> {
+        use std::fmt::Write as _;
+        let mut csv = String::from(
+            "image,face,sfn_nme,sfn_pose_deg,sfn_blend_mae,mfn_nme,mfn_pose_deg,mfn_blend_mae\n",
+        );
+        let cell = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
+        for pair in &self.per_face {
+            let image = pair.image.display().to_string();
+            // Paths are written as CSV fields: quoted, with quotes doubled.
+            let _ = write!(csv, "\"{}\",{}", image.replace('"', "\"\""), pair.face);
+            for errors in [&pair.sfn, &pair.mfn] {
+                let _ = write!(
+                    csv,
+                    ",{},{},{}",
+                    cell(errors.map(|e| e.nme * 100.0)),
+                    cell(errors.and_then(|e| e.pose_deg)),
+                    cell(errors.and_then(|e| e.blend_mae)),
+                );
+            }
+            csv.push('\n');
+        }
+        std::fs::write(path, csv).with_context(|| format!("{}: cannot write", path.display()))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -441,7 +482,20 @@ pub fn compare_pipelines(
 ) -> Result<Comparison> {
     let sfn_run = run_pipeline(sfn, images, limit)?;
     let mfn_run = run_pipeline(mfn, images, limit)?;
-    Ok(compare_runs(&sfn_run, &mfn_run))
+    let mut comparison = compare_runs(&sfn_run, &mfn_run);
+    for (i, image) in images.iter().take(sfn_run.per_face.len()).enumerate() {
+        for (f, face) in image.faces.iter().enumerate() {
+            if face.confirmed {
+                comparison.per_face.push(FacePair {
+                    image: image.path.clone(),
+                    face: f,
+                    sfn: sfn_run.per_face[i][f],
+                    mfn: mfn_run.per_face[i][f],
+                });
+            }
+        }
+    }
+    Ok(comparison)
 }
 
 fn compare_runs(sfn: &PipelineRun, mfn: &PipelineRun) -> Comparison {
@@ -461,6 +515,7 @@ fn compare_runs(sfn: &PipelineRun, mfn: &PipelineRun) -> Comparison {
             sfn: sfn_joint,
             mfn: mfn_joint,
         },
+        per_face: Vec::new(),
     }
 }
 
@@ -526,6 +581,21 @@ mod tests {
         assert!((c.both.mfn_over_sfn.pose_deg.unwrap() - 1.5).abs() < 1e-5);
         assert_eq!(c.both.mfn_over_sfn.blend_mae, None);
         assert_eq!((c.mfn.recall, c.both.mfn.recall), (Some(0.0), None));
+
+        let mut c = c;
+        c.per_face = vec![FacePair {
+            image: PathBuf::from("a \"b\".jpg"),
+            face: 2,
+            sfn: None,
+            mfn: mfn.per_face[0][2],
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faces.csv");
+        c.write_per_face_csv(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().nth(1), Some("\"a \"\"b\"\".jpg\",2,,,,20,9,"));
+        let err = c.write_per_face_csv(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
     }
 
     #[test]

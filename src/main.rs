@@ -153,6 +153,10 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 println!("blend MAE  {b:.3}");
             }
         }
+        // After the figures are out, so a failed write loses none of them.
+        if let Some(path) = &args.per_face {
+            c.write_per_face_csv(path)?;
+        }
         return Ok(());
     }
     let report = match args.pipeline {

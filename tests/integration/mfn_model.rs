@@ -144,7 +144,12 @@ fn eval_compare_judges_both_pipelines_on_the_faces_both_find() {
     let scenes = data.join("scenes.jsonl");
     let faces = |v: &serde_json::Value| v["faces"].as_u64().unwrap();
     let ratio = |v: &serde_json::Value, key: &str| v["both"]["mfn_over_sfn"][key].as_f64().unwrap();
-    let on_helen = eval(&helen, &["--compare"]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("faces.csv");
+    let on_helen = eval(
+        &helen,
+        &["--compare", "--per-face", csv_path.to_str().unwrap()],
+    );
     for (compared, pose_bound) in [
         (&on_helen, 1.21),
         (&eval(&scenes, &["--compare", "--split", "test"]), 1.12),
@@ -166,6 +171,26 @@ fn eval_compare_judges_both_pipelines_on_the_faces_both_find() {
     }
     assert_eq!(on_helen["mfn"], eval(&helen, &["--pipeline", "mfn"]));
     assert_eq!(faces(&on_helen["both"]), 323, "{on_helen}");
+    // The per-face file: a row per labelled face; its means over the rows both found are the
+    // joint figures.
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 330);
+    // Reversed columns: 1 = mfn_pose_deg, 4 = sfn_pose_deg.
+    let joint: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| !r[4].is_empty() && !r[1].is_empty())
+        .map(|r| (r[4].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
+    assert_eq!(joint.len(), 323);
+    let mean = |f: fn(&(f64, f64)) -> f64| joint.iter().map(f).sum::<f64>() / joint.len() as f64;
+    let pose = |v: &serde_json::Value| v["pose_deg"].as_f64().unwrap();
+    assert!((mean(|p| p.0) - pose(&on_helen["both"]["sfn"])).abs() < 1e-4);
+    assert!((mean(|p| p.1) - pose(&on_helen["both"]["mfn"])).abs() < 1e-4);
 }
 
 #[test]
