@@ -4,6 +4,7 @@
 //! with a `faces` list. Ground truth landmarks are `gt_landmarks68` where present (human), else
 //! `landmarks68`. Metrics: inter-ocular NME over 68 points (outer eye corners 36–45), failure
 //! rate at 10 %, head-pose error in degrees and blendshape MAE against the teacher.
+//! `--compare` runs both pipelines and also judges them on the faces both find.
 
 use std::path::{Path, PathBuf};
 
