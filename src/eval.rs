@@ -335,64 +335,79 @@ impl PipelineRun {
     }
 }
 
-/// Runs a whole pipeline (detection included) on every image. Each prediction is matched to a
-/// labelled face by the IoU (≥ 0.5) of the tight boxes of the predicted and labelled 68 points.
-fn run_pipeline(
-    pipeline: &mut dyn crate::vision::FacePipeline,
+/// Runs whole pipelines (detection included) on every image, each image read once for all of
+/// them. Each prediction is matched to a labelled face by the IoU (≥ 0.5) of the tight boxes of
+/// the predicted and labelled 68 points.
+fn run_pipelines(
+    pipelines: &mut [&mut dyn crate::vision::FacePipeline],
     images: &[LabelledImage],
     limit: Option<usize>,
-) -> Result<PipelineRun> {
-    use crate::vision::detect::iou;
-    use crate::vision::tight_box;
-    let mut run = PipelineRun {
-        per_face: Vec::new(),
-        counts: DetectionCounts::default(),
-    };
+) -> Result<Vec<PipelineRun>> {
+    let mut runs: Vec<PipelineRun> = (0..pipelines.len())
+        .map(|_| PipelineRun {
+            per_face: Vec::new(),
+            counts: DetectionCounts::default(),
+        })
+        .collect();
     for image in images.iter().take(limit.unwrap_or(usize::MAX)) {
         let frame = image::open(&image.path)
             .with_context(|| format!("{}: cannot read image", image.path.display()))?
             .into_rgb8();
-        pipeline.reset();
-        let mut timings = crate::timing::FrameTimings::new(0);
-        let mut predictions = pipeline.process(&frame, &mut timings)?;
-        predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let truth_boxes: Vec<(Vec2, Vec2)> = image
-            .faces
-            .iter()
-            .map(|f| tight_box(&f.landmarks).unwrap_or((Vec2::ZERO, Vec2::ZERO)))
-            .collect();
-        let mut taken = vec![false; image.faces.len()];
-        let mut found = vec![None; image.faces.len()];
-        let counts = &mut run.counts;
-        counts.truths += image.faces.iter().filter(|f| f.confirmed).count();
-        for prediction in &predictions {
-            let best = truth_boxes
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !taken[*i])
-                .map(|(i, b)| (i, iou(&prediction.bbox, b)))
-                .filter(|(_, overlap)| *overlap >= 0.5)
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            let judged = prediction.bbox.1.y - prediction.bbox.0.y >= MIN_JUDGED_HEIGHT;
-            match best {
-                Some((i, _)) => {
-                    taken[i] = true;
-                    if image.faces[i].confirmed {
-                        counts.matched += 1;
-                        counts.scored.push((prediction.score, true));
-                        found[i] = Some(FaceErrors::of(prediction, &image.faces[i]));
-                    }
-                }
-                None if judged => {
-                    counts.false_positives += 1;
-                    counts.scored.push((prediction.score, false));
-                }
-                None => {}
-            }
+        for (pipeline, run) in pipelines.iter_mut().zip(&mut runs) {
+            let found = judge_image(&mut **pipeline, &frame, image, &mut run.counts)?;
+            run.per_face.push(found);
         }
-        run.per_face.push(found);
     }
-    Ok(run)
+    Ok(runs)
+}
+
+/// One pipeline on one image: the errors of the prediction matched to each labelled face.
+fn judge_image(
+    pipeline: &mut dyn crate::vision::FacePipeline,
+    frame: &image::RgbImage,
+    image: &LabelledImage,
+    counts: &mut DetectionCounts,
+) -> Result<Vec<Option<FaceErrors>>> {
+    use crate::vision::detect::iou;
+    use crate::vision::tight_box;
+    pipeline.reset();
+    let mut timings = crate::timing::FrameTimings::new(0);
+    let mut predictions = pipeline.process(frame, &mut timings)?;
+    predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let truth_boxes: Vec<(Vec2, Vec2)> = image
+        .faces
+        .iter()
+        .map(|f| tight_box(&f.landmarks).unwrap_or((Vec2::ZERO, Vec2::ZERO)))
+        .collect();
+    let mut taken = vec![false; image.faces.len()];
+    let mut found = vec![None; image.faces.len()];
+    counts.truths += image.faces.iter().filter(|f| f.confirmed).count();
+    for prediction in &predictions {
+        let best = truth_boxes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !taken[*i])
+            .map(|(i, b)| (i, iou(&prediction.bbox, b)))
+            .filter(|(_, overlap)| *overlap >= 0.5)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let judged = prediction.bbox.1.y - prediction.bbox.0.y >= MIN_JUDGED_HEIGHT;
+        match best {
+            Some((i, _)) => {
+                taken[i] = true;
+                if image.faces[i].confirmed {
+                    counts.matched += 1;
+                    counts.scored.push((prediction.score, true));
+                    found[i] = Some(FaceErrors::of(prediction, &image.faces[i]));
+                }
+            }
+            None if judged => {
+                counts.false_positives += 1;
+                counts.scored.push((prediction.score, false));
+            }
+            None => {}
+        }
+    }
+    Ok(found)
 }
 
 /// Accuracy of a whole pipeline (detection included) on every image of `images`; landmark,
@@ -402,7 +417,8 @@ pub fn eval_pipeline(
     images: &[LabelledImage],
     limit: Option<usize>,
 ) -> Result<EvalReport> {
-    Ok(run_pipeline(pipeline, images, limit)?.report())
+    let runs = run_pipelines(&mut [pipeline], images, limit)?;
+    Ok(runs[0].report())
 }
 
 /// `eval --compare`: both pipelines on the same images. Each one finds a slightly different set
@@ -481,9 +497,9 @@ pub fn compare_pipelines(
     images: &[LabelledImage],
     limit: Option<usize>,
 ) -> Result<Comparison> {
-    let sfn_run = run_pipeline(sfn, images, limit)?;
-    let mfn_run = run_pipeline(mfn, images, limit)?;
-    let mut comparison = compare_runs(&sfn_run, &mfn_run);
+    let runs = run_pipelines(&mut [sfn, mfn], images, limit)?;
+    let (sfn_run, mfn_run) = (&runs[0], &runs[1]);
+    let mut comparison = compare_runs(sfn_run, mfn_run);
     for (i, image) in images.iter().take(sfn_run.per_face.len()).enumerate() {
         for (f, face) in image.faces.iter().enumerate() {
             if face.confirmed {
