@@ -11,6 +11,14 @@ cv2.setNumThreads(0)  # no OpenCV thread pool (fork-safe, stays within 2 cores)
 IN_W, IN_H = 320, 240
 STRIDE = 4
 OW, OH = IN_W // STRIDE, IN_H // STRIDE
+
+
+def set_input_size(w, h):
+    """the network input (canvas) size every sample, target and letterbox here uses: the detector's 320x240, or
+    640x480 for the room MFN (room_data.py). Call it before building datasets (DataLoader workers inherit it)."""
+    global IN_W, IN_H, OW, OH
+    IN_W, IN_H = w, h
+    OW, OH = w // STRIDE, h // STRIDE
 MAX_OBJ = 48
 MIN_FACE = 6.0      # faces whose tight box max side is below this (input px) are ignore regions, not positives
 FACE_SIDE = 128     # cached face crop size (crop = 1.6 x max box side, centred on the 68-point box)
@@ -112,7 +120,8 @@ class DetCache:
 
 # ---------------------------------------------------------------- image helpers
 
-def random_texture(rng, w=IN_W, h=IN_H):
+def random_texture(rng, w=None, h=None):
+    w, h = w or IN_W, h or IN_H
     kind = rng.integers(0, 5)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == 0:  # gradient
@@ -285,14 +294,14 @@ def _iou(a, b):
 
 
 def composite(rng, backgrounds, bg_faces, face_imgs, face_lmk, face_pick, n_faces, size_range=(10, 220),
-              existing=None, canvas=None, content=(IN_W, IN_H), meta=None, sharp=None):
+              existing=None, canvas=None, content=None, meta=None, sharp=None):
     """Build a composite. backgrounds / bg_faces: scene images + their faces (for face-free crops).
     face_pick(): index of a face crop. Returns (uint8 HxWx3, list of (lmk68, confirmed)).
     sharp: optional (images, lmk) of the same faces at a larger crop size; faces pasted larger than SHARP_FROM px
     come from it, so they are not enlarged (soft) 128-px crops. The random stream does not depend on it.
     meta: optional list; gets (face index, angle deg, flipped) per pasted face (the MFN needs them to carry
     pose and blendshape labels through the paste). The random stream is the same with or without it."""
-    cw, ch = content
+    cw, ch = content or (IN_W, IN_H)
     if canvas is None:
         bg = None
         if backgrounds is not None and rng.random() < 0.7:
@@ -371,8 +380,9 @@ def is_positive(lmk, pos, content):
     return bool(pos) and max(w, h) >= MIN_FACE and vis >= 0.5 and inside
 
 
-def make_targets(objs, content=(IN_W, IN_H)):
+def make_targets(objs, content=None):
     """objs: list of (lmk68 in input px, positive flag). -> dict of numpy targets."""
+    content = content or (IN_W, IN_H)
     hm = np.zeros((OH, OW), np.float32)
     ign = np.zeros((OH, OW), np.float32)
     ind = np.zeros(MAX_OBJ, np.int64)
@@ -415,11 +425,13 @@ def make_targets(objs, content=(IN_W, IN_H)):
 
 # ---------------------------------------------------------------- training dataset
 
-def scene_sample(img, faces, rng):
-    """random scale / crop / rotation / flip of a scene into 320x240 (content may be letterboxed)."""
+def scene_sample(img, faces, rng, scale_range=(0.55, 2.4), info=None):
+    """random scale (x the letterbox scale, log-uniform in scale_range) / crop / rotation / flip of a scene into the
+    input canvas (content may be letterboxed). info: optional list; gets (angle deg, flipped), which the MFN needs
+    to carry rotation labels through the warp. The random stream is the same with or without it."""
     H, W = img.shape[:2]
     s0 = min(IN_W / W, IN_H / H)
-    s = s0 * math.exp(rng.uniform(math.log(0.55), math.log(2.4)))
+    s = s0 * math.exp(rng.uniform(math.log(scale_range[0]), math.log(scale_range[1])))
     ang = rng.uniform(-20, 20) if rng.random() < 0.3 else 0.0
     flip = rng.random() < 0.5
     a = math.radians(ang)
@@ -453,6 +465,8 @@ def scene_sample(img, faces, rng):
         if flip:
             l2 = l2[FLIP_PERM]
         objs.append((l2, bool(conf)))
+    if info is not None:
+        info.append((ang, flip))
     # content extent (for the visibility rule): the bounding box of the warped image
     cor = aff_apply(A, np.array([[0, 0], [W, 0], [0, H], [W, H]], np.float64))
     content = (min(IN_W, cor[:, 0].max()), min(IN_H, cor[:, 1].max()))
