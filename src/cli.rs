@@ -158,10 +158,12 @@ pub enum PipelineKind {
 pub struct EvalArgs {
     #[arg(long, value_enum, default_value = "sfn")]
     pub pipeline: PipelineKind,
-    /// JSON Lines file: one face crop per record (`landmarks68`) or one photo per record (`faces`).
+    /// JSON Lines file: one face crop per record (`landmarks68`), one photo per record (`faces`:
+    /// scenes.jsonl), or group photos with human boxes / points (groups.jsonl).
     #[arg(long, value_name = "FILE.jsonl")]
     pub data: PathBuf,
-    /// Print one JSON object (keys nme, fr10, pose_deg, blend_mae, recall, precision, faces).
+    /// Print one JSON object (keys faces, nme, fr10, pose_deg, blend_mae, recall, recall_20px,
+    /// precision, ap50, by_size).
     #[arg(long)]
     pub json: bool,
     /// Crop each face from the tight box of its ground-truth landmarks instead of detecting it.

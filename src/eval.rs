@@ -1,29 +1,78 @@
 //! `polyface eval`: accuracy of the face networks on the shared JSON Lines data.
 //!
-//! Reads both record kinds: one face crop per record (`landmarks68`), and one photo per record
-//! with a `faces` list. Ground truth landmarks are `gt_landmarks68` where present (human), else
-//! `landmarks68`. Metrics: inter-ocular NME over 68 points (outer eye corners 36–45), failure
-//! rate at 10 %, head-pose error in degrees and blendshape MAE against the teacher.
-//! `--compare` runs both pipelines and also judges them on the faces both find.
+//! Reads three record kinds: one face crop per record (`landmarks68`), one photo per record with
+//! a `faces` list (scenes: 68 points per face), and group photos (`groups.jsonl`: faces with a
+//! human box or human points, teacher labels where the teacher could read the face).
+//! Ground-truth landmarks are `gt_landmarks68` where present (human), else `landmarks68`.
+//! Metrics: inter-ocular NME over 68 points (outer eye corners 36–45), failure rate at 10 %,
+//! head-pose error in degrees and blendshape MAE against the teacher, detection recall /
+//! precision / AP50, and recall and NME by face height (`by_size`).
+//!
+//! Matching a prediction (the tight box of its 68 points) to a labelled face: on crops and
+//! scenes, IoU ≥ 0.5 with the face's tight landmark box; on group photos, the prediction's box
+//! centre inside the face's human annotation — MaskON's box, or for faces with only `points4`
+//! (eyes, nose tip, mouth centre) a square of [`POINTS4_SIDE`] × the eye–mouth distance centred
+//! [`POINTS4_CENTRE`] of that distance from the eye midpoint towards the mouth (fitted to the
+//! teacher's boxes on faces that have both: centre p10–p90 0.51–0.70 along, ±0.24 across; box
+//! height 2.03 and width 2.09 eye–mouth distances). Either way one-to-one, greedy by score.
+//! Faces found only by the teacher (`annotated: false`) and unconfirmed scene faces are ignore
+//! regions. `--compare` runs both pipelines and also judges them on the faces both find.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use glam::{Mat3, Vec2};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::vision::{CropBox, FaceObservation, Sfn, BLENDSHAPE_NAMES};
+
+/// Side of the square a `points4` face's prediction centre must fall in, in eye–mouth distances.
+pub const POINTS4_SIDE: f32 = 2.1;
+/// Where that square's centre lies from the eye midpoint towards the mouth, in eye–mouth distances.
+pub const POINTS4_CENTRE: f32 = 0.62;
+/// Jaw-to-brow height / MaskON box height (forehead to chin), median over faces with both.
+const BOX_TO_JAW_BROW: f32 = 0.843;
+/// Jaw-to-brow height / eye–mouth distance, median over faces with both.
+const EYE_MOUTH_TO_JAW_BROW: f32 = 2.03;
+/// The size buckets of `by_size`: face height (jaw to brows) in pixels of the image as stored.
+pub const SIZE_BUCKETS: [(f32, f32, &str); 5] = [
+    (0.0, 40.0, "<40"),
+    (40.0, 60.0, "40-60"),
+    (60.0, 90.0, "60-90"),
+    (90.0, 140.0, "90-140"),
+    (140.0, f32::INFINITY, ">=140"),
+];
+/// `recall_20px` counts labelled faces at least this tall.
+pub const RECALL_MIN_HEIGHT: f32 = 20.0;
 
 /// One labelled face.
 #[derive(Clone, Debug)]
 pub struct LabelledFace {
-    pub landmarks: Vec<Vec2>,
+    /// 68 points (human where the data has them, else the teacher's); `None` for faces labelled
+    /// with a box or a few points only (detection is judged, landmarks are not).
+    pub landmarks: Option<Vec<Vec2>>,
     /// Teacher head rotation (canonical face → camera), when the teacher saw the face.
     pub rotation: Option<Mat3>,
     /// Teacher blendshapes in [`BLENDSHAPE_NAMES`] order, when present.
     pub blendshapes: Option<Vec<f32>>,
-    /// False for faces the data marks as unconfirmed: neither positives nor negatives.
+    /// False for faces that are neither positives nor negatives (unconfirmed scene faces,
+    /// teacher-only group faces): a prediction on one is not judged.
     pub confirmed: bool,
+    /// Where a prediction's box centre must lie to match this face (group photos); `None`:
+    /// matched by the IoU of tight landmark boxes.
+    pub region: Option<(Vec2, Vec2)>,
+    /// Face height, jaw to brows, in pixels of the stored image (the `by_size` buckets).
+    pub height: f32,
+}
+
+/// How predictions are matched to an image's faces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matching {
+    /// IoU ≥ 0.5 of the tight landmark boxes; predictions shorter than [`MIN_JUDGED_HEIGHT`]
+    /// are not judged (small faces are not labelled in crops and scenes).
+    TightBoxIou,
+    /// The prediction's box centre inside the face's `region`; every prediction is judged.
+    CentreInRegion,
 }
 
 /// One image with its labelled faces.
@@ -35,58 +84,197 @@ pub struct LabelledImage {
     pub faces: Vec<LabelledFace>,
     /// True for whole photos (`faces` records), false for single-face crops.
     pub is_scene: bool,
+    /// Every face is labelled, so an unmatched prediction is a false positive (all but the
+    /// group photos marked `exhaustive: false`). Precision and AP50 count only these images.
+    pub exhaustive: bool,
+    pub matching: Matching,
 }
 
-fn points(value: &serde_json::Value) -> Option<Vec<Vec2>> {
-    let list = value.as_array()?;
-    let pts: Option<Vec<Vec2>> = list
-        .iter()
-        .map(|p| {
-            Some(Vec2::new(
-                p.get(0)?.as_f64()? as f32,
-                p.get(1)?.as_f64()? as f32,
-            ))
-        })
-        .collect();
-    pts.filter(|p| p.len() == 68)
+type Point = [f32; 2];
+
+/// A record of any kind, as the shared data stores it.
+#[derive(Deserialize)]
+struct Record {
+    image: String,
+    #[serde(default)]
+    split: Option<String>,
+    #[serde(default)]
+    faces: Option<Vec<FaceRecord>>,
+    #[serde(default)]
+    exhaustive: Option<bool>,
+    #[serde(default)]
+    landmarks68: Option<Vec<Point>>,
+    #[serde(default)]
+    teacher: Option<TeacherRecord>,
 }
 
-fn rotation(matrix: &serde_json::Value) -> Option<Mat3> {
-    let m: Vec<f32> = matrix
-        .as_array()?
-        .iter()
-        .map(|v| v.as_f64().map(|f| f as f32))
-        .collect::<Option<_>>()?;
+#[derive(Deserialize, Default)]
+struct TeacherRecord {
+    #[serde(default)]
+    matrix: Option<Vec<f32>>,
+    #[serde(default)]
+    blendshapes: Option<std::collections::HashMap<String, f32>>,
+}
+
+#[derive(Deserialize)]
+struct FaceRecord {
+    #[serde(default)]
+    landmarks68: Option<Vec<Point>>,
+    #[serde(default)]
+    gt_landmarks68: Option<Vec<Point>>,
+    #[serde(default)]
+    matrix: Option<Vec<f32>>,
+    #[serde(default)]
+    blendshapes: Option<std::collections::HashMap<String, f32>>,
+    #[serde(default)]
+    confirmed: Option<bool>,
+    /// Group photos: false for faces only the teacher found.
+    #[serde(default)]
+    annotated: Option<bool>,
+    #[serde(default)]
+    annotated_box: Option<[f32; 4]>,
+    #[serde(default)]
+    points4: Option<[Point; 4]>,
+    #[serde(default, rename = "box")]
+    teacher_box: Option<[f32; 4]>,
+}
+
+fn landmarks(points: &Option<Vec<Point>>, field: &str) -> Result<Option<Vec<Vec2>>> {
+    match points {
+        None => Ok(None),
+        Some(p) if p.len() == 68 => Ok(Some(p.iter().map(|&[x, y]| Vec2::new(x, y)).collect())),
+        Some(p) => bail!("{field} has {} points, not 68", p.len()),
+    }
+}
+
+fn rotation(matrix: &Option<Vec<f32>>) -> Result<Option<Mat3>> {
+    let Some(m) = matrix else {
+        return Ok(None);
+    };
     if m.len() != 16 {
-        return None;
+        bail!("matrix has {} values, not 16", m.len());
     }
     // Row-major 4×4; glam wants columns.
-    Some(Mat3::from_cols(
+    Ok(Some(Mat3::from_cols(
         glam::Vec3::new(m[0], m[4], m[8]),
         glam::Vec3::new(m[1], m[5], m[9]),
         glam::Vec3::new(m[2], m[6], m[10]),
-    ))
+    )))
 }
 
-fn blendshapes(map: &serde_json::Value) -> Option<Vec<f32>> {
-    let map = map.as_object()?;
+/// The 51 blendshapes in [`BLENDSHAPE_NAMES`] order; `None` when any is missing.
+fn blendshapes(map: &Option<std::collections::HashMap<String, f32>>) -> Option<Vec<f32>> {
+    let map = map.as_ref()?;
     BLENDSHAPE_NAMES
         .iter()
-        .map(|name| map.get(*name).and_then(|v| v.as_f64()).map(|v| v as f32))
+        .map(|name| map.get(*name).copied())
         .collect()
 }
 
-fn face_from(record: &serde_json::Value, teacher: &serde_json::Value) -> Option<LabelledFace> {
-    let landmarks = points(&record["gt_landmarks68"]).or_else(|| points(&record["landmarks68"]))?;
-    Some(LabelledFace {
+fn box_of(b: [f32; 4]) -> (Vec2, Vec2) {
+    (Vec2::new(b[0], b[1]), Vec2::new(b[2], b[3]))
+}
+
+/// The square a `points4` face's prediction must fall in, and the face's jaw-to-brow height.
+fn points4_region(p: &[Point; 4]) -> ((Vec2, Vec2), f32) {
+    let [a, b, _, mouth] = p.map(|[x, y]| Vec2::new(x, y));
+    let eyes = (a + b) / 2.0;
+    let eye_mouth = eyes.distance(mouth);
+    let centre = eyes + (mouth - eyes) * POINTS4_CENTRE;
+    let half = Vec2::splat(POINTS4_SIDE * eye_mouth / 2.0);
+    (
+        (centre - half, centre + half),
+        EYE_MOUTH_TO_JAW_BROW * eye_mouth,
+    )
+}
+
+fn scene_face(face: &FaceRecord) -> Result<LabelledFace> {
+    let landmarks = match landmarks(&face.gt_landmarks68, "gt_landmarks68")? {
+        Some(gt) => Some(gt),
+        None => landmarks(&face.landmarks68, "landmarks68")?,
+    };
+    let tight_height = landmarks
+        .as_deref()
+        .and_then(crate::vision::tight_box)
+        .map(|(lo, hi)| hi.y - lo.y);
+    let (region, height) = if let Some(annotated) = face.annotated_box {
+        let region = box_of(annotated);
+        let height = face
+            .teacher_box
+            .map(|b| b[3] - b[1])
+            .unwrap_or(BOX_TO_JAW_BROW * (annotated[3] - annotated[1]));
+        (Some(region), height)
+    } else if let Some(p) = &face.points4 {
+        let (region, height) = points4_region(p);
+        (
+            Some(region),
+            face.teacher_box.map(|b| b[3] - b[1]).unwrap_or(height),
+        )
+    } else if face.annotated.is_some() {
+        // a group face only the teacher found: its box is an ignore region
+        let b = face
+            .teacher_box
+            .context("a face with neither annotation nor teacher box")?;
+        (Some(box_of(b)), b[3] - b[1])
+    } else {
+        let height = tight_height.context("a face without landmarks68")?;
+        (None, height)
+    };
+    Ok(LabelledFace {
         landmarks,
-        rotation: rotation(&teacher["matrix"]),
-        blendshapes: blendshapes(&teacher["blendshapes"]),
-        confirmed: record["confirmed"].as_bool().unwrap_or(true),
+        rotation: rotation(&face.matrix)?,
+        blendshapes: blendshapes(&face.blendshapes),
+        confirmed: face.confirmed.unwrap_or(true) && face.annotated.unwrap_or(true),
+        region,
+        height,
     })
 }
 
-/// Reads a JSONL file of either record kind. Image paths are relative to the file's folder.
+fn crop_face(record: &Record) -> Result<LabelledFace> {
+    let landmarks = landmarks(&record.landmarks68, "landmarks68")?.context("no landmarks68")?;
+    let height = crate::vision::tight_box(&landmarks)
+        .map(|(lo, hi)| hi.y - lo.y)
+        .unwrap_or(0.0);
+    let teacher = record.teacher.as_ref();
+    Ok(LabelledFace {
+        rotation: rotation(&teacher.and_then(|t| t.matrix.clone()))?,
+        blendshapes: blendshapes(&teacher.and_then(|t| t.blendshapes.clone())),
+        landmarks: Some(landmarks),
+        confirmed: true,
+        region: None,
+        height,
+    })
+}
+
+fn image_from(record: Record, base: &Path) -> Result<LabelledImage> {
+    let (faces, is_scene) = match &record.faces {
+        Some(faces) => (
+            faces
+                .iter()
+                .enumerate()
+                .map(|(i, f)| scene_face(f).with_context(|| format!("faces[{i}]")))
+                .collect::<Result<Vec<_>>>()?,
+            true,
+        ),
+        None => (vec![crop_face(&record)?], false),
+    };
+    let matching = if faces.iter().any(|f| f.region.is_some()) {
+        Matching::CentreInRegion
+    } else {
+        Matching::TightBoxIou
+    };
+    Ok(LabelledImage {
+        path: base.join(&record.image),
+        split: record.split,
+        faces,
+        is_scene,
+        exhaustive: record.exhaustive.unwrap_or(true),
+        matching,
+    })
+}
+
+/// Reads a JSONL file of any record kind. Image paths are relative to the file's folder. A
+/// malformed record is an error naming the line and what is wrong with it.
 pub fn read_jsonl(path: &Path) -> Result<Vec<LabelledImage>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -97,24 +285,11 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<LabelledImage>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let record: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not valid JSON", path.display(), number + 1))?;
-        let Some(image) = record["image"].as_str() else {
-            bail!("{}:{}: record has no \"image\"", path.display(), number + 1);
-        };
-        let (faces, is_scene) = if let Some(faces) = record["faces"].as_array() {
-            (faces.iter().filter_map(|f| face_from(f, f)).collect(), true)
-        } else {
-            let face = face_from(&record, &record["teacher"])
-                .with_context(|| format!("{}:{}: no 68 landmarks", path.display(), number + 1))?;
-            (vec![face], false)
-        };
-        images.push(LabelledImage {
-            path: base.join(image),
-            split: record["split"].as_str().map(str::to_string),
-            faces,
-            is_scene,
-        });
+        let at = || format!("{}:{}", path.display(), number + 1);
+        let record: Record =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(line))
+                .with_context(|| format!("{}: not a record", at()))?;
+        images.push(image_from(record, base).with_context(at)?);
     }
     Ok(images)
 }
@@ -141,20 +316,39 @@ pub fn rotation_error_degrees(a: &Mat3, b: &Mat3) -> f32 {
 /// The metrics `eval --json` prints (NME and failure rate in %, pose in degrees).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct EvalReport {
+    /// Found faces with labelled landmarks (the NME is over these).
     pub faces: usize,
     pub nme: f32,
     pub fr10: f32,
     pub pose_deg: Option<f32>,
     pub blend_mae: Option<f32>,
     pub recall: Option<f32>,
+    /// Recall over the labelled faces at least [`RECALL_MIN_HEIGHT`] px tall.
+    pub recall_20px: Option<f32>,
     pub precision: Option<f32>,
     pub ap50: Option<f32>,
+    /// Recall and NME by face height ([`SIZE_BUCKETS`]); empty where no detection was run.
+    pub by_size: Vec<SizeBucket>,
+}
+
+/// Recall and NME of the labelled faces whose height is in one bucket.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SizeBucket {
+    /// Face height, jaw to brows, px: "<40", "40-60", "60-90", "90-140", ">=140".
+    pub height: &'static str,
+    /// Labelled faces (ignore regions left out).
+    pub faces: usize,
+    pub found: usize,
+    pub recall: Option<f32>,
+    /// NME (%) over the found faces with labelled landmarks.
+    pub nme: Option<f32>,
 }
 
 /// The errors of one prediction against its labelled face (NME a fraction, pose in degrees).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FaceErrors {
-    pub nme: f32,
+    /// `None` where the face has no labelled landmarks.
+    pub nme: Option<f32>,
     pub pose_deg: Option<f32>,
     pub blend_mae: Option<f32>,
 }
@@ -171,7 +365,10 @@ impl FaceErrors {
                 / b.len() as f32
         });
         Self {
-            nme: nme(&predicted.landmarks, &truth.landmarks),
+            nme: truth
+                .landmarks
+                .as_deref()
+                .map(|t| nme(&predicted.landmarks, t)),
             pose_deg: truth
                 .rotation
                 .as_ref()
@@ -179,6 +376,10 @@ impl FaceErrors {
             blend_mae,
         }
     }
+}
+
+fn mean(v: &[f32]) -> Option<f32> {
+    (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32)
 }
 
 #[derive(Default)]
@@ -190,13 +391,12 @@ struct Accumulator {
 
 impl Accumulator {
     fn add(&mut self, errors: &FaceErrors) {
-        self.nmes.push(errors.nme);
+        self.nmes.extend(errors.nme);
         self.pose.extend(errors.pose_deg);
         self.blend.extend(errors.blend_mae);
     }
 
     fn report(&self) -> EvalReport {
-        let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
         EvalReport {
             faces: self.nmes.len(),
             nme: mean(&self.nmes).unwrap_or(f32::NAN) * 100.0,
@@ -208,15 +408,13 @@ impl Accumulator {
             },
             pose_deg: mean(&self.pose),
             blend_mae: mean(&self.blend),
-            recall: None,
-            precision: None,
-            ap50: None,
+            ..Default::default()
         }
     }
 }
 
 /// SFN accuracy with the crop made from the tight box of the ground-truth landmarks
-/// (`--given-boxes`, as 300-W evaluation does).
+/// (`--given-boxes`, as 300-W evaluation does). Faces without labelled landmarks are skipped.
 pub fn eval_sfn_given_boxes(
     sfn: &Sfn,
     images: &[LabelledImage],
@@ -228,19 +426,27 @@ pub fn eval_sfn_given_boxes(
         if limit.is_some_and(|l| seen >= l) {
             break;
         }
-        let faces: Vec<&LabelledFace> = image.faces.iter().filter(|f| f.confirmed).collect();
+        let faces: Vec<(&LabelledFace, CropBox)> = image
+            .faces
+            .iter()
+            .filter(|f| f.confirmed)
+            .filter_map(|f| {
+                let crop = CropBox::around_points(
+                    f.landmarks.as_deref()?,
+                    crate::vision::sfn::CROP_SCALE,
+                )?;
+                Some((f, crop))
+            })
+            .collect();
         if faces.is_empty() {
             continue;
         }
         let frame = image::open(&image.path)
             .with_context(|| format!("{}: cannot read image", image.path.display()))?
             .into_rgb8();
-        let crops: Vec<CropBox> = faces
-            .iter()
-            .filter_map(|f| CropBox::around_points(&f.landmarks, crate::vision::sfn::CROP_SCALE))
-            .collect();
+        let crops: Vec<CropBox> = faces.iter().map(|(_, c)| *c).collect();
         let predictions = sfn.observe(&frame, &crops)?;
-        for (prediction, truth) in predictions.iter().zip(&faces) {
+        for (prediction, (truth, _)) in predictions.iter().zip(&faces) {
             acc.add(&FaceErrors::of(prediction, truth));
             seen += 1;
         }
@@ -248,24 +454,27 @@ pub fn eval_sfn_given_boxes(
     Ok(acc.report())
 }
 
-/// Predictions whose landmark box is shorter than this are not judged (small faces are not
-/// labelled in the data).
+/// Predictions whose landmark box is shorter than this are not judged on crops and scenes
+/// (small faces are not labelled there).
 pub const MIN_JUDGED_HEIGHT: f32 = 30.0;
 
-/// Detection bookkeeping at IoU 0.5: matches, misses, false positives, and scored hits for AP.
+/// Detection bookkeeping: matches, misses, false positives, and scored hits for AP.
 #[derive(Default)]
 struct DetectionCounts {
     truths: usize,
     matched: usize,
+    /// Labelled faces on exhaustively labelled images: AP's denominator.
+    exhaustive_truths: usize,
+    exhaustive_matched: usize,
     false_positives: usize,
-    /// (score, is true positive) of every judged prediction.
+    /// (score, is true positive) of every judged prediction on exhaustively labelled images.
     scored: Vec<(f32, bool)>,
 }
 
 impl DetectionCounts {
     fn precision(&self) -> Option<f32> {
-        let judged = self.matched + self.false_positives;
-        (judged > 0).then(|| self.matched as f32 / judged as f32)
+        let judged = self.exhaustive_matched + self.false_positives;
+        (judged > 0).then(|| self.exhaustive_matched as f32 / judged as f32)
     }
 
     fn recall(&self) -> Option<f32> {
@@ -274,7 +483,7 @@ impl DetectionCounts {
 
     /// Area under the precision–recall curve (all-point interpolation, as VOC 2010+).
     fn average_precision(&self) -> Option<f32> {
-        if self.truths == 0 {
+        if self.exhaustive_truths == 0 {
             return None;
         }
         let mut scored = self.scored.clone();
@@ -287,7 +496,10 @@ impl DetectionCounts {
             } else {
                 fp += 1;
             }
-            points.push((tp as f32 / self.truths as f32, tp as f32 / (tp + fp) as f32));
+            points.push((
+                tp as f32 / self.exhaustive_truths as f32,
+                tp as f32 / (tp + fp) as f32,
+            ));
         }
         let mut ap = 0.0;
         let mut previous_recall = 0.0;
@@ -300,10 +512,20 @@ impl DetectionCounts {
     }
 }
 
-/// What one pipeline found in every image: the errors of the prediction matched to each
-/// confirmed labelled face (`None` where it found none), and the detection counts.
+/// One labelled face as a pipeline saw it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Judged {
+    height: f32,
+    /// A positive (not an ignore region).
+    counted: bool,
+    /// The matched prediction's errors; `None` where the pipeline missed the face.
+    errors: Option<FaceErrors>,
+}
+
+/// What one pipeline found in every image: each labelled face as judged, and the detection
+/// counts.
 struct PipelineRun {
-    per_face: Vec<Vec<Option<FaceErrors>>>,
+    per_face: Vec<Vec<Judged>>,
     counts: DetectionCounts,
 }
 
@@ -313,6 +535,30 @@ impl PipelineRun {
         report.recall = self.counts.recall();
         report.precision = self.counts.precision();
         report.ap50 = self.counts.average_precision();
+        let faces = || self.per_face.iter().flatten().filter(|j| j.counted);
+        let tall = faces().filter(|j| j.height >= RECALL_MIN_HEIGHT).count();
+        let tall_found = faces()
+            .filter(|j| j.height >= RECALL_MIN_HEIGHT && j.errors.is_some())
+            .count();
+        report.recall_20px = (tall > 0).then(|| tall_found as f32 / tall as f32);
+        report.by_size = SIZE_BUCKETS
+            .iter()
+            .map(|&(lo, hi, name)| {
+                let in_bucket: Vec<&Judged> = faces()
+                    .filter(|j| j.height >= lo && j.height < hi)
+                    .collect();
+                let found: Vec<FaceErrors> = in_bucket.iter().filter_map(|j| j.errors).collect();
+                let nmes: Vec<f32> = found.iter().filter_map(|e| e.nme).collect();
+                SizeBucket {
+                    height: name,
+                    faces: in_bucket.len(),
+                    found: found.len(),
+                    recall: (!in_bucket.is_empty())
+                        .then(|| found.len() as f32 / in_bucket.len() as f32),
+                    nme: mean(&nmes).map(|m| m * 100.0),
+                }
+            })
+            .collect();
         report
     }
 
@@ -321,8 +567,8 @@ impl PipelineRun {
     fn report_where(&self, keep: impl Fn(usize, usize) -> bool) -> EvalReport {
         let mut acc = Accumulator::default();
         for (i, faces) in self.per_face.iter().enumerate() {
-            for (f, errors) in faces.iter().enumerate() {
-                if let Some(errors) = errors.as_ref().filter(|_| keep(i, f)) {
+            for (f, judged) in faces.iter().enumerate() {
+                if let Some(errors) = judged.errors.as_ref().filter(|_| keep(i, f)) {
                     acc.add(errors);
                 }
             }
@@ -331,13 +577,12 @@ impl PipelineRun {
     }
 
     fn found(&self, image: usize, face: usize) -> bool {
-        self.per_face[image][face].is_some()
+        self.per_face[image][face].errors.is_some()
     }
 }
 
 /// Runs whole pipelines (detection included) on every image, each image read once for all of
-/// them. Each prediction is matched to a labelled face by the IoU (≥ 0.5) of the tight boxes of
-/// the predicted and labelled 68 points.
+/// them, and matches their predictions to the labelled faces (module docs: the two rules).
 fn run_pipelines(
     pipelines: &mut [&mut dyn crate::vision::FacePipeline],
     images: &[LabelledImage],
@@ -354,64 +599,114 @@ fn run_pipelines(
             .with_context(|| format!("{}: cannot read image", image.path.display()))?
             .into_rgb8();
         for (pipeline, run) in pipelines.iter_mut().zip(&mut runs) {
-            let found = judge_image(&mut **pipeline, &frame, image, &mut run.counts)?;
-            run.per_face.push(found);
+            pipeline.reset();
+            let mut timings = crate::timing::FrameTimings::new(0);
+            let predictions = pipeline.process(&frame, &mut timings)?;
+            let judged = judge_image(&predictions, image, &mut run.counts);
+            run.per_face.push(judged);
         }
     }
     Ok(runs)
 }
 
-/// One pipeline on one image: the errors of the prediction matched to each labelled face.
+/// The predictions on one image against its labelled faces, greedy by score.
 fn judge_image(
-    pipeline: &mut dyn crate::vision::FacePipeline,
-    frame: &image::RgbImage,
+    predictions: &[FaceObservation],
     image: &LabelledImage,
     counts: &mut DetectionCounts,
-) -> Result<Vec<Option<FaceErrors>>> {
+) -> Vec<Judged> {
     use crate::vision::detect::iou;
     use crate::vision::tight_box;
-    pipeline.reset();
-    let mut timings = crate::timing::FrameTimings::new(0);
-    let mut predictions = pipeline.process(frame, &mut timings)?;
-    predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut order: Vec<&FaceObservation> = predictions.iter().collect();
+    order.sort_by(|a, b| b.score.total_cmp(&a.score));
     let truth_boxes: Vec<(Vec2, Vec2)> = image
         .faces
         .iter()
-        .map(|f| tight_box(&f.landmarks).unwrap_or((Vec2::ZERO, Vec2::ZERO)))
+        .map(|f| {
+            f.landmarks
+                .as_deref()
+                .and_then(tight_box)
+                .unwrap_or((Vec2::ZERO, Vec2::ZERO))
+        })
         .collect();
     let mut taken = vec![false; image.faces.len()];
-    let mut found = vec![None; image.faces.len()];
-    counts.truths += image.faces.iter().filter(|f| f.confirmed).count();
-    for prediction in &predictions {
-        let best = truth_boxes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !taken[*i])
-            .map(|(i, b)| (i, iou(&prediction.bbox, b)))
-            .filter(|(_, overlap)| *overlap >= 0.5)
-            .max_by(|a, b| a.1.total_cmp(&b.1));
-        let judged = prediction.bbox.1.y - prediction.bbox.0.y >= MIN_JUDGED_HEIGHT;
+    let mut judged: Vec<Judged> = image
+        .faces
+        .iter()
+        .map(|f| Judged {
+            height: f.height,
+            counted: f.confirmed,
+            errors: None,
+        })
+        .collect();
+    let positives = image.faces.iter().filter(|f| f.confirmed).count();
+    counts.truths += positives;
+    if image.exhaustive {
+        counts.exhaustive_truths += positives;
+    }
+    let inside = |region: &Option<(Vec2, Vec2)>, p: Vec2| {
+        region.is_some_and(|(lo, hi)| p.cmpge(lo).all() && p.cmple(hi).all())
+    };
+    for prediction in order {
+        let centre = (prediction.bbox.0 + prediction.bbox.1) / 2.0;
+        let (best, judge_miss) = match image.matching {
+            Matching::TightBoxIou => (
+                truth_boxes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !taken[*i])
+                    .map(|(i, b)| (i, iou(&prediction.bbox, b)))
+                    .filter(|(_, overlap)| *overlap >= 0.5)
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(i, _)| i),
+                prediction.bbox.1.y - prediction.bbox.0.y >= MIN_JUDGED_HEIGHT,
+            ),
+            Matching::CentreInRegion => {
+                // the labelled face whose region holds the centre; the nearest region centre wins
+                let hit = image
+                    .faces
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, f)| !taken[*i] && f.confirmed && inside(&f.region, centre))
+                    .min_by(|(_, a), (_, b)| {
+                        let d = |f: &LabelledFace| {
+                            f.region
+                                .map_or(f32::INFINITY, |(lo, hi)| centre.distance((lo + hi) / 2.0))
+                        };
+                        d(a).total_cmp(&d(b))
+                    })
+                    .map(|(i, _)| i);
+                let ignored = image
+                    .faces
+                    .iter()
+                    .any(|f| !f.confirmed && inside(&f.region, centre));
+                (hit, !ignored)
+            }
+        };
         match best {
-            Some((i, _)) => {
+            Some(i) => {
                 taken[i] = true;
                 if image.faces[i].confirmed {
                     counts.matched += 1;
-                    counts.scored.push((prediction.score, true));
-                    found[i] = Some(FaceErrors::of(prediction, &image.faces[i]));
+                    if image.exhaustive {
+                        counts.exhaustive_matched += 1;
+                        counts.scored.push((prediction.score, true));
+                    }
+                    judged[i].errors = Some(FaceErrors::of(prediction, &image.faces[i]));
                 }
             }
-            None if judged => {
+            None if judge_miss && image.exhaustive => {
                 counts.false_positives += 1;
                 counts.scored.push((prediction.score, false));
             }
             None => {}
         }
     }
-    Ok(found)
+    judged
 }
 
 /// Accuracy of a whole pipeline (detection included) on every image of `images`; landmark,
-/// pose and blendshape errors are over the labelled faces it found (IoU ≥ 0.5).
+/// pose and blendshape errors are over the labelled faces it found.
 pub fn eval_pipeline(
     pipeline: &mut dyn crate::vision::FacePipeline,
     images: &[LabelledImage],
@@ -463,7 +758,7 @@ impl Comparison {
                 let _ = write!(
                     csv,
                     ",{},{},{}",
-                    cell(errors.map(|e| e.nme * 100.0)),
+                    cell(errors.and_then(|e| e.nme).map(|n| n * 100.0)),
                     cell(errors.and_then(|e| e.pose_deg)),
                     cell(errors.and_then(|e| e.blend_mae)),
                 );
@@ -506,8 +801,8 @@ pub fn compare_pipelines(
                 comparison.per_face.push(FacePair {
                     image: image.path.clone(),
                     face: f,
-                    sfn: sfn_run.per_face[i][f],
-                    mfn: mfn_run.per_face[i][f],
+                    sfn: sfn_run.per_face[i][f].errors,
+                    mfn: mfn_run.per_face[i][f].errors,
                 });
             }
         }
@@ -554,6 +849,8 @@ mod tests {
         let counts = DetectionCounts {
             truths: 2,
             matched: 2,
+            exhaustive_truths: 2,
+            exhaustive_matched: 2,
             false_positives: 1,
             scored: vec![(0.9, true), (0.8, false), (0.7, true)],
         };
@@ -565,12 +862,19 @@ mod tests {
 
     #[test]
     fn comparison_judges_both_pipelines_on_the_faces_both_found() {
-        let errors = |nme: f32, pose: f32| {
-            Some(FaceErrors {
-                nme,
+        let errors = |nme: f32, pose: f32| Judged {
+            height: 100.0,
+            counted: true,
+            errors: Some(FaceErrors {
+                nme: Some(nme),
                 pose_deg: Some(pose),
                 blend_mae: None,
-            })
+            }),
+        };
+        let missed = Judged {
+            height: 100.0,
+            counted: true,
+            errors: None,
         };
         let counts = || DetectionCounts {
             truths: 3,
@@ -578,7 +882,7 @@ mod tests {
         };
         // The MFN alone finds a hard third face; on the two both find it is 1.5× the SFN.
         let sfn = PipelineRun {
-            per_face: vec![vec![errors(0.02, 2.0), errors(0.04, 2.0), None]],
+            per_face: vec![vec![errors(0.02, 2.0), errors(0.04, 2.0), missed]],
             counts: counts(),
         };
         let mfn = PipelineRun {
@@ -604,7 +908,7 @@ mod tests {
             image: PathBuf::from("a \"b\".jpg"),
             face: 2,
             sfn: None,
-            mfn: mfn.per_face[0][2],
+            mfn: mfn.per_face[0][2].errors,
         }];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("faces.csv");
@@ -613,6 +917,121 @@ mod tests {
         assert_eq!(text.lines().nth(1), Some("\"a \"\"b\"\".jpg\",2,,,,20,9,"));
         let err = c.write_per_face_csv(dir.path()).unwrap_err();
         assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
+    }
+
+    fn observation(centre: Vec2, side: f32, score: f32) -> FaceObservation {
+        let half = Vec2::splat(side / 2.0);
+        FaceObservation {
+            bbox: (centre - half, centre + half),
+            score,
+            landmarks: vec![centre; 68],
+            rotation: Mat3::IDENTITY,
+            blendshapes: vec![0.0; 51],
+        }
+    }
+
+    /// A group photo: a human box, a points4 face, a teacher-only face, matched by centres.
+    fn group_record(exhaustive: bool) -> String {
+        let pts: Vec<[f32; 2]> = (0..68)
+            .map(|i| [100.0 + (i % 10) as f32, 50.0 + (i / 10) as f32 * 5.0])
+            .collect();
+        serde_json::json!({"image": "g.jpg", "split": "test", "exhaustive": exhaustive, "faces": [
+            {"annotated": true, "annotated_box": [90.0, 40.0, 120.0, 90.0], "landmarks68": pts,
+             "box": [100.0, 50.0, 109.0, 80.0]},
+            {"annotated": true, "points4": [[300.0, 100.0], [320.0, 100.0], [310.0, 110.0], [310.0, 120.0]],
+             "box": null},
+            {"annotated": false, "box": [400.0, 100.0, 430.0, 140.0]}]})
+        .to_string()
+    }
+
+    #[test]
+    fn group_faces_match_by_centre_with_ignore_regions_and_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.jsonl");
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n", group_record(true), group_record(false)),
+        )
+        .unwrap();
+        let images = read_jsonl(&path).unwrap();
+        let g = &images[0];
+        assert_eq!(g.matching, Matching::CentreInRegion);
+        // teacher box height 30; points4: eye-mouth 20 px -> 2.03 x 20; MaskON-only would be 0.843 x box
+        assert!((g.faces[0].height - 30.0).abs() < 1e-4);
+        assert!((g.faces[1].height - 40.6).abs() < 1e-3);
+        assert!(g.faces[1].landmarks.is_none() && !g.faces[2].confirmed);
+        let (lo, hi) = g.faces[1].region.unwrap();
+        // centred 0.62 x 20 px below the eye midpoint, 2.1 x 20 px wide
+        assert!(((lo + hi) / 2.0 - Vec2::new(310.0, 112.4)).length() < 1e-3);
+        assert!((hi.x - lo.x - 42.0).abs() < 1e-3);
+
+        let predictions = [
+            observation(Vec2::new(104.0, 60.0), 20.0, 0.9), // face 0
+            observation(Vec2::new(106.0, 62.0), 20.0, 0.8), // face 0 again: a false positive
+            observation(Vec2::new(312.0, 115.0), 30.0, 0.7), // face 1 (no landmarks: no NME)
+            observation(Vec2::new(415.0, 120.0), 30.0, 0.95), // teacher-only: ignored
+            observation(Vec2::new(600.0, 300.0), 10.0, 0.6), // nothing: a false positive
+        ];
+        let mut counts = DetectionCounts::default();
+        let judged = judge_image(&predictions, g, &mut counts);
+        assert!(judged[0].errors.unwrap().nme.is_some());
+        assert!(judged[1].errors.is_some() && judged[1].errors.unwrap().nme.is_none());
+        assert!(judged[2].errors.is_none() && !judged[2].counted);
+        assert_eq!(
+            (counts.truths, counts.matched, counts.false_positives),
+            (2, 2, 2)
+        );
+        assert_eq!(
+            counts.scored.len(),
+            4,
+            "the ignored prediction is not scored"
+        );
+        // a photo not labelled exhaustively: recall counts, false positives do not
+        let mut loose = DetectionCounts::default();
+        judge_image(&predictions, &images[1], &mut loose);
+        assert_eq!(
+            (loose.matched, loose.false_positives, loose.scored.len()),
+            (2, 0, 0)
+        );
+        assert_eq!((loose.exhaustive_truths, loose.truths), (0, 2));
+
+        let run = PipelineRun {
+            per_face: vec![judged],
+            counts,
+        };
+        let report = run.report();
+        assert_eq!(report.faces, 1, "NME only where landmarks are labelled");
+        assert_eq!(report.recall, Some(1.0));
+        assert_eq!(report.recall_20px, Some(1.0));
+        let under_40 = &report.by_size[0];
+        assert_eq!(
+            (under_40.height, under_40.faces, under_40.found),
+            ("<40", 1, 1)
+        );
+        let forty = &report.by_size[1];
+        assert_eq!((forty.faces, forty.found, forty.nme), (1, 1, None));
+        assert!(report.by_size[2..]
+            .iter()
+            .all(|b| b.faces == 0 && b.recall.is_none()));
+    }
+
+    #[test]
+    fn malformed_records_name_the_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(
+            &path,
+            "{\"image\": \"a.jpg\", \"faces\": [{\"landmarks68\": [[1, 2]]}]}\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_jsonl(&path).unwrap_err());
+        assert!(
+            err.contains("d.jsonl:1") && err.contains("faces[0]") && err.contains("68"),
+            "{err}"
+        );
+        std::fs::write(&path, "{\"image\": 3}\n").unwrap();
+        let err = format!("{:#}", read_jsonl(&path).unwrap_err());
+        assert!(err.contains("d.jsonl:1") && err.contains("image"), "{err}");
     }
 
     #[test]

@@ -201,11 +201,21 @@ fn print_report_lines(report: &polyface::eval::EvalReport) {
         println!("blend MAE  {b:.4}");
     }
     if let (Some(r), Some(p)) = (report.recall, report.precision) {
-        println!("recall     {r:.4} (IoU 0.5)");
-        println!("precision  {p:.4} (faces >= 30 px)");
+        println!("recall     {r:.4}");
+        println!("precision  {p:.4}");
+    }
+    if let Some(r) = report.recall_20px {
+        println!("recall     {r:.4} (faces >= 20 px tall)");
     }
     if let Some(ap) = report.ap50 {
         println!("AP50       {ap:.4}");
+    }
+    if !report.by_size.is_empty() {
+        println!("by face height (jaw to brows, px): found / labelled, NME");
+        for b in &report.by_size {
+            let nme = b.nme.map_or("-".to_string(), |n| format!("{n:.2} %"));
+            println!("  {:>7}  {:>5} / {:<5} {nme}", b.height, b.found, b.faces);
+        }
     }
 }
 

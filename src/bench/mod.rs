@@ -59,7 +59,10 @@ pub fn load_face_crops(data: &Path, count: usize) -> Result<Vec<(image::RgbImage
             let crop = image::open(&record.path)
                 .with_context(|| format!("{}: cannot read", record.path.display()))?
                 .into_rgb8();
-            Ok((crop, record.faces[0].landmarks.clone()))
+            let points = record.faces[0].landmarks.clone().with_context(|| {
+                format!("{}: a face crop without landmarks", record.path.display())
+            })?;
+            Ok((crop, points))
         })
         .collect()
 }

@@ -198,7 +198,7 @@ fn track_records_real_faces_as_people_with_live_link_takes() {
     let mut errors = Vec::new();
     let mut tracked_frames = 0;
     for (f, record) in records.iter().enumerate() {
-        let truth = &images[f / 3].faces[0].landmarks;
+        let truth = images[f / 3].faces[0].landmarks.as_deref().unwrap();
         for person in record["people"].as_array().unwrap() {
             if person["state"] != "confirmed" {
                 continue;

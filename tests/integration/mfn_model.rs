@@ -435,3 +435,61 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         }
     }
 }
+
+/// `eval` on the group photos: each annotated face is in exactly one size bucket, found faces
+/// add up to the recall, and faces only the teacher found are left out.
+#[test]
+fn eval_reads_group_photos_by_face_size() {
+    let Some(_) = shipped() else {
+        return;
+    };
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let groups = data.join("groups.jsonl");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = crate::support::polyface()
+        .args([
+            "eval",
+            "--pipeline",
+            "mfn",
+            "--split",
+            "test",
+            "--limit",
+            "40",
+            "--json",
+        ])
+        .arg("--data")
+        .arg(&groups)
+        .arg("--models")
+        .arg(root.join("models"))
+        .output()
+        .unwrap();
+    crate::support::assert_success(&output);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let annotated: usize = std::fs::read_to_string(&groups)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["split"] == "test")
+        .take(40)
+        .map(|r| {
+            let faces = r["faces"].as_array().unwrap();
+            faces.iter().filter(|f| f["annotated"] == true).count()
+        })
+        .sum();
+    let buckets = report["by_size"].as_array().unwrap();
+    assert_eq!(buckets.len(), 5);
+    let sum = |key: &str| -> u64 { buckets.iter().map(|b| b[key].as_u64().unwrap()).sum() };
+    assert_eq!(sum("faces") as usize, annotated, "{report}");
+    let recall = report["recall"].as_f64().unwrap();
+    assert!(
+        (sum("found") as f64 / annotated as f64 - recall).abs() < 1e-4,
+        "{report}"
+    );
+    assert!(
+        report["recall_20px"].as_f64().unwrap() >= recall,
+        "{report}"
+    );
+    assert!(report["ap50"].as_f64().is_some(), "{report}");
+}
