@@ -123,6 +123,7 @@ impl Meters {
 
 struct App {
     args: RunArgs,
+    networks: Networks,
     source_name: String,
     worker: InferenceWorker,
     people: Vec<Person>,
@@ -167,11 +168,48 @@ fn start_capture(spec: SourceSpec, options: SourceOptions) -> LatestFrame {
     LatestFrame::spawn(capture::opener(spec, options), true, true)
 }
 
+/// Where the networks come from and run: `--models` and `--device`, resolved once at start.
+struct Networks {
+    models: std::path::PathBuf,
+    device: candle_core::Device,
+    /// Which device that is, for the overlay ("CPU (auto: ...)", "CUDA 0").
+    device_line: String,
+}
+
+impl Networks {
+    fn open(args: &crate::cli::ModelArgs) -> (Networks, Option<String>) {
+        let models = crate::vision::models_dir(args.models.as_deref());
+        match crate::vision::open_device(args.device) {
+            Ok((device, device_line)) => {
+                log::info!("networks on {device_line}");
+                let networks = Networks {
+                    models,
+                    device,
+                    device_line,
+                };
+                (networks, None)
+            }
+            Err(e) => {
+                let problem = format!("{e:#}; the networks run on the CPU");
+                log::warn!("{problem}");
+                let networks = Networks {
+                    models,
+                    device: candle_core::Device::Cpu,
+                    device_line: "CPU".into(),
+                };
+                (networks, Some(problem))
+            }
+        }
+    }
+}
+
 /// The face pipeline called `name`, or why there is none (the app still shows frames without
 /// one).
-fn load_pipeline(name: &str) -> (Option<Box<dyn FacePipeline>>, Option<String>) {
-    let models = crate::vision::models_dir(None);
-    match crate::vision::load_pipeline(name, &models, &candle_core::Device::Cpu) {
+fn load_pipeline(
+    name: &str,
+    networks: &Networks,
+) -> (Option<Box<dyn FacePipeline>>, Option<String>) {
+    match crate::vision::load_pipeline(name, &networks.models, &networks.device) {
         Ok(pipeline) => (Some(pipeline), None),
         Err(e) => {
             let problem = format!("no face tracking ({}): {e:#}", name.to_uppercase());
@@ -185,8 +223,9 @@ fn start_worker(
     spec: SourceSpec,
     options: SourceOptions,
     settings: &Settings,
+    networks: &Networks,
 ) -> (InferenceWorker, Option<String>) {
-    let (pipeline, problem) = load_pipeline(&settings.pipeline);
+    let (pipeline, problem) = load_pipeline(&settings.pipeline, networks);
     let worker = InferenceWorker::spawn(start_capture(spec, options), pipeline, settings.smoothing);
     (worker, problem)
 }
@@ -303,7 +342,8 @@ impl App {
         }
         let spec = args.input.spec();
         let mut source_name = describe(&spec);
-        let mut warnings = Vec::new();
+        let (networks, device_problem) = Networks::open(&args.model);
+        let mut warnings: Vec<String> = device_problem.into_iter().collect();
         let mut playback = None;
         let (worker, pipeline_problem) =
             match args.play.as_deref().map(crate::record::playback::open) {
@@ -327,9 +367,19 @@ impl App {
                 }
                 Some(Err(e)) => {
                     warnings.push(format!("cannot play the take: {e:#}"));
-                    start_worker(spec, args.input.options(!args.no_loop), &settings)
+                    start_worker(
+                        spec,
+                        args.input.options(!args.no_loop),
+                        &settings,
+                        &networks,
+                    )
                 }
-                None => start_worker(spec, args.input.options(!args.no_loop), &settings),
+                None => start_worker(
+                    spec,
+                    args.input.options(!args.no_loop),
+                    &settings,
+                    &networks,
+                ),
             };
         let overlay_options = OverlayOptions {
             boxes: settings.show_boxes,
@@ -348,6 +398,7 @@ impl App {
         }
         let mut app = App {
             args,
+            networks,
             source_name,
             worker,
             people: Vec::new(),
@@ -389,7 +440,7 @@ impl App {
     fn switch_pipeline(&mut self, name: &str) {
         self.pipeline_choice = name.to_string();
         self.settings.pipeline = name.to_string();
-        match load_pipeline(name) {
+        match load_pipeline(name, &self.networks) {
             (Some(pipeline), _) => {
                 self.worker.switch_pipeline(pipeline);
                 self.pipeline_problem = None;
@@ -405,6 +456,7 @@ impl App {
             spec,
             self.args.input.options(!self.args.no_loop),
             &self.settings,
+            &self.networks,
         );
         self.worker = worker;
         self.pipeline_problem = problem;
@@ -591,6 +643,7 @@ impl App {
         let mut action = None;
         let has_frame = state.frame_view.frame_size() != (0, 0);
         let device = state.gpu.describe();
+        let networks_line = &self.networks.device_line;
         let fps = self.meters.fps();
         let frame_size = self.frame_size;
         let people = &self.people;
@@ -619,7 +672,8 @@ impl App {
                 if let Some(latency) = latency {
                     ui.label(format!("latency capture-to-present: {latency:.1} ms"));
                 }
-                ui.label(format!("device: {device}"));
+                ui.label(format!("rendering: {device}"));
+                ui.label(format!("networks: {networks_line}"));
                 ui.label(&pipeline_line);
                 ui.horizontal(|ui| {
                     ui.label("pipeline:");

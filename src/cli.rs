@@ -1,4 +1,4 @@
-//! The command line: `polyface [run|track|cameras] ...`. Later stages add `eval`, `bench`, `render`.
+//! The command line: `polyface [run|track|cameras|eval|bench|render|recover] ...`.
 
 use std::path::PathBuf;
 
@@ -32,7 +32,7 @@ pub enum Command {
     /// Open the app window: live frames with per-stage timings (the default command).
     Run(RunArgs),
     /// The headless twin of `run`: process every frame of an input without a window and write
-    /// the results (timings.csv, frames.jsonl) to a folder.
+    /// the results (timings.csv, faces.jsonl) to a folder.
     Track(TrackArgs),
     /// List the cameras this machine offers, with the index and name `--camera` accepts.
     Cameras,
@@ -112,9 +112,8 @@ pub struct BenchArgs {
     /// Also draw latency against faces for every pipeline into this PNG.
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
-    /// Where the networks run: cpu, or cuda / metal in builds with those features.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Measure landmark jitter on still input (and the lag smoothing adds) instead of latency.
     #[arg(long)]
     pub jitter: bool,
@@ -132,9 +131,6 @@ pub struct BenchArgs {
     /// Compose frames from the faces in your own photos instead (a folder of images).
     #[arg(long, value_name = "DIR")]
     pub input: Option<PathBuf>,
-    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
-    #[arg(long, value_name = "DIR")]
-    pub models: Option<PathBuf>,
 }
 
 /// Pipeline choice for `track`.
@@ -176,18 +172,26 @@ pub struct EvalArgs {
     /// With --compare: write each labelled face's errors under both pipelines to a CSV file.
     #[arg(long, value_name = "FILE.csv", requires = "compare")]
     pub per_face: Option<PathBuf>,
-    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
-    #[arg(long, value_name = "DIR")]
-    pub models: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Evaluate at most this many faces (--given-boxes) or images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Only records whose `split` is NAME (e.g. `test`: the scene photos never trained on).
     #[arg(long, value_name = "NAME")]
     pub split: Option<String>,
-    /// Where the networks run: cpu, or cuda / metal in builds with those features.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+}
+
+/// Which model files and where the networks run: shared by `run`, `track`, `eval` and `bench`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ModelArgs {
+    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Where the networks run: auto (this build's GPU when it starts, else the CPU), cpu,
+    /// cuda, cuda:N or metal (GPUs need a build with `--features cuda` / `metal`).
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: crate::vision::DeviceChoice,
 }
 
 /// Where frames come from. Without `--input`, a camera is used.
@@ -229,6 +233,8 @@ impl InputArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Play files once instead of looping them.
     #[arg(long)]
     pub no_loop: bool,
@@ -251,6 +257,7 @@ impl Default for RunArgs {
     fn default() -> Self {
         RunArgs {
             input: InputArgs::default(),
+            model: ModelArgs::default(),
             no_loop: false,
             window_size: (1280, 720),
             exit_after: None,
@@ -267,9 +274,8 @@ pub struct TrackArgs {
     /// Face pipeline to run; `none` only reads frames (timings of capture alone).
     #[arg(long, value_enum, default_value = "sfn")]
     pub pipeline: TrackPipeline,
-    /// Folder with the model files (default: $POLYFACE_MODELS, else ./models).
-    #[arg(long, value_name = "DIR")]
-    pub models: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Folder to write results into (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -28,8 +28,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => polyface::app::run(args),
         Command::Track(args) => {
-            let models = polyface::vision::models_dir(args.models.as_deref());
-            let device = candle_core::Device::Cpu;
+            let models = polyface::vision::models_dir(args.model.models.as_deref());
+            let (device, device_line) = polyface::vision::open_device(args.model.device)?;
+            log::info!("networks on {device_line}");
             let mut pipeline: Option<Box<dyn polyface::vision::FacePipeline>> = match args.pipeline
             {
                 TrackPipeline::Sfn => Some(Box::new(
@@ -130,8 +131,9 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             args.data.display()
         );
     }
-    let device = vision::device(&args.device)?;
-    let models = vision::models_dir(args.models.as_deref());
+    let (device, device_line) = vision::open_device(args.model.device)?;
+    eprintln!("eval: networks on {device_line}");
+    let models = vision::models_dir(args.model.models.as_deref());
     if args.compare {
         let mut sfn = vision::SfnPipeline::load(&models, &device)?;
         let mut mfn = vision::MfnPipeline::load(&models, &device)?;
@@ -221,8 +223,9 @@ fn print_report_lines(report: &polyface::eval::EvalReport) {
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use polyface::vision;
-    let device = vision::device(&args.device)?;
-    let models = vision::models_dir(args.models.as_deref());
+    let (device, device_line) = vision::open_device(args.model.device)?;
+    eprintln!("bench: networks on {device_line}");
+    let models = vision::models_dir(args.model.models.as_deref());
     let crops = match &args.input {
         Some(dir) => polyface::bench::face_crops_from_folder(dir, &models, 20)?,
         None => {
@@ -290,15 +293,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !device.is_cpu() {
         let diffs = polyface::bench::check_against_cpu(&models, &device, &crops, 5)?;
         for (net, diff) in &diffs {
-            eprintln!(
-                "{net} outputs on {} vs cpu: max |diff| {diff:.2e}",
-                args.device
-            );
+            eprintln!("{net} outputs on {device_line} vs cpu: max |diff| {diff:.2e}");
         }
         if let Some((net, diff)) = diffs.iter().find(|(_, d)| d.is_nan() || *d > 1e-2) {
             anyhow::bail!(
-                "the {net} outputs on {} differ from the CPU's by {diff} (more than 1e-2): not timing a wrong result",
-                args.device
+                "the {net} outputs on {device_line} differ from the CPU's by {diff} (more than 1e-2): not timing a wrong result"
             );
         }
         max_diff_vs_cpu = Some(
@@ -342,9 +341,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let results = polyface::bench::run_interleaved(cases, (args.frames, 5), avatars.as_mut())?;
-    let device_name = match args.device.as_str() {
-        "cpu" => format!("cpu ({} threads)", rayon::current_num_threads()),
-        other => other.to_string(),
+    let device_name = if device.is_cpu() {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    } else {
+        device_line.clone()
     };
     if let Some(plot) = &args.plot {
         polyface::bench::plot::write_plot(&results, &device_name, plot)?;
