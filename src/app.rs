@@ -1034,13 +1034,7 @@ impl App {
     fn record_and_stream(&mut self, frame: &capture::Frame, people: &[Person]) {
         let time_s = frame.timestamp.as_secs_f64();
         if let Some(take) = self.take.as_mut() {
-            let record = serde_json::json!({
-                "frame": frame.seq,
-                "time_s": time_s,
-                "width": frame.width(),
-                "height": frame.height(),
-                "people": people.iter().map(crate::headless::person_json).collect::<Vec<_>>(),
-            });
+            let record = crate::record::FrameRecord::new(frame, people);
             if let Err(e) = take.write(&record) {
                 let dir = take.dir().display().to_string();
                 self.record_status =

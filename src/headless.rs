@@ -9,9 +9,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::capture::{self, CaptureError, SourceOptions, SourceSpec};
+use crate::record::FrameRecord;
 use crate::timing::{FrameTimings, Stage, TimingRing};
-use crate::track::{People, Person};
-use crate::vision::{FacePipeline, BLENDSHAPE_NAMES};
+use crate::track::People;
+use crate::vision::FacePipeline;
 
 /// What a `track` run did.
 #[derive(Debug)]
@@ -22,47 +23,6 @@ pub struct TrackSummary {
     pub timings_csv: PathBuf,
     pub faces_jsonl: PathBuf,
     pub ring: TimingRing,
-}
-
-fn named_weights(values: &[f32]) -> serde_json::Map<String, serde_json::Value> {
-    BLENDSHAPE_NAMES
-        .iter()
-        .zip(values)
-        .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-        .collect()
-}
-
-fn points_json(points: &[glam::Vec2]) -> Vec<[f32; 2]> {
-    points.iter().map(|p| [p.x, p.y]).collect()
-}
-
-/// One person as `faces.jsonl` stores it: raw network output and the smoothed, fitted state.
-pub fn person_json(person: &Person) -> serde_json::Value {
-    let face = &person.raw;
-    let smoothed = &person.smoothed;
-    let (yaw, pitch, roll) = smoothed.yaw_pitch_roll();
-    serde_json::json!({
-        "id": person.id,
-        "state": person.state,
-        "box": [face.bbox.0.x, face.bbox.0.y, face.bbox.1.x, face.bbox.1.y],
-        "score": face.score,
-        "landmarks": points_json(&face.landmarks),
-        "landmarks_smoothed": points_json(&smoothed.landmarks),
-        "yaw_pitch_roll_deg": [yaw, pitch, roll],
-        // Row-major 3×3, camera space (x right, y up, looking down −z), like MediaPipe's matrix.
-        "rotation": person.pose.map(|p| p.rotation.transpose().to_cols_array()),
-        "translation_cm": person.pose.map(|p| p.translation.to_array()),
-        "fit_rms_px": person.fit_rms_px,
-        "blendshapes": named_weights(&face.blendshapes),
-        "blendshapes_smoothed": named_weights(&smoothed.blendshapes),
-        // What an avatar receives: the 52 ARKit weights after the expression refinements
-        // (tongueOut is not estimated and stays 0), by ARKit name.
-        "arkit": crate::retarget::ARKIT_52
-            .iter()
-            .zip(crate::retarget::arkit_weights(&smoothed.blendshapes))
-            .map(|(n, v)| (n.to_string(), serde_json::json!(v)))
-            .collect::<serde_json::Map<_, _>>(),
-    })
 }
 
 /// What `track` does besides reading frames.
@@ -142,14 +102,11 @@ pub fn track(
         let time_s = frame.timestamp.as_secs_f64();
         let mut persons = people.update(frame.image.dimensions(), faces, time_s, &mut timings);
         people.reidentify(&frame.image, &mut persons, time_s, &mut timings);
-        let record = serde_json::json!({
-            "frame": frame.seq,
-            "time_s": time_s,
-            "width": frame.width(),
-            "height": frame.height(),
-            "people": persons.iter().map(person_json).collect::<Vec<_>>(),
-        });
-        writeln!(faces_file, "{record}").with_context(|| write_error(&faces_jsonl))?;
+        let record = FrameRecord::new(&frame, &persons);
+        serde_json::to_writer(&mut faces_file, &record)
+            .map_err(std::io::Error::from)
+            .and_then(|_| writeln!(faces_file))
+            .with_context(|| write_error(&faces_jsonl))?;
         if let Some(take) = recorder.as_mut().filter(|t| t.failed().is_none()) {
             if let Err(e) = take.write(&record) {
                 // Tracking goes on; what the take holds so far stays valid.

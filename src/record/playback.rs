@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use glam::{Mat3, Vec2};
-use serde_json::Value;
-
+use super::{FrameRecord, PersonRecord};
 use crate::capture::{CaptureError, Frame, FrameSource};
 use crate::timing::FrameTimings;
-use crate::vision::{FaceObservation, FacePipeline, BLENDSHAPE_NAMES};
+use crate::track::TrackState;
+use crate::vision::{FaceObservation, FacePipeline};
+use anyhow::{Context, Result};
 
 /// One recorded frame.
 #[derive(Clone, Debug)]
@@ -31,39 +30,6 @@ pub struct Recording {
     pub frames: Vec<RecordedFrame>,
 }
 
-fn points(v: &Value) -> Vec<Vec2> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| Some(Vec2::new(p[0].as_f64()? as f32, p[1].as_f64()? as f32)))
-        .collect()
-}
-
-fn face_from(person: &Value) -> Option<FaceObservation> {
-    if person["state"] != "confirmed" {
-        return None;
-    }
-    let landmarks = points(&person["landmarks_smoothed"]);
-    let bbox = crate::vision::tight_box(&landmarks)?;
-    let named = person["blendshapes_smoothed"].as_object()?;
-    let blendshapes = BLENDSHAPE_NAMES
-        .iter()
-        .map(|n| named.get(*n).and_then(Value::as_f64).unwrap_or(0.0) as f32)
-        .collect();
-    let ypr = person["yaw_pitch_roll_deg"].as_array()?;
-    let deg = |i: usize| ypr.get(i).and_then(Value::as_f64).unwrap_or(0.0) as f32;
-    let rotation = Mat3::from_rotation_z(deg(2).to_radians())
-        * Mat3::from_rotation_y(deg(0).to_radians())
-        * Mat3::from_rotation_x(deg(1).to_radians());
-    Some(FaceObservation {
-        bbox,
-        score: person["score"].as_f64().unwrap_or(1.0) as f32,
-        landmarks,
-        rotation,
-        blendshapes,
-    })
-}
-
 impl Recording {
     pub fn load(dir: &Path) -> Result<Recording> {
         let path = dir.join("session.jsonl");
@@ -73,27 +39,20 @@ impl Recording {
                 path.display()
             )
         })?;
-        let mut frames = Vec::new();
-        for line in text.lines() {
-            // a torn last line (a crash while recording) is skipped
-            let Ok(frame) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let size = (
-                frame["width"].as_u64().unwrap_or(640) as u32,
-                frame["height"].as_u64().unwrap_or(480) as u32,
-            );
-            frames.push(RecordedFrame {
-                time_s: frame["time_s"].as_f64().unwrap_or(0.0),
-                size: (size.0.clamp(1, 8192), size.1.clamp(1, 8192)),
-                faces: frame["people"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(face_from)
-                    .collect(),
-            });
-        }
+        let frames: Vec<RecordedFrame> =
+            FrameRecord::parse_all(&text, &path.display().to_string())?
+                .into_iter()
+                .map(|frame| RecordedFrame {
+                    time_s: frame.time_s,
+                    size: (frame.width.clamp(1, 8192), frame.height.clamp(1, 8192)),
+                    faces: frame
+                        .people
+                        .iter()
+                        .filter(|p| p.state == TrackState::Confirmed)
+                        .map(PersonRecord::smoothed_observation)
+                        .collect(),
+                })
+                .collect();
         anyhow::ensure!(
             !frames.is_empty(),
             "{}: no frames in the take",

@@ -6,16 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use glam::{Mat3, Quat};
-use serde_json::{json, Value};
+use glam::Quat;
+use serde_json::json;
 
-use super::LiveLinkWriter;
+use super::{FrameRecord, LiveLinkWriter, PersonRecord};
 use crate::retarget::{arkit_weights, head_rotation, ARKIT_52};
-use crate::vision::BLENDSHAPE_NAMES;
+use crate::track::TrackState;
 
 /// One animation key of one person.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,32 +31,20 @@ pub struct Key {
 }
 
 impl Key {
-    /// A key from one person entry of a `session.jsonl` / `faces.jsonl` frame; `None` for people
-    /// not confirmed (tentative / lost) or entries without expression data.
-    pub fn from_person(time_s: f64, person: &Value) -> Option<(u32, Key)> {
-        if person["state"] != "confirmed" {
+    /// A key from one person of a frame record; `None` for people not confirmed (tentative /
+    /// lost).
+    pub fn from_person(time_s: f64, person: &PersonRecord) -> Option<(u32, Key)> {
+        if person.state != TrackState::Confirmed {
             return None;
         }
-        let id = person["id"].as_u64()? as u32;
-        let named = person["blendshapes_smoothed"].as_object()?;
-        let network: Vec<f32> = BLENDSHAPE_NAMES
-            .iter()
-            .map(|n| named.get(*n).and_then(Value::as_f64).unwrap_or(0.0) as f32)
-            .collect();
-        let ypr = person["yaw_pitch_roll_deg"].as_array()?;
-        let deg = |i: usize| ypr.get(i).and_then(Value::as_f64).unwrap_or(0.0) as f32;
-        let (yaw, pitch, roll) = (deg(0), deg(1), deg(2));
-        // R = Rz(roll) · Ry(yaw) · Rx(pitch), the convention of FaceObservation::yaw_pitch_roll
-        let rotation = Mat3::from_rotation_z(roll.to_radians())
-            * Mat3::from_rotation_y(yaw.to_radians())
-            * Mat3::from_rotation_x(pitch.to_radians());
+        let [yaw, pitch, roll] = person.yaw_pitch_roll_deg.map(f32::to_radians);
         Some((
-            id,
+            person.id,
             Key {
                 time_s,
-                weights: arkit_weights(&network),
-                head: head_rotation(&rotation, false),
-                ypr: [yaw.to_radians(), pitch.to_radians(), roll.to_radians()],
+                weights: arkit_weights(&person.blendshapes_smoothed.0),
+                head: head_rotation(&person.head_rotation(), false),
+                ypr: [yaw, pitch, roll],
             },
         ))
     }
@@ -106,9 +94,8 @@ impl Take {
         self.failed.as_deref()
     }
 
-    /// Records one frame (`{"frame", "time_s", "width", "height", "people": [...]}` as `track`
-    /// writes it). After a failure this does nothing and returns the first error again.
-    pub fn write(&mut self, frame: &Value) -> Result<()> {
+    /// Records one frame. After a failure this does nothing and returns the first error again.
+    pub fn write(&mut self, frame: &FrameRecord) -> Result<()> {
         if let Some(problem) = &self.failed {
             anyhow::bail!("{problem}");
         }
@@ -119,14 +106,15 @@ impl Take {
         result
     }
 
-    fn write_inner(&mut self, frame: &Value) -> Result<()> {
+    fn write_inner(&mut self, frame: &FrameRecord) -> Result<()> {
         let path = self.dir.join("session.jsonl");
-        writeln!(self.session, "{frame}")
+        let line = serde_json::to_string(frame)?;
+        writeln!(self.session, "{line}")
             .and_then(|_| self.session.flush())
             .with_context(|| write_error(&path))?;
-        let time = frame["time_s"].as_f64().unwrap_or(0.0);
+        let time = frame.time_s;
         let start = *self.start.get_or_insert(time);
-        for person in frame["people"].as_array().into_iter().flatten() {
+        for person in &frame.people {
             let Some((id, key)) = Key::from_person(time - start, person) else {
                 continue;
             };
@@ -151,30 +139,26 @@ impl Take {
 }
 
 /// Rebuilds the `personN.glb` files of a take from its `session.jsonl` (after a crash, or to
-/// redo them). A torn last line (the crash) is skipped.
+/// redo them). A torn last line (the crash) is left out; any other bad line is an error.
 pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
     let path = dir.join("session.jsonl");
-    let file =
-        File::open(&path).with_context(|| format!("{}: cannot read the take", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read the take", path.display()))?;
+    let frames = FrameRecord::parse_all(&text, &path.display().to_string())?;
+    anyhow::ensure!(
+        !frames.is_empty(),
+        "{}: no frames in the take",
+        path.display()
+    );
     let mut keys: BTreeMap<u32, Vec<Key>> = BTreeMap::new();
-    let mut start = None;
-    let mut frames = 0;
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
-        let Ok(frame) = serde_json::from_str::<Value>(&line) else {
-            log::warn!("{}: skipping a torn or corrupt line", path.display());
-            continue;
-        };
-        frames += 1;
-        let time = frame["time_s"].as_f64().unwrap_or(0.0);
-        let start = *start.get_or_insert(time);
-        for person in frame["people"].as_array().into_iter().flatten() {
-            if let Some((id, key)) = Key::from_person(time - start, person) {
+    let start = frames[0].time_s;
+    for frame in &frames {
+        for person in &frame.people {
+            if let Some((id, key)) = Key::from_person(frame.time_s - start, person) {
                 keys.entry(id).or_default().push(key);
             }
         }
     }
-    anyhow::ensure!(frames > 0, "{}: no frames in the take", path.display());
     write_glbs(dir, &keys)
 }
 

@@ -22,7 +22,7 @@ use crate::vision::detect::iou;
 use crate::vision::FaceObservation;
 
 /// Life cycle of a track.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrackState {
     /// Seen once; could still be a false detection.

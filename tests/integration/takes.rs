@@ -65,10 +65,11 @@ fn a_take_gives_each_person_an_animated_glb_with_the_recorded_weights() {
         Default::default();
     let mut start = None;
     for line in session.lines() {
-        let frame: serde_json::Value = serde_json::from_str(line).unwrap();
-        let t = frame["time_s"].as_f64().unwrap();
+        let frame = polyface::record::FrameRecord::parse(line).unwrap();
+        assert_eq!(frame.version, polyface::record::FORMAT_VERSION);
+        let t = frame.time_s;
         let t0 = *start.get_or_insert(t);
-        for p in frame["people"].as_array().unwrap() {
+        for p in &frame.people {
             if let Some((id, key)) = polyface::record::Key::from_person(t - t0, p) {
                 expected.entry(id).or_default().push(key);
             }
