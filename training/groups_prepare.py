@@ -2,6 +2,8 @@
 """Cache of the real group photos (`groups.jsonl`, split train only) for MFN / detector training.
 
     nice -n 19 python training/groups_prepare.py --data /work/shared/data [--out training/cache/groups.npz]
+    nice -n 19 python training/groups_prepare.py --data /work/shared/data --sfn-cache training/cache \
+        --sfn-out training/cache/sfn_room          # the SFN's face cache + the groups' labelled faces
 
 Every photo keeps its stored pixels (JPEG bytes as stored, no re-encoding). Per face:
   kind    0 = teacher labels (68 points, rotation, blendshapes): full supervision
@@ -86,6 +88,68 @@ def place_in_box(tpl, a, rel):
     return centre + (tpl - (lo + hi) / 2) / (hi - lo) * size
 
 
+def sfn_faces(records, data, base_dir, out_dir, size=128):
+    """the SFN's face cache (base_dir/faces.npz, neg.npz) plus every teacher-labelled training face of the group
+    photos as a 1.6x crop at `size` px (most are enlarged: that is how a small face reaches the SFN), split 2
+    (training), with a landmark weight (masked faces 0.3) and no blendshape target on masked faces."""
+    import cv2
+    import shutil
+    from prepare_data import BLENDSHAPE_NAMES as names
+    base = dict(np.load(os.path.join(base_dir, "faces.npz")))
+    n0 = len(base["gray"])
+    bufs, lmk, R, has_pose, blend, has_blend, weight, rel = [], [], [], [], [], [], [], []
+    for r in records:
+        img = cv2.imread(os.path.join(data, r["image"]), cv2.IMREAD_COLOR)
+        for j, f in enumerate(r["faces"]):
+            if not f.get("landmarks68") or not f["annotated"]:
+                continue
+            l = np.asarray(f["landmarks68"], np.float64)
+            lo, hi = l.min(0), l.max(0)
+            side = int(round(1.6 * max(hi - lo)))
+            if side < 8:
+                continue
+            c = (lo + hi) / 2
+            x0, y0 = int(round(c[0] - side / 2)), int(round(c[1] - side / 2))
+            crop = np.zeros((side, side, 3), np.uint8)
+            sx0, sy0 = max(0, x0), max(0, y0)
+            sx1, sy1 = min(img.shape[1], x0 + side), min(img.shape[0], y0 + side)
+            if sx1 <= sx0 or sy1 <= sy0:
+                continue
+            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+            k = size / side
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+            ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            bufs.append(buf.reshape(-1))
+            lmk.append(((l - [x0, y0]) * k).astype(np.float32))
+            masked = f.get("mask") not in (None, "none")
+            u, _, vt = np.linalg.svd(np.asarray(f["matrix"], np.float64).reshape(4, 4)[:3, :3])
+            R.append((u @ vt).astype(np.float32))
+            has_pose.append(True)
+            blend.append(np.asarray([f["blendshapes"][n] for n in names], np.float32))
+            has_blend.append(not masked)
+            weight.append(0.3 if masked else 1.0)
+            rel.append(f"{r['image']}#{j}")
+    jpeg = np.concatenate([base["jpeg"]] + bufs)
+    offsets = np.concatenate([base["offsets"], base["offsets"][-1] + np.cumsum([len(b) for b in bufs])])
+    n = len(bufs)
+    out = dict(base, jpeg=jpeg, offsets=offsets,
+               gray=np.concatenate([base["gray"], np.zeros(n, bool)]),
+               split=np.concatenate([base["split"], np.full(n, 2, np.int8)]),
+               lmk=np.concatenate([base["lmk"], np.asarray(lmk)]),
+               lmk_teacher=np.concatenate([base["lmk_teacher"], np.asarray(lmk, np.float16)]),
+               R=np.concatenate([base["R"], np.asarray(R)]),
+               has_pose=np.concatenate([base["has_pose"], np.asarray(has_pose)]),
+               blend=np.concatenate([base["blend"], np.asarray(blend, np.float16)]),
+               has_blend=np.concatenate([base["has_blend"], np.asarray(has_blend)]),
+               names=np.concatenate([base["names"], np.asarray(rel, dtype=np.bytes_)]),
+               lmk_weight=np.concatenate([np.ones(n0, np.float32), np.asarray(weight, np.float32)]),
+               source=np.concatenate([np.zeros(n0, np.int8), np.ones(n, np.int8)]))
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez(os.path.join(out_dir, "faces.npz"), **out)
+    shutil.copyfile(os.path.join(base_dir, "neg.npz"), os.path.join(out_dir, "neg.npz"))
+    print(f"{out_dir}/faces.npz: {n0} faces + {n} group faces ({int(np.sum(np.asarray(weight) < 1))} masked)")
+
+
 def main():
     import sys
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -93,8 +157,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/work/shared/data")
     ap.add_argument("--out", default="training/cache/groups.npz")
+    ap.add_argument("--sfn-cache", default="", help="with --sfn-out: the SFN face cache to extend")
+    ap.add_argument("--sfn-out", default="", help="write the SFN's cache + the groups' labelled faces here instead")
     args = ap.parse_args()
     records = load(os.path.join(args.data, "groups.jsonl"), "train")
+    if args.sfn_out:
+        sfn_faces(records, args.data, args.sfn_cache, args.sfn_out)
+        return
     tpl = template_from(records)
     rel = box_relation(records)
     jpeg, offsets, face_offsets = [], [0], [0]

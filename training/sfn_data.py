@@ -59,6 +59,8 @@ class FaceCache:
         self.names = [n.decode() for n in z["names"]]
         self.blend_names = [str(n) for n in z["blendshape_names"]]
         self.n = len(self.gray)
+        # per-face landmark weight (groups_prepare.py --sfn-out: masked faces 0.3); 1 elsewhere
+        self.lmk_weight = z["lmk_weight"] if "lmk_weight" in z else np.ones(self.n, np.float32)
         self.images = None
         if decode:
             self.images = np.stack([self.decode(i) for i in range(self.n)])
@@ -225,6 +227,17 @@ def photometric(img, rng, gray_src, neg_pool=None, occlusion_prob=0.35):
     return img
 
 
+def small_face(img, rng):
+    """the crop as a face 14-100 px tall would give it: shrunk to that (the crop is CROP_SCALE x the face),
+    sometimes JPEG-compressed at that size, then enlarged back to the input size."""
+    side = int(round(math.exp(rng.uniform(math.log(14), math.log(100))) * CROP_SCALE))
+    small = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.4:
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
+        small = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return cv2.resize(small, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 # ---------------------------------------------------------------- samples
 KIND_POS, KIND_PART, KIND_SHIFT, KIND_BG, KIND_SYN = 0, 1, 2, 3, 4
 
@@ -239,8 +252,11 @@ def iou_sq(c1, s1, c2, s2):
 class SFNTrainSet(torch.utils.data.Dataset):
     """plan: int array (M,2) of (kind, index). Sample m uses rng seeded by (seed, epoch, m): deterministic."""
 
-    def __init__(self, cache, plan, seed, epoch, aug=True, wide_rotation_prob=0.85, occlusion_prob=0.35):
+    def __init__(self, cache, plan, seed, epoch, aug=True, wide_rotation_prob=0.85, occlusion_prob=0.35,
+                 small_face_prob=0.0):
         self.c, self.plan, self.seed, self.epoch, self.aug = cache, plan, seed, epoch, aug
+        # share of crops shrunk to what a face 14-100 px tall gives (then enlarged to the input): small faces
+        self.small_face_prob = small_face_prob
         # a late fine-tuning phase lowers both (train_sfn.py --wide-rotation-prob / --occlusion-prob)
         self.wide_rotation_prob, self.occlusion_prob = wide_rotation_prob, occlusion_prob
         self.bperm = blend_flip_perm(cache.blend_names)
@@ -277,6 +293,8 @@ class SFNTrainSet(torch.utils.data.Dataset):
                         break
             A = crop_affine(cen2, side2, ang, flip)
             img = warp(img, A)
+            if self.small_face_prob and rng.random() < self.small_face_prob:
+                img = small_face(img, rng)
             if kind == KIND_POS:
                 p = apply_affine(A, c.lmk[i]) / OUT
                 Rl = rot_z(ang) @ c.R[i]
@@ -286,7 +304,7 @@ class SFNTrainSet(torch.utils.data.Dataset):
                     Rl = S_FLIP @ Rl @ S_FLIP
                     b = b[self.bperm]
                 lmk_t, R, blend = p.astype(np.float32), Rl, b
-                w_lmk = 1.0
+                w_lmk = float(c.lmk_weight[i])
                 w_pose = float(c.has_pose[i])
                 w_blend = float(c.has_blend[i])
         elif kind == KIND_BG:

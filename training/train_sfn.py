@@ -159,6 +159,9 @@ def main():
     ap.add_argument("--wide-rotation-prob", type=float, default=0.85,
                     help="share of faces rotated up to +-35 deg (the rest +-8 deg); lower for a final fine-tune")
     ap.add_argument("--occlusion-prob", type=float, default=0.35, help="share of faces given synthetic occluders")
+    ap.add_argument("--small-face-prob", type=float, default=0.0,
+                    help="share of faces shrunk to 14-100 px tall and enlarged back (faces far from the camera)")
+    ap.add_argument("--init", default="", help="start from this checkpoint's EMA weights (a fine-tune; not --resume)")
     ap.add_argument("--subset", type=int, default=0, help="positives per epoch (0 = all); for smoke tests")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -218,6 +221,11 @@ def main():
         print(f"resumed from {last_path}: next epoch {start_epoch}, best NME {best:.3f}", flush=True)
     elif args.resume:
         print("no checkpoint to resume from; starting fresh", flush=True)
+    if args.init and not (args.resume and os.path.exists(last_path)):
+        ck = torch.load(args.init, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["ema"])
+        ema.model.load_state_dict(ck["ema"])
+        print(f"initialised from {args.init} (epoch {ck.get('epoch')})", flush=True)
 
     fields = ["epoch", "lr", "train_loss", "train_lmk", "train_pose", "train_blend", "train_conf", "nme",
               "nme_median", "fail10", "pose_deg", "pose_deg_median", "blend_mae", "conf_pos_mean", "conf_neg_mean",
@@ -231,7 +239,7 @@ def main():
         te = time.time()
         plan = make_plan(cache, args.seed, epoch, subset=args.subset)
         ds = SFNTrainSet(cache, plan, args.seed, epoch, wide_rotation_prob=args.wide_rotation_prob,
-                          occlusion_prob=args.occlusion_prob)
+                          occlusion_prob=args.occlusion_prob, small_face_prob=args.small_face_prob)
         g = torch.Generator()
         g.manual_seed(args.seed * 1000 + epoch)
         dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, drop_last=True,
