@@ -18,6 +18,7 @@ use super::detector::{detections_from_heatmap, letterboxed_input};
 use super::face::tight_box;
 use super::model_file::{ModelError, ModelFile};
 use super::ops::{read_f32, Activation};
+use super::program::LayerOp;
 use super::program::{LayerSpec, Program};
 use super::sfn::{rotation_from_6d, sigmoid};
 use super::FaceObservation;
@@ -668,12 +669,8 @@ impl Mfn {
             return Err(bad("layers", format!("no {FACE_FEATURES} layer")));
         };
         let last = specs.remove(last);
-        let (face_trunk, activation) = match (
-            last.input.names().as_slice(),
-            last.op.as_str(),
-            Activation::from_name(&last.act),
-        ) {
-            ([input], "conv1x1", Some(activation)) => (input.to_string(), activation),
+        let (face_trunk, activation) = match (last.input.names().as_slice(), last.op, last.act) {
+            ([input], LayerOp::Conv1x1, activation) => (input.to_string(), activation),
             _ => {
                 return Err(bad(
                     "layers",

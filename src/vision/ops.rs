@@ -12,11 +12,22 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Activation applied after a convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Activation {
+    #[default]
     None,
     Relu,
     Relu6,
+}
+
+impl TryFrom<String> for Activation {
+    type Error = String;
+
+    fn try_from(name: String) -> std::result::Result<Self, String> {
+        Activation::from_name(&name)
+            .ok_or_else(|| format!("unsupported activation {name:?} (relu, relu6 or none)"))
+    }
 }
 
 impl Activation {

@@ -15,11 +15,29 @@ use super::ops::{
     Activation,
 };
 
+/// What a layer computes, as the training code names it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum LayerOp {
+    #[serde(rename = "conv3x3")]
+    Conv3x3,
+    #[serde(rename = "dwconv3x3")]
+    Depthwise3x3,
+    #[serde(rename = "conv1x1")]
+    Conv1x1,
+    #[serde(rename = "add")]
+    Add,
+    #[serde(rename = "upsample2x")]
+    Upsample2x,
+    /// Global average pool over H and W.
+    #[serde(rename = "gap")]
+    GlobalAveragePool,
+}
+
 /// One layer as the training code writes it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct LayerSpec {
     pub name: String,
-    pub op: String,
+    pub op: LayerOp,
     /// One input tensor name, or two for `add`.
     pub input: LayerInput,
     #[serde(rename = "in")]
@@ -29,7 +47,7 @@ pub struct LayerSpec {
     #[serde(default = "one")]
     pub stride: usize,
     #[serde(default)]
-    pub act: String,
+    pub act: Activation,
 }
 
 fn one() -> usize {
@@ -116,46 +134,44 @@ impl Program {
             let (cin, cout) = (spec.in_channels, spec.out_channels);
             let weight = |shape: &[usize]| file.tensor(&format!("{}.weight", spec.name), shape);
             let bias = || file.tensor(&format!("{}.bias", spec.name), &[cout]);
-            let op = match spec.op.as_str() {
-                "dwconv3x3" if !(1..=2).contains(&spec.stride) => {
+            let op = match spec.op {
+                LayerOp::Depthwise3x3 if !(1..=2).contains(&spec.stride) => {
                     return Err(bad(format!(
                         "layer {}: depthwise stride {} (the kernel takes 1 or 2)",
                         spec.name, spec.stride
                     )));
                 }
-                "conv3x3" => Op::Conv3x3 {
+                LayerOp::Conv3x3 => Op::Conv3x3 {
                     weight: weight(&[cout, cin, 3, 3])?,
                     bias: bias()?,
                     stride: spec.stride,
                 },
-                "dwconv3x3" if cin == cout => Op::Depthwise {
+                LayerOp::Depthwise3x3 if cin == cout => Op::Depthwise {
                     weight: weight(&[cout, 1, 3, 3])?,
                     bias: bias()?,
                     stride: spec.stride,
                 },
-                "conv1x1" if spec.stride == 1 => Op::Pointwise {
+                LayerOp::Conv1x1 if spec.stride == 1 => Op::Pointwise {
                     weight: weight(&[cout, cin, 1, 1])?,
                     bias: bias()?,
                 },
-                "add" if inputs.len() == 2 => Op::Add,
-                "upsample2x" => Op::Upsample2x,
-                "gap" => Op::GlobalAveragePool,
+                LayerOp::Add if inputs.len() == 2 => Op::Add,
+                LayerOp::Upsample2x => Op::Upsample2x,
+                LayerOp::GlobalAveragePool => Op::GlobalAveragePool,
                 other => {
                     return Err(bad(format!(
-                        "layer {}: unsupported op {other:?} as given",
-                        spec.name
+                        "layer {}: {other:?} with {} input(s), {cin} -> {cout} channels, stride {} \
+                         is not supported",
+                        spec.name,
+                        inputs.len(),
+                        spec.stride
                     )))
                 }
             };
             if !matches!(op, Op::Add) && inputs.len() != 1 {
                 return Err(bad(format!("layer {} takes one input", spec.name)));
             }
-            let Some(activation) = Activation::from_name(&spec.act) else {
-                return Err(bad(format!(
-                    "layer {}: unsupported activation {:?}",
-                    spec.name, spec.act
-                )));
-            };
+            let activation = spec.act;
             layers.push(Layer {
                 name: spec.name.clone(),
                 inputs,
@@ -338,10 +354,10 @@ pub fn random_tensors(specs: &[LayerSpec], seed: u64) -> Vec<(String, Vec<usize>
     let mut tensors = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let (cin, cout) = (spec.in_channels, spec.out_channels);
-        let shape = match spec.op.as_str() {
-            "conv3x3" => vec![cout, cin, 3, 3],
-            "dwconv3x3" => vec![cout, 1, 3, 3],
-            "conv1x1" => vec![cout, cin, 1, 1],
+        let shape = match spec.op {
+            LayerOp::Conv3x3 => vec![cout, cin, 3, 3],
+            LayerOp::Depthwise3x3 => vec![cout, 1, 3, 3],
+            LayerOp::Conv1x1 => vec![cout, cin, 1, 1],
             _ => continue,
         };
         let count = shape.iter().product();
@@ -373,7 +389,7 @@ mod tests {
     ) -> LayerSpec {
         LayerSpec {
             name: name.into(),
-            op: op.into(),
+            op: serde_json::from_value(serde_json::json!(op)).unwrap(),
             input: match input {
                 [one] => LayerInput::One(one.to_string()),
                 [a, b] => LayerInput::Two([a.to_string(), b.to_string()]),
@@ -382,7 +398,7 @@ mod tests {
             in_channels: cin,
             out_channels: cout,
             stride,
-            act: act.into(),
+            act: serde_json::from_value(serde_json::json!(act)).unwrap(),
         }
     }
 
@@ -537,9 +553,17 @@ mod tests {
         let file = ModelFile::open(&path, &Device::Cpu).unwrap();
         let err = Program::new(&specs, &file).err().unwrap().to_string();
         assert!(err.contains("layer a") && err.contains("nothing"), "{err}");
-        let specs = vec![spec("a", "softmax", &["input"], 3, 3, 1, "none")];
+        // ops and activations are enums: a layer list naming others does not parse
+        for (op, act) in [("softmax", "none"), ("conv1x1", "gelu")] {
+            let layer = serde_json::json!({"name": "a", "op": op, "input": "input", "in": 3,
+                "out": 3, "act": act});
+            let err = serde_json::from_value::<LayerSpec>(layer).unwrap_err().to_string();
+            assert!(err.contains(if op == "softmax" { op } else { act }), "{err}");
+        }
+        // an op with the wrong inputs is refused by name
+        let specs = vec![spec("c", "add", &["input"], 3, 3, 1, "none")];
         let err = Program::new(&specs, &file).err().unwrap().to_string();
-        assert!(err.contains("softmax"), "{err}");
+        assert!(err.contains("layer c") && err.contains("Add"), "{err}");
         // the depthwise kernel takes strides 1 and 2 only
         let specs = vec![spec("b", "dwconv3x3", &["input"], 3, 3, 3, "relu")];
         let err = Program::new(&specs, &file).err().unwrap().to_string();
