@@ -91,7 +91,11 @@ class DetCache:
             self.train_faces = self._faces(z)
         if "faces" in load:
             z = np.load(os.path.join(cache_dir, "faces.npz"))
-            self.face_imgs = np.stack([dec_jpeg(b) for b in unpack(z["jpeg"], z["offsets"])])
+            bufs = unpack(z["jpeg"], z["offsets"])
+            first = dec_jpeg(bufs[0])
+            self.face_imgs = np.empty((len(bufs),) + first.shape, np.uint8)
+            for i, b in enumerate(bufs):  # into one array: see sfn_data.FaceCache
+                self.face_imgs[i] = dec_jpeg(b)
             self.face_lmk = z["lmk"].astype(np.float32)
             self.face_gray = z["gray"].astype(bool)
             self.face_src = z["src"]  # 0 helen train, 1 wild colour, 2 wild gray, 3 helen test (validation)

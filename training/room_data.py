@@ -32,10 +32,9 @@ class GroupsCache:
         z = np.load(path)
         self.jpeg = D.unpack(z["jpeg"], z["offsets"])
         fo = z["face_offsets"]
-        self.faces = []
-        for i in range(len(fo) - 1):
-            a, b = fo[i], fo[i + 1]
-            self.faces.append({k: z[k][a:b] for k in ("lmk68", "kind", "masked", "R", "has_R", "blend", "has_blend")})
+        # each z[key] reads the whole array again: read once, then slice (views of one array per key)
+        arrays = {k: z[k] for k in ("lmk68", "kind", "masked", "R", "has_R", "blend", "has_blend")}
+        self.faces = [{k: v[fo[i]:fo[i + 1]] for k, v in arrays.items()} for i in range(len(fo) - 1)]
         names = [str(n) for n in z["blendshape_names"]]
         self.blend_names = names
 

@@ -63,7 +63,12 @@ class FaceCache:
         self.lmk_weight = z["lmk_weight"] if "lmk_weight" in z else np.ones(self.n, np.float32)
         self.images = None
         if decode:
-            self.images = np.stack([self.decode(i) for i in range(self.n)])
+            # decoded straight into one array: a list of per-image arrays, stacked, leaves gigabytes of
+            # fragmented heap behind (glibc raises its mmap threshold after the first big free)
+            first = self._dec(self.jpeg[self.offsets[0]:self.offsets[1]])
+            self.images = np.empty((self.n,) + first.shape, np.uint8)
+            for i in range(self.n):
+                self.images[i] = self._dec(self.jpeg[self.offsets[i]:self.offsets[i + 1]])
         zn = np.load(os.path.join(cache_dir, "neg.npz"))
         self.neg = np.stack([self._dec(zn["jpeg"][zn["offsets"][i]:zn["offsets"][i + 1]])
                              for i in range(len(zn["offsets"]) - 1)])
