@@ -89,7 +89,7 @@ fn letterbox(c: &mut Criterion) {
     });
     c.bench_function("letterbox 640x480 -> 320x240", |bench| {
         bench.iter(|| {
-            polyface::vision::detector::letterboxed_input(&frame, 320, 240, &Device::Cpu).unwrap()
+            polyface::vision::letterbox::letterboxed_input(&frame, 320, 240, &Device::Cpu).unwrap()
         })
     });
 }
@@ -193,7 +193,8 @@ fn pose_fit(c: &mut Criterion) {
 
 fn detection_decode(c: &mut Criterion) {
     use glam::Vec2;
-    use polyface::vision::detect::{decode_heatmap, nms, Detection, HeatmapLayout, Letterbox};
+    use polyface::vision::heatmap::{decode_heatmap, nms, Detection, HeatmapLayout};
+    use polyface::vision::Letterbox;
     // A stride-4 output for 320×240 with 20 strong peaks on a noisy background.
     let layout = HeatmapLayout {
         stride: 4.0,

@@ -615,7 +615,7 @@ fn judge_image(
     image: &LabelledImage,
     counts: &mut DetectionCounts,
 ) -> Vec<Judged> {
-    use crate::vision::detect::iou;
+    use crate::vision::iou;
     use crate::vision::tight_box;
     let mut order: Vec<&FaceObservation> = predictions.iter().collect();
     order.sort_by(|a, b| b.score.total_cmp(&a.score));

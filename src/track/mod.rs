@@ -18,7 +18,7 @@ pub use hungarian::assign;
 pub use one_euro::{OneEuro, OneEuroBank, OneEuroParams};
 pub use people::{People, Person};
 
-use crate::vision::detect::iou;
+use crate::vision::iou;
 use crate::vision::FaceObservation;
 
 /// Life cycle of a track.

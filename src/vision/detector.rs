@@ -6,15 +6,14 @@ use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
 
-use super::detect::{decode_heatmap, nms, Detection, HeatmapLayout, Letterbox};
+use super::heatmap::{detections_from_heatmap, Detection, HeatmapLayout};
+use super::letterbox::{letterboxed_input, Letterbox};
 use super::model_file::{ModelError, ModelFile};
 use super::program::{LayerSpec, Program};
 
 /// Detections below this probability are dropped (the model file may set its own).
 pub const DEFAULT_SCORE_THRESHOLD: f32 = 0.5;
 pub const DEFAULT_NMS_IOU: f32 = 0.4;
-/// Peaks kept (best first) before non-maximum suppression.
-pub const MAX_DETECTIONS: usize = 100;
 
 pub struct Detector {
     program: Program,
@@ -25,35 +24,6 @@ pub struct Detector {
     pub score_threshold: f32,
     pub nms_iou: f32,
     device: Device,
-}
-
-/// `frame` letterboxed into a (1, 3, height, width) network input by the training code's rule.
-pub fn letterboxed_input(
-    frame: &image::RgbImage,
-    width: usize,
-    height: usize,
-    device: &Device,
-) -> candle_core::Result<(Tensor, Letterbox)> {
-    let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height);
-    let mut data = vec![0f32; 3 * width * height];
-    letterbox.fill_resized(frame, &mut data);
-    let input = Tensor::from_vec(data, (1, 3, height, width), device)?;
-    Ok((input, letterbox))
-}
-
-/// Peaks of a centre-heatmap output (the detector's 15-channel layout) as frame-space
-/// detections, best first, at most [`MAX_DETECTIONS`] before non-maximum suppression.
-pub fn detections_from_heatmap(
-    values: &[f32],
-    layout: HeatmapLayout,
-    letterbox: &Letterbox,
-    score_threshold: f32,
-    nms_iou: f32,
-) -> Vec<Detection> {
-    let mut detections = decode_heatmap(values, layout, letterbox, score_threshold);
-    detections.sort_by(|a, b| b.score.total_cmp(&a.score));
-    detections.truncate(MAX_DETECTIONS);
-    nms(detections, nms_iou)
 }
 
 impl Detector {

@@ -13,9 +13,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use glam::Vec2;
 
-use super::detect::{Detection, HeatmapLayout, Letterbox};
-use super::detector::{detections_from_heatmap, letterboxed_input};
 use super::face::tight_box;
+use super::heatmap::detections_from_heatmap;
+use super::heatmap::{Detection, HeatmapLayout};
+use super::letterbox::letterboxed_input;
+use super::letterbox::Letterbox;
 use super::model_file::{ModelError, ModelFile};
 use super::ops::{read_f32, Activation};
 use super::program::LayerOp;

@@ -3,9 +3,10 @@
 //! Weights are the project's own, trained by `training/` and exported to `models/*.safetensors`
 //! with metadata describing input, normalisation, output layout and architecture.
 
-pub mod detect;
 pub mod detector;
 mod face;
+pub mod heatmap;
+pub mod letterbox;
 pub mod mfn;
 mod model_file;
 pub mod ops;
@@ -15,9 +16,10 @@ pub mod program;
 pub mod reid;
 pub mod sfn;
 
-pub use detect::{Detection, Letterbox};
 pub use detector::Detector;
 pub use face::{tight_box, CropBox, FaceObservation, BLENDSHAPE_NAMES, UNSUPPORTED_BLENDSHAPES};
+pub use heatmap::{iou, Detection};
+pub use letterbox::Letterbox;
 pub use mfn::Mfn;
 pub use model_file::{random_values, write_model, ModelError, ModelFile};
 pub use pipeline::{load_pipeline, FacePipeline, MfnPipeline, SfnPipeline};

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::{Device, Module};
 
-use super::detect::iou;
+use super::heatmap::iou;
 use super::sfn::{crop_batch, decode, CROP_SCALE};
 use super::{CropBox, Detector, FaceObservation, Mfn, Sfn};
 use crate::timing::{FrameTimings, Stage};

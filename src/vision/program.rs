@@ -557,8 +557,13 @@ mod tests {
         for (op, act) in [("softmax", "none"), ("conv1x1", "gelu")] {
             let layer = serde_json::json!({"name": "a", "op": op, "input": "input", "in": 3,
                 "out": 3, "act": act});
-            let err = serde_json::from_value::<LayerSpec>(layer).unwrap_err().to_string();
-            assert!(err.contains(if op == "softmax" { op } else { act }), "{err}");
+            let err = serde_json::from_value::<LayerSpec>(layer)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(if op == "softmax" { op } else { act }),
+                "{err}"
+            );
         }
         // an op with the wrong inputs is refused by name
         let specs = vec![spec("c", "add", &["input"], 3, 3, 1, "none")];

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use candle_core::Device;
-use polyface::vision::detect::Letterbox;
 use polyface::vision::Detector;
+use polyface::vision::Letterbox;
 
 fn shipped() -> Option<(
     Detector,

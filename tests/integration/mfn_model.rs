@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Device;
-use polyface::vision::detect::Letterbox;
+use polyface::vision::Letterbox;
 use polyface::vision::{FacePipeline, Mfn, MfnPipeline};
 
 fn shipped() -> Option<(Mfn, HashMap<String, candle_core::Tensor>)> {
