@@ -127,24 +127,13 @@ impl Module for Block {
     }
 }
 
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
-    }
-}
-
 pub struct Sfn {
     config: SfnConfig,
     stem: Conv,
     blocks: Vec<Block>,
     last: Conv,
-    fc1: Linear,
-    out: Linear,
+    fc1: candle_nn::Linear,
+    out: candle_nn::Linear,
     device: Device,
 }
 
@@ -237,12 +226,13 @@ impl Sfn {
             .map(|&t| config.blocks[t][1])
             .sum::<usize>()
             + config.last_conv;
-        let linear = |name: &str, cin: usize, cout: usize| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                weight: file.tensor(&format!("{name}.weight"), &[cout, cin])?,
-                bias: file.tensor(&format!("{name}.bias"), &[cout])?,
-            })
-        };
+        let linear =
+            |name: &str, cin: usize, cout: usize| -> Result<candle_nn::Linear, ModelError> {
+                Ok(candle_nn::Linear::new(
+                    file.tensor(&format!("{name}.weight"), &[cout, cin])?,
+                    Some(file.tensor(&format!("{name}.bias"), &[cout])?),
+                ))
+            };
         Ok(Sfn {
             config: config.clone(),
             stem,
