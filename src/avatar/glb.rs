@@ -170,28 +170,21 @@ impl GlbBuilder {
         doc
     }
 
-    /// The .glb bytes: 12-byte header, JSON chunk (space padded), BIN chunk (zero padded).
+    /// The .glb bytes (the gltf crate's container writer: JSON chunk space padded, BIN chunk
+    /// zero padded).
     pub fn to_glb(&self) -> Vec<u8> {
-        let mut json_bytes = serde_json::to_vec(&self.document()).expect("JSON values serialise");
-        while json_bytes.len() % 4 != 0 {
-            json_bytes.push(b' ');
-        }
-        let mut bin = self.bin.clone();
-        bin.resize(padded(bin.len()), 0);
-        let total = 12 + 8 + json_bytes.len() + if bin.is_empty() { 0 } else { 8 + bin.len() };
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(b"glTF");
-        out.extend_from_slice(&2u32.to_le_bytes());
-        out.extend_from_slice(&(total as u32).to_le_bytes());
-        out.extend_from_slice(&(json_bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(b"JSON");
-        out.extend_from_slice(&json_bytes);
-        if !bin.is_empty() {
-            out.extend_from_slice(&(bin.len() as u32).to_le_bytes());
-            out.extend_from_slice(b"BIN\0");
-            out.extend_from_slice(&bin);
-        }
-        out
+        let json = serde_json::to_vec(&self.document()).expect("JSON values serialise");
+        let glb = gltf::binary::Glb {
+            // the writer computes the length itself
+            header: gltf::binary::Header {
+                magic: *b"glTF",
+                version: 2,
+                length: 0,
+            },
+            json: std::borrow::Cow::Owned(json),
+            bin: (!self.bin.is_empty()).then(|| std::borrow::Cow::Borrowed(self.bin.as_slice())),
+        };
+        glb.to_vec().expect("writing into memory does not fail")
     }
 }
 
