@@ -20,23 +20,33 @@ from det_model import Detector, folded_tensors, folded_forward, count_macs, coun
 
 from common import atomic_save_safetensors as _atomic_save, git_commit
 
-LETTERBOX_RULE = (
-    "Frame W x H (RGB u8). s = min(320/W, 240/H). Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
-    "(each clamped to 320 / 240; s computed in float64) with bilinear interpolation (OpenCV INTER_LINEAR semantics: half-pixel centres, "
-    "src = (dst + 0.5) / scale - 0.5 with scale = new_size / old_size per axis, edge pixels clamped, no "
-    "antialiasing), place it at the TOP-LEFT corner (0,0) of a 320x240 canvas, fill the rest with black "
-    "(u8 0, i.e. -1.0 after normalisation). Detections (input pixels) map back to the frame by dividing x and y "
-    "by s."
-)
-NORMALIZATION = "RGB, NCHW float32 [1,3,240,320], x = (u8/255 - 0.5)/0.5 (i.e. [-1,1])"
-OUTPUT_LAYOUT = (
-    "one tensor [N,15,60,80] (stride 4: output cell (row j, col i) covers input pixels [4i,4i+4)x[4j,4j+4)). "
-    "ch 0: centre heatmap logit (sigmoid -> probability that a face box centre lies in the cell); "
-    "ch 1,2: sub-cell centre offset x,y in cells; ch 3,4: log(box_w/4), log(box_h/4); "
-    "ch 5..14: 5 keypoints (right eye centre = mean iBUG 36-41, left eye centre = mean 42-47, nose tip 30, "
-    "right mouth corner 48, left mouth corner 54; 'right' = subject's right = image left for a frontal face) as "
-    "(dx,dy) pairs: ch 5+2k = dx_k, ch 6+2k = dy_k, offsets from the box centre in units of box width / height."
-)
+def letterbox_rule(w=320, h=240):
+    return (
+        f"Frame W x H (RGB u8). s = min({w}/W, {h}/H). Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
+        f"(each clamped to {w} / {h}; s computed in float64) with bilinear interpolation (OpenCV INTER_LINEAR semantics: "
+        "half-pixel centres, src = (dst + 0.5) / scale - 0.5 with scale = new_size / old_size per axis, edge pixels "
+        f"clamped, no antialiasing), place it at the TOP-LEFT corner (0,0) of a {w}x{h} canvas, fill the rest with "
+        "black (u8 0, i.e. -1.0 after normalisation). Detections (input pixels) map back to the frame by dividing x "
+        "and y by s."
+    )
+
+
+def normalization(w=320, h=240):
+    return f"RGB, NCHW float32 [1,3,{h},{w}], x = (u8/255 - 0.5)/0.5 (i.e. [-1,1])"
+
+
+def output_layout(w=320, h=240):
+    return (
+        f"one tensor [N,15,{h // 4},{w // 4}] (stride 4: output cell (row j, col i) covers input pixels "
+        "[4i,4i+4)x[4j,4j+4)). ch 0: centre heatmap logit (sigmoid -> probability that a face box centre lies in the "
+        "cell); ch 1,2: sub-cell centre offset x,y in cells; ch 3,4: log(box_w/4), log(box_h/4); ch 5..14: 5 keypoints "
+        "(right eye centre = mean iBUG 36-41, left eye centre = mean 42-47, nose tip 30, right mouth corner 48, left "
+        "mouth corner 54; 'right' = subject's right = image left for a frontal face) as (dx,dy) pairs: ch 5+2k = dx_k, "
+        "ch 6+2k = dy_k, offsets from the box centre in units of box width / height."
+    )
+
+
+LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT = letterbox_rule(), normalization(), output_layout()
 DECODING = (
     "p = sigmoid(ch0). A cell (j,i) is a peak if p[j,i] >= score_threshold and p[j,i] equals the maximum of p over "
     "its 3x3 neighbourhood (cells outside the map ignored; ties keep both). For each peak: "
@@ -67,12 +77,12 @@ def build_metadata(model, metrics=None, extra=None):
         "format_version": "1",
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
         "input_layout": "NCHW, RGB",
-        "letterbox": LETTERBOX_RULE,
-        "normalization": NORMALIZATION,
+        "letterbox": letterbox_rule(*c["input_size"]),
+        "normalization": normalization(*c["input_size"]),
         "stride": str(c["stride"]),
         "output_shape": json.dumps([1, c["out_channels"], c["input_size"][1] // c["stride"],
                                     c["input_size"][0] // c["stride"]]),
-        "output_layout": OUTPUT_LAYOUT,
+        "output_layout": output_layout(*c["input_size"]),
         "decoding": DECODING,
         "box_convention": BOX_CONVENTION,
         "keypoints": json.dumps(["right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner"]),
@@ -101,15 +111,21 @@ def build_metadata(model, metrics=None, extra=None):
     return md
 
 
-def fixture_input(cache_dir):
-    """uint8 [240,320,3]: the letterboxed HELEN-test scene with the most faces (synthetic if no cache)."""
+def fixture_input(cache_dir, size=(320, 240)):
+    """uint8 [H,W,3]: the letterboxed HELEN-test scene with the most faces (synthetic if no cache); the cache holds
+    it at 320x240, enlarged (bilinear) for a larger input."""
     import det_data as D
     p = os.path.join(cache_dir or "", "scenes_test.npz")
     if cache_dir and os.path.exists(p):
         c = D.DetCache(cache_dir, load=("test",))
         n = [int(f["confirmed"].sum()) for f in c.test_faces]
         i = int(np.argmax(n))
-        return D.dec_jpeg(c.test_jpeg[i]), float(c.test_scale[i]), c.test_names[i]
+        img, scale = D.dec_jpeg(c.test_jpeg[i]), float(c.test_scale[i])
+        if img.shape[1] != size[0]:
+            import cv2
+            scale *= size[0] / img.shape[1]
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        return img, scale, c.test_names[i]
     rng = np.random.default_rng(1234)
     return D.random_texture(rng), 1.0, "synthetic"
 
@@ -120,8 +136,8 @@ def export(model, out_path, fixture_path=None, metrics=None, cache_dir=None, ext
     md = build_metadata(model, metrics, extra)
     _atomic_save(tensors, out_path, md)
     if fixture_path:
-        u8, s, name = fixture_input(cache_dir)
-        inp = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].contiguous()  # 1,3,240,320
+        u8, s, name = fixture_input(cache_dir, tuple(model.config["input_size"]))
+        inp = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].contiguous()  # 1,3,H,W
         x = (inp.float() / 255.0 - 0.5) / 0.5
         with torch.no_grad():
             y = folded_forward(tensors, model.program, x)
@@ -134,8 +150,8 @@ def export(model, out_path, fixture_path=None, metrics=None, cache_dir=None, ext
         if len(d["scores"]) == 0:  # keep every tensor non-empty: one all-zero row, flagged in metadata
             fix.update(boxes=torch.zeros(1, 4), scores=torch.zeros(1), keypoints=torch.zeros(1, 5, 2))
         _atomic_save(fix, fixture_path, {
-            "description": "Detector parity fixture: input_u8 [1,3,240,320] RGB uint8 (already letterboxed); "
-                           "network input = (input_u8/255-0.5)/0.5 as float32; output = raw [1,15,60,80] of the "
+            "description": "Detector parity fixture: input_u8 [1,3,H,W] RGB uint8 (already letterboxed); "
+                           "network input = (input_u8/255-0.5)/0.5 as float32; output = raw [1,15,H/4,W/4] of the "
                            "folded weights in the detector.safetensors exported together with this file; boxes "
                            "[K,4] (x0,y0,x1,y1 input px), scores [K], keypoints [K,5,2] = decoded with "
                            "score_threshold / nms_iou below. Tolerance: output 1e-3 abs.",

@@ -31,7 +31,7 @@ import mfn_data as MD  # noqa: E402
 import mfn_model as M  # noqa: E402
 from det_train import focal_loss, reg_losses, evaluate as det_evaluate  # noqa: E402
 from common import EMA, atomic_save_safetensors as _atomic_save, atomic_torch_save, git_commit, worker_init  # noqa: E402
-from det_export import LETTERBOX_RULE, NORMALIZATION, OUTPUT_LAYOUT, DECODING  # noqa: E402
+from det_export import letterbox_rule, normalization, output_layout, DECODING  # noqa: E402
 
 W_LMK = 10.0  # loss weights; pose and blendshape weights are flags (--w-pose, --w-blend)
 W_STAGE1 = 0.5  # with the refinement, the grid head's own values keep this share of the loss (they place its samples)
@@ -136,7 +136,7 @@ def validate(model, data, device, limit=None):
 # ---------------------------------------------------------------- export
 
 FACE_OUTPUT_LAYOUT = (
-    "face.pw1 [N,128,30,40]: stride-8 face features (cell (row j, col i) centre is input pixel ((i+0.5)*8, "
+    "face.pw1 [N,128,H/8,W/8]: stride-8 face features (cell (row j, col i) centre is input pixel ((i+0.5)*8, "
     "(j+0.5)*8)). The grid head face_roi (weight [193, G*G*128], bias [193]) maps a face's sampled grid features "
     "to 193 values: ch 0..135: landmarks k=0..67 as (dx_k, dy_k) pairs (ch 2k, 2k+1) relative to the face centre, in units of the "
     "face size; ch 136..141: first two columns of the head rotation R (canonical face -> camera, the SFN's "
@@ -284,10 +284,11 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         M.POSE_FIT_FEATURES,
         **({"face_pose_fit_cubic": str(pose_fit[4])} if pose_fit is not None and len(pose_fit) > 4 else {}),
         "input_size": json.dumps([1, 3, c["input_size"][1], c["input_size"][0]]),
-        "input_layout": "NCHW, RGB", "letterbox": LETTERBOX_RULE, "normalization": NORMALIZATION,
+        "input_layout": "NCHW, RGB", "letterbox": letterbox_rule(*c["input_size"]),
+        "normalization": normalization(*c["input_size"]),
         "stride": str(c["stride"]), "face_stride": str(c["face_stride"]),
         "outputs": json.dumps(outputs),
-        "output_layout": "head.out: " + OUTPUT_LAYOUT, "face_output_layout": FACE_OUTPUT_LAYOUT,
+        "output_layout": "head.out: " + output_layout(*c["input_size"]), "face_output_layout": FACE_OUTPUT_LAYOUT,
         "decoding": DECODING, "face_decoding": FACE_DECODING,
         "blendshape_names": json.dumps(blend_names),
         "score_threshold": str(DM.DEFAULT_SCORE_THRESHOLD), "nms_iou": str(DM.DEFAULT_NMS_IOU),
@@ -306,6 +307,9 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
     if fixture_path:
         i = int(np.argmax([len(f["box"]) for f in cache.vc_faces]))
         u8 = D.dec_jpeg(cache.vc_jpeg[i])
+        if u8.shape[1] != c["input_size"][0]:  # the validation composites are 320x240: enlarged for a larger input
+            import cv2
+            u8 = cv2.resize(u8, tuple(c["input_size"]), interpolation=cv2.INTER_LINEAR)
         inp = torch.from_numpy(np.ascontiguousarray(u8)).permute(2, 0, 1)[None].contiguous()
         x = (inp.float() / 255.0 - 0.5) / 0.5
         with torch.no_grad():
@@ -329,7 +333,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
             fix.update(boxes=torch.zeros(1, 4), scores=torch.zeros(1), landmarks=torch.zeros(1, 68, 2),
                        rotation=torch.zeros(1, 3, 3), blendshapes=torch.zeros(1, 51))
         _atomic_save(fix, fixture_path, {
-            "description": "MFN parity fixture: input_u8 [1,3,240,320] (already letterboxed); head_out / face_features = "
+            "description": "MFN parity fixture: input_u8 [1,3,H,W] (already letterboxed); head_out / face_features = "
                            "raw outputs of the folded weights in the mfn.safetensors exported together with this "
                            "file; boxes/scores/landmarks/rotation/blendshapes = decoded (score_threshold, nms_iou "
                            "of the model). Tolerance: outputs 1e-3 abs.",

@@ -10,7 +10,9 @@ group photos. Per epoch: `--samples` fresh samples, then validation on the group
 >= 20 px, AP50 on exhaustively labelled photos, teacher-relative NME by face size: groups_eval.py) and on the HELEN
 test crops used as the whole frame (NME against human points, pose and blendshapes against the teacher). Logs
 <out>/log.csv; <out>/last.pt every epoch (resumable), <out>/best.pt by `room_score`.
-Export (low-rank head as shipped; the pose fit comes after, mfn_pose_fit.py):
+Export (low-rank head as shipped, with the checkpoint's pose fit when mfn_pose_fit.py has written one), and the
+detector of the detector + SFN pipeline from the same net (its backbone and detection head: both pipelines find the
+same faces, and the room's small faces are found at 640x480 by either):
     python training/room_train.py --export-from training/runs/room/best.pt
 """
 import argparse
@@ -66,6 +68,20 @@ def validate(model, data, groups_test, device, limit=None):
     return {k: round(float(v), 5) for k, v in m.items()}
 
 
+def export_detector(mfn, ck, out, fixture, det_cache):
+    """the MFN's backbone and detection head as a detector file (the detector's format and layer list)."""
+    import det_export
+    config = {k: v for k, v in mfn.config.items() if k in DM.DEFAULT_CONFIG}
+    det = DM.Detector(config)
+    state = {k: v for k, v in mfn.state_dict().items() if k in det.state_dict()}
+    missing = set(det.state_dict()) - set(state)
+    assert not missing, f"the MFN lacks detector weights: {sorted(missing)[:5]}"
+    det.load_state_dict(state)
+    metrics = {k: v for k, v in ck["metrics"].items() if k.startswith("groups") or k.startswith("recall")}
+    det_export.export(det, out, fixture, metrics, det_cache,
+                      {"epoch": ck["epoch"], "training": "room_train.py: the room MFN's backbone and detection head"})
+
+
 def room_config(config):
     c = dict(config, input_size=[RD.ROOM_W, RD.ROOM_H])
     return c
@@ -95,6 +111,8 @@ def main():
     ap.add_argument("--export-from", default="")
     ap.add_argument("--export", default="models/mfn.safetensors")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors")
+    ap.add_argument("--detector", default="models/detector.safetensors", help="'' to skip")
+    ap.add_argument("--detector-fixture", default="tests/fixtures/detector_parity.safetensors")
     ap.add_argument("--grid-rank", type=int, default=128)
     ap.add_argument("--refine-rank", type=int, default=96)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +132,9 @@ def main():
                  data.blend_names, {"epoch": ck["epoch"], "training": "room_train.py"}, args.refine_rank,
                  args.grid_rank, cal, M.stored_pose_fit(ck["pose_fit"]) if "pose_fit" in ck else None, True)
         print(f"exported {args.export_from} to {args.export}")
+        if args.detector:
+            export_detector(em, ck, args.detector, args.detector_fixture or None, args.det_cache)
+            print(f"exported its detector to {args.detector}")
         return
     groups_test = GE.read_groups(args.groups)
 
