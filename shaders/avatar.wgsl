@@ -2,6 +2,9 @@
 // position deltas (only the active targets are visited), the head turned about its pivot by a
 // per-vertex head weight, and a soft toon look under a shadow-free three-point light.
 // Colours are linear; the target is sRGB, so the hardware encodes on write.
+// The fragment stage never branches on uniforms: the material's switches reach it as flat
+// varyings. When its branches read material uniforms, Mesa 22.3's lavapipe compiled the fragment
+// shader again at draw time and kept every copy (+36 MB per redraw of three avatars).
 
 struct Camera {
     view_proj: mat4x4<f32>,
@@ -43,6 +46,8 @@ struct VsOut {
     @location(0) world: vec3<f32>,
     @location(1) normal: vec3<f32>,
     @location(2) uv: vec2<f32>,
+    // x: alpha cutoff (-1 unless the material is masked), y: 1 when textured
+    @location(3) @interpolate(flat) material: vec2<f32>,
 };
 
 @vertex
@@ -69,16 +74,18 @@ fn vs_main(in: VsIn) -> VsOut {
     out.world = world.xyz;
     out.normal = (instance.model * vec4<f32>(normal, 0.0)).xyz;
     out.uv = in.uv;
+    out.material = vec2<f32>(select(-1.0, mesh.cutoff.x, mesh.info.w == 1u), f32(mesh.info.z));
     return out;
 }
 
 @fragment
 fn fs_main(in: VsOut, @builtin(front_facing) front: bool) -> @location(0) vec4<f32> {
     var base = mesh.base_color;
-    if (mesh.info.z == 1u) {
-        base = base * textureSample(base_texture, base_sampler, in.uv);
+    if (in.material.y > 0.5) {
+        // avatar textures have one mip level: level 0 is what textureSample would read
+        base = base * textureSampleLevel(base_texture, base_sampler, in.uv, 0.0);
     }
-    if (mesh.info.w == 1u && base.a < mesh.cutoff.x) {
+    if (base.a < in.material.x) {
         discard;
     }
     var n = normalize(in.normal);

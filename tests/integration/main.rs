@@ -1,6 +1,7 @@
 //! Integration tests: one binary (linking this stack is slow), one module per area.
 
 mod app_state;
+mod avatar_stage;
 mod avatars;
 mod bench_cli;
 mod capture_sources;

@@ -1,0 +1,164 @@
+//! The avatar stage drawn again and again, as the app does for hours: masked materials cut out
+//! where they should, and redrawing holds no more memory than the first frames did.
+
+use std::process::Command;
+
+use glam::{Quat, Vec3};
+use polyface::avatar::{AlphaMode, Avatar, Primitive};
+use polyface::render::{AvatarPose, AvatarStage};
+
+use crate::gpu_rig::gpu_or_skip;
+
+/// A 0.4 × 0.4 quad facing the camera, textured with alpha 0 on its left half and 1 on its
+/// right half, in `alpha` mode.
+fn half_transparent_quad(alpha: AlphaMode) -> Avatar {
+    let (lo, hi) = (Vec3::new(-0.2, 1.4, 0.0), Vec3::new(0.2, 1.8, 0.0));
+    let texture = image::RgbaImage::from_fn(8, 1, |x, _| {
+        image::Rgba([255, 255, 255, if x < 4 { 0 } else { 255 }])
+    });
+    Avatar {
+        name: "quad".into(),
+        primitives: vec![Primitive {
+            positions: vec![
+                [lo.x, lo.y, 0.0],
+                [hi.x, lo.y, 0.0],
+                [hi.x, hi.y, 0.0],
+                [lo.x, hi.y, 0.0],
+            ],
+            normals: vec![[0.0, 0.0, 1.0]; 4],
+            uvs: vec![[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]],
+            head_weight: vec![0.0; 4],
+            indices: vec![0, 1, 2, 0, 2, 3],
+            base_color: [1.0, 0.0, 0.0, 1.0],
+            texture: Some(texture),
+            alpha,
+            targets: Vec::new(),
+        }],
+        morph_names: Vec::new(),
+        expressions: Vec::new(),
+        head_pivot: (lo + hi) / 2.0,
+        has_head: false,
+        bounds: (lo, hi),
+        head_bounds: (lo, hi),
+    }
+}
+
+/// Red pixels in the left and right half of the picture.
+fn red_halves(pixels: &image::RgbaImage) -> (usize, usize) {
+    let mut halves = (0, 0);
+    for (x, _, p) in pixels.enumerate_pixels() {
+        if p[0] as i32 > p[1] as i32 + 60 {
+            if x < pixels.width() / 2 {
+                halves.0 += 1;
+            } else {
+                halves.1 += 1;
+            }
+        }
+    }
+    halves
+}
+
+#[test]
+fn masked_texels_are_cut_out_and_opaque_materials_keep_them() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let stage = AvatarStage::new(&gpu.device, &gpu.queue, 256, 256);
+    let pose = AvatarPose {
+        morph_weights: Vec::new(),
+        head: Quat::IDENTITY,
+    };
+    let draw = |alpha| {
+        let gpu_avatar = stage.upload(&gpu.device, &gpu.queue, &half_transparent_quad(alpha));
+        stage.render(&gpu.device, &gpu.queue, &[(&gpu_avatar, &pose)]);
+        red_halves(&stage.read_pixels(&gpu.device, &gpu.queue).unwrap())
+    };
+    let (left, right) = draw(AlphaMode::Mask(0.5));
+    assert!(right > 2000, "the opaque half is drawn: {right} red pixels");
+    assert!(
+        left < right / 20,
+        "the transparent half is cut out: {left} vs {right}"
+    );
+    let (left, right) = draw(AlphaMode::Opaque);
+    assert!(
+        left > 2000 && right > 2000,
+        "an opaque material ignores alpha: {left} / {right}"
+    );
+}
+
+/// Resident memory of this process, MB.
+fn resident_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+const CHILD: &str = "POLYFACE_STAGE_MEMORY_CHILD";
+
+/// Before the fix, Mesa's lavapipe compiled (and kept) a fragment shader per draw whose material
+/// uniforms differed: +36 MB per redraw of the three default avatars. The stage is redrawn 80
+/// times with changing expressions and head turns in a child process (this test alone, so no
+/// other test's memory counts).
+#[test]
+fn redrawing_the_avatar_stage_keeps_memory_flat() {
+    if std::env::var_os(CHILD).is_none() {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "avatar_stage::redrawing_the_avatar_stage_keeps_memory_flat",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran the test: {text}");
+        return;
+    }
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let stage = AvatarStage::new(&gpu.device, &gpu.queue, 466, 720);
+    let dir = polyface::avatar::default_avatar_dir();
+    let avatars: Vec<Avatar> = polyface::avatar::list_avatars(&dir)
+        .iter()
+        .map(|p| Avatar::load(p).unwrap())
+        .collect();
+    assert!(avatars.len() >= 3);
+    let uploaded: Vec<_> = avatars
+        .iter()
+        .map(|a| stage.upload(&gpu.device, &gpu.queue, a))
+        .collect();
+    let mut at_warm = 0.0;
+    for frame in 0..80 {
+        let poses: Vec<AvatarPose> = avatars
+            .iter()
+            .map(|a| AvatarPose {
+                morph_weights: (0..a.morph_names.len())
+                    .map(|m| ((frame + m) % 10) as f32 / 10.0)
+                    .collect(),
+                head: Quat::from_rotation_y((frame % 7) as f32 * 0.05),
+            })
+            .collect();
+        let items: Vec<_> = uploaded.iter().zip(&poses).collect();
+        stage.render(&gpu.device, &gpu.queue, &items);
+        // waits for the GPU, so every frame drawn so far is counted
+        let _ = stage.read_pixels(&gpu.device, &gpu.queue).unwrap();
+        if frame == 19 {
+            at_warm = resident_mb();
+        }
+    }
+    let growth = resident_mb() - at_warm;
+    eprintln!("resident memory after 20 frames {at_warm:.0} MB, 60 frames later +{growth:.1} MB");
+    assert!(
+        growth < 40.0,
+        "60 redraws grew resident memory by {growth:.0} MB (from {at_warm:.0} MB)"
+    );
+}
