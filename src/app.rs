@@ -15,6 +15,7 @@ use winit::window::{Window, WindowId};
 use crate::capture::{self, CaptureStatus, LatestFrame, SourceOptions, SourceSpec};
 use crate::cli::RunArgs;
 use crate::inference::InferenceWorker;
+use crate::processor::FrameProcessor;
 use crate::render::{rgb_to_rgba, AvatarStage, FrameView, Gpu, Overlay, PixelRect};
 use crate::settings::Settings;
 use crate::timing::{Stage, TimingRing};
@@ -146,10 +147,7 @@ struct App {
     pipeline_choice: String,
     /// Playing a recorded take (`--play`): its clock drives the timeline.
     playback: Option<(Arc<crate::record::playback::PlaybackClock>, f64)>,
-    /// The take being recorded, if any.
-    take: Option<crate::record::Take>,
-    /// Streaming every person over VMC, if on; and the target to stream to.
-    streamer: Option<crate::stream::VmcStreamer>,
+    /// Where the VMC stream goes when it is switched on.
     stream_target: String,
     /// The last thing recording / streaming said (shown under their buttons).
     record_status: String,
@@ -177,6 +175,13 @@ struct Networks {
 }
 
 impl Networks {
+    /// Tracking with the app's smoothing, and re-identification when its model loads.
+    fn people(&self, settings: &Settings) -> crate::track::People {
+        let mut people = crate::track::People::default().with_reid_from(&self.models, &self.device);
+        people.tracker.config.smoothing = settings.smoothing;
+        people
+    }
+
     fn open(args: &crate::cli::ModelArgs) -> (Networks, Option<String>) {
         let models = crate::vision::models_dir(args.models.as_deref());
         match crate::vision::open_device(args.device) {
@@ -226,7 +231,8 @@ fn start_worker(
     networks: &Networks,
 ) -> (InferenceWorker, Option<String>) {
     let (pipeline, problem) = load_pipeline(&settings.pipeline, networks);
-    let worker = InferenceWorker::spawn(start_capture(spec, options), pipeline, settings.smoothing);
+    let processor = FrameProcessor::new(pipeline, networks.people(settings));
+    let worker = InferenceWorker::spawn(start_capture(spec, options), processor);
     (worker, problem)
 }
 
@@ -358,11 +364,10 @@ impl App {
                         )) as Box<dyn capture::FrameSource>)
                     });
                     let pipeline = crate::record::playback::PlaybackPipeline::new(recording, clock);
-                    let worker = InferenceWorker::spawn(
-                        LatestFrame::spawn(opener, false, false),
-                        Some(Box::new(pipeline)),
-                        settings.smoothing,
-                    );
+                    let processor =
+                        FrameProcessor::new(Some(Box::new(pipeline)), networks.people(&settings));
+                    let worker =
+                        InferenceWorker::spawn(LatestFrame::spawn(opener, false, false), processor);
                     (worker, None)
                 }
                 Some(Err(e)) => {
@@ -416,8 +421,6 @@ impl App {
             view: ViewMode::parse(&settings.view),
             pipeline_choice: settings.pipeline.clone(),
             playback,
-            take: None,
-            streamer: None,
             stream_target: "127.0.0.1:39539".into(),
             record_status: String::new(),
             overlay_options,
@@ -538,8 +541,11 @@ impl App {
             return;
         }
         let processed = self.worker.take();
-        if let Some(p) = &processed {
-            self.record_and_stream(&p.frame, &p.people);
+        for notice in self.worker.take_notices() {
+            if notice.starts_with("recording stopped") {
+                self.warnings.push(notice.clone());
+            }
+            self.record_status = notice;
         }
         let Some(state) = self.window.as_mut() else {
             return;
@@ -654,8 +660,8 @@ impl App {
         medians.retain(|(name, _)| *name != "playback");
         let mut record_toggle = false;
         let mut stream_toggle = false;
-        let recording = self.take.as_ref().map(|t| t.dir().display().to_string());
-        let streaming = self.streamer.is_some();
+        let recording = self.worker.recording().map(|d| d.display().to_string());
+        let streaming = self.worker.streaming();
         let record_status = self.record_status.clone();
         let stream_target = &mut self.stream_target;
         let playback = self.playback.clone();
@@ -979,19 +985,10 @@ impl App {
 
 impl App {
     /// Starts a take (into `--record DIR`, else a new folder under ~/polyface-takes) or stops
-    /// the one running and writes its animation files. Failures are reported, never fatal.
+    /// the one running, which writes its animation files. Failures are reported, never fatal.
     fn toggle_recording(&mut self) {
-        if let Some(take) = self.take.take() {
-            let dir = take.dir().display().to_string();
-            self.record_status = match take.finish() {
-                Ok(files) => format!(
-                    "saved {} animation file(s) and the CSVs in {dir}",
-                    files.len()
-                ),
-                Err(e) => {
-                    format!("{e:#} (the CSVs and session.jsonl are kept; `polyface recover {dir}`)")
-                }
-            };
+        if self.worker.recording().is_some() {
+            self.worker.stop_recording();
             return;
         }
         let dir = self.args.record.clone().unwrap_or_else(|| {
@@ -1003,18 +1000,13 @@ impl App {
                 .map_or(0, |d| d.as_secs());
             home.join("polyface-takes").join(format!("take-{stamp}"))
         });
-        match crate::record::Take::create(&dir) {
-            Ok(take) => {
-                self.record_status.clear();
-                self.take = Some(take);
-            }
-            Err(e) => self.record_status = format!("cannot record: {e:#}"),
-        }
+        self.record_status = format!("recording into {}", dir.display());
+        self.worker.start_recording(dir);
     }
 
     fn toggle_streaming(&mut self) {
-        if self.streamer.take().is_some() {
-            self.record_status = "VMC stream stopped".into();
+        if self.worker.streaming() {
+            self.worker.stop_streaming();
             return;
         }
         match crate::stream::VmcStreamer::new(&self.stream_target, crate::stream::BlendNames::Vrm) {
@@ -1023,31 +1015,9 @@ impl App {
                     "streaming VMC to {} (+1 port per person)",
                     self.stream_target
                 );
-                self.streamer = Some(s);
+                self.worker.start_streaming(s);
             }
             Err(e) => self.record_status = format!("cannot stream: {e:#}"),
-        }
-    }
-
-    /// Feeds a processed frame to the take and the stream; their failures stop them with a
-    /// message while tracking goes on.
-    fn record_and_stream(&mut self, frame: &capture::Frame, people: &[Person]) {
-        let time_s = frame.timestamp.as_secs_f64();
-        if let Some(take) = self.take.as_mut() {
-            let record = crate::record::FrameRecord::new(frame, people);
-            if let Err(e) = take.write(&record) {
-                let dir = take.dir().display().to_string();
-                self.record_status =
-                    format!("recording stopped: {e:#}; what was written in {dir} stays valid");
-                self.warnings.push(self.record_status.clone());
-                // keep the files as they are; the glb files can be rebuilt with `recover`
-                self.take = None;
-            }
-        }
-        if let Some(streamer) = self.streamer.as_mut() {
-            if let Err(e) = streamer.send(people, time_s) {
-                self.record_status = format!("VMC: {e:#}");
-            }
         }
     }
 
@@ -1190,9 +1160,8 @@ impl ApplicationHandler for App {
     }
 
     fn exiting(&mut self, _event_loop: &ActiveEventLoop) {
-        if self.take.is_some() {
-            self.toggle_recording();
-        }
+        // The worker finishes a take in progress when it stops (dropping the app joins it).
+        self.worker.stop_recording();
         self.save_settings();
     }
 

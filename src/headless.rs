@@ -9,10 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::capture::{self, CaptureError, SourceOptions, SourceSpec};
-use crate::record::FrameRecord;
-use crate::timing::{FrameTimings, Stage, TimingRing};
-use crate::track::People;
-use crate::vision::FacePipeline;
+use crate::processor::FrameProcessor;
+use crate::timing::{FrameTimings, TimingRing};
 
 /// What a `track` run did.
 #[derive(Debug)]
@@ -26,36 +24,25 @@ pub struct TrackSummary {
 }
 
 /// What `track` does besides reading frames.
-#[derive(Default)]
-pub struct TrackJob<'a> {
+pub struct TrackJob {
     /// Stop after this many frames.
     pub max_frames: Option<u64>,
-    /// The face pipeline; without one only frames are read (timings of capture alone).
-    pub pipeline: Option<&'a mut (dyn FacePipeline + 'static)>,
-    /// Tracking, smoothing and fitting settings.
-    pub people: People,
-    /// Also record a take (Live Link Face CSV per person, session.jsonl) into this folder.
-    pub record: Option<&'a Path>,
-    /// Also stream every person over VMC.
-    pub stream: Option<&'a mut crate::stream::VmcStreamer>,
+    /// Pipeline, tracking, and the take and VMC stream if asked for.
+    pub processor: FrameProcessor,
 }
 
-/// Runs the pipeline over every frame of `spec` and writes `timings.csv` and `faces.jsonl` into
-/// `out`.
+/// Runs every frame of `spec` through the frame processor and writes `timings.csv` and
+/// `faces.jsonl` into `out`.
 pub fn track(
     spec: &SourceSpec,
     options: &SourceOptions,
     out: &Path,
-    job: TrackJob<'_>,
+    job: TrackJob,
 ) -> Result<TrackSummary> {
     let TrackJob {
         max_frames,
-        mut pipeline,
-        mut people,
-        record,
-        mut stream,
+        mut processor,
     } = job;
-    let mut recorder = record.map(crate::record::Take::create).transpose()?;
     let mut source = capture::open(spec, options)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("{}: cannot create the output folder", out.display()))?;
@@ -92,38 +79,28 @@ pub fn track(
             }
             Err(e) => return Err(e.into()),
         };
-        let mut timings = FrameTimings::new(frame.seq);
-        timings.add(Stage::Capture, frame.decode_time);
-        let faces = match pipeline.as_deref_mut() {
-            Some(p) => p.process(&frame.image, &mut timings)?,
-            None => Vec::new(),
-        };
-        face_count += faces.len() as u64;
-        let time_s = frame.timestamp.as_secs_f64();
-        let mut persons = people.update(frame.image.dimensions(), faces, time_s, &mut timings);
-        people.reidentify(&frame.image, &mut persons, time_s, &mut timings);
-        let record = FrameRecord::new(&frame, &persons);
-        serde_json::to_writer(&mut faces_file, &record)
+        let processed = processor.process(frame);
+        if let Some(error) = processed.pipeline_error {
+            anyhow::bail!("frame {}: {error}", processed.frame.seq);
+        }
+        for notice in processor.take_notices() {
+            // Tracking goes on when recording or streaming fails.
+            progress.suspend(|| log::warn!("{notice}"));
+            warnings.push(notice);
+        }
+        // faces seen in this frame (the people not lost)
+        face_count += processed
+            .people
+            .iter()
+            .filter(|p| p.state != crate::track::TrackState::Lost)
+            .count() as u64;
+        serde_json::to_writer(&mut faces_file, &processed.record)
             .map_err(std::io::Error::from)
             .and_then(|_| writeln!(faces_file))
             .with_context(|| write_error(&faces_jsonl))?;
-        if let Some(take) = recorder.as_mut().filter(|t| t.failed().is_none()) {
-            if let Err(e) = take.write(&record) {
-                // Tracking goes on; what the take holds so far stays valid.
-                let warning = format!("recording stopped: {e:#}");
-                progress.suspend(|| log::warn!("{warning}"));
-                warnings.push(warning);
-            }
-        }
-        if let Some(streamer) = stream.as_deref_mut() {
-            if let Err(e) = streamer.send(&persons, time_s) {
-                // A receiver that is not listening must not stop the run.
-                progress.suspend(|| log::warn!("{e:#}"));
-            }
-        }
-        writeln!(timings_file, "{}", timings.csv_row())
+        writeln!(timings_file, "{}", processed.timings.csv_row())
             .with_context(|| write_error(&timings_csv))?;
-        ring.push(timings);
+        ring.push(processed.timings);
         frames += 1;
         progress.inc(1);
     }
@@ -134,8 +111,8 @@ pub fn track(
         .flush()
         .with_context(|| write_error(&faces_jsonl))?;
     progress.finish_and_clear();
-    if let Some(take) = recorder {
-        match take.finish() {
+    if let Some((_, finished)) = processor.stop_recording() {
+        match finished {
             Ok(files) => log::info!("take: {} animation file(s)", files.len()),
             Err(e) => warnings.push(format!("{e:#}")),
         }

@@ -1,39 +1,122 @@
-//! The inference thread: takes the newest captured frame, runs the face pipeline on it, and
+//! The inference thread: takes the newest captured frame, runs it through the
+//! [`FrameProcessor`] (pipeline, tracking, re-identification, the take and the VMC stream), and
 //! keeps only the newest result for the UI. The UI never waits on inference; frames inference is
-//! too slow for are dropped (and counted) at the capture hand-over, never queued.
+//! too slow for are dropped (and counted) at the capture hand-over, never queued. Recording and
+//! streaming run here, so every processed frame is recorded whatever the display rate.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::capture::{Frame, LatestFrame};
-use crate::timing::{FrameTimings, Stage};
-use crate::track::{People, Person};
-use crate::vision::{FaceObservation, FacePipeline};
-
-/// A frame with the people found in it.
-pub struct Processed {
-    pub frame: Frame,
-    pub people: Vec<Person>,
-    pub timings: FrameTimings,
-    /// The pipeline that produced `people` ("sfn", "mfn"), if any.
-    pub pipeline: Option<&'static str>,
-}
+use crate::capture::LatestFrame;
+use crate::processor::FrameProcessor;
+pub use crate::processor::Processed;
+use crate::stream::VmcStreamer;
+use crate::timing::Stage;
+use crate::vision::FacePipeline;
 
 /// How many recent frames the per-pipeline medians cover.
 const RECENT: usize = 120;
+/// Notices kept for the UI between reads (older ones are dropped).
+const MAX_NOTICES: usize = 20;
+
+/// What the UI asks the processor to do, applied before the next frame.
+enum Command {
+    SwitchPipeline(Box<dyn FacePipeline>),
+    StartRecording(PathBuf),
+    StopRecording,
+    StartStreaming(Box<VmcStreamer>),
+    StopStreaming,
+}
 
 #[derive(Default)]
 struct Shared {
     latest: Mutex<Option<Processed>>,
     error: Mutex<Option<String>>,
-    /// A pipeline to switch to before the next frame (the UI never waits for the swap).
-    next_pipeline: Mutex<Option<Box<dyn FacePipeline>>>,
+    commands: Mutex<Vec<Command>>,
     pipeline_name: Mutex<Option<&'static str>>,
+    /// The folder being recorded into and whether the stream is on, as of the last frame.
+    recording: Mutex<Option<PathBuf>>,
+    streaming: AtomicBool,
+    /// Messages from recording and streaming for the UI.
+    notices: Mutex<Vec<String>>,
     /// Per pipeline: its recent face-stage times (preprocess + network + postprocess), ms.
     recent: Mutex<Vec<(&'static str, std::collections::VecDeque<f32>)>>,
     stop: AtomicBool,
+}
+
+impl Shared {
+    fn notice(&self, text: String) {
+        let mut notices = lock(&self.notices);
+        notices.push(text);
+        let excess = notices.len().saturating_sub(MAX_NOTICES);
+        notices.drain(..excess);
+    }
+
+    fn apply(&self, processor: &mut FrameProcessor) {
+        let commands = std::mem::take(&mut *lock(&self.commands));
+        for command in commands {
+            match command {
+                Command::SwitchPipeline(pipeline) => processor.switch_pipeline(pipeline),
+                Command::StartRecording(dir) => {
+                    if let Err(e) = processor.start_recording(&dir) {
+                        self.notice(format!("cannot record: {e:#}"));
+                    }
+                }
+                Command::StopRecording => self.finish_take(processor),
+                Command::StartStreaming(streamer) => processor.start_streaming(*streamer),
+                Command::StopStreaming => {
+                    if processor.stop_streaming() {
+                        self.notice("VMC stream stopped".into());
+                    }
+                }
+            }
+        }
+        *lock(&self.pipeline_name) = processor.pipeline_name();
+        *lock(&self.recording) = processor.recording().map(|p| p.to_path_buf());
+        self.streaming
+            .store(processor.streaming(), Ordering::SeqCst);
+    }
+
+    fn finish_take(&self, processor: &mut FrameProcessor) {
+        if let Some((dir, finished)) = processor.stop_recording() {
+            let dir = dir.display();
+            self.notice(match finished {
+                Ok(files) => format!(
+                    "saved {} animation file(s) and the CSVs in {dir}",
+                    files.len()
+                ),
+                Err(e) => {
+                    format!("{e:#} (the CSVs and session.jsonl are kept; `polyface recover {dir}`)")
+                }
+            });
+        }
+    }
+
+    fn note_face_time(&self, processed: &Processed) {
+        let Some(name) = processed.pipeline else {
+            return;
+        };
+        let face_ms = [Stage::Preprocess, Stage::Network, Stage::Postprocess]
+            .iter()
+            .filter_map(|s| processed.timings.get(*s))
+            .sum::<f32>();
+        let mut recent = lock(&self.recent);
+        let index = match recent.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                recent.push((name, Default::default()));
+                recent.len() - 1
+            }
+        };
+        let ring = &mut recent[index].1;
+        ring.push_back(face_ms);
+        while ring.len() > RECENT {
+            ring.pop_front();
+        }
+    }
 }
 
 pub struct InferenceWorker {
@@ -43,77 +126,32 @@ pub struct InferenceWorker {
 }
 
 impl InferenceWorker {
-    /// Starts the thread. Without a pipeline, frames pass straight through (no faces).
-    pub fn spawn(
-        capture: LatestFrame,
-        mut pipeline: Option<Box<dyn FacePipeline>>,
-        smoothing: crate::track::Smoothing,
-    ) -> InferenceWorker {
+    /// Starts the thread with everything a frame goes through.
+    pub fn spawn(capture: LatestFrame, mut processor: FrameProcessor) -> InferenceWorker {
         let capture = Arc::new(capture);
         let shared = Arc::new(Shared::default());
-        *lock(&shared.pipeline_name) = pipeline.as_ref().map(|p| p.name());
+        *lock(&shared.pipeline_name) = processor.pipeline_name();
         let (thread_capture, thread_shared) = (Arc::clone(&capture), Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
-                let mut state = People::default()
-                    .with_reid_from(&crate::vision::models_dir(None), &candle_core::Device::Cpu);
-                state.tracker.config.smoothing = smoothing;
                 while !thread_shared.stop.load(Ordering::SeqCst) {
+                    thread_shared.apply(&mut processor);
                     let Some(frame) = thread_capture.wait(Duration::from_millis(50)) else {
                         continue;
                     };
-                    if let Some(next) = lock(&thread_shared.next_pipeline).take() {
-                        *lock(&thread_shared.pipeline_name) = Some(next.name());
-                        pipeline = Some(next);
+                    let processed = processor.process(frame);
+                    // Shown in the UI; the next frame is tried again.
+                    *lock(&thread_shared.error) = processed.pipeline_error.clone();
+                    for notice in processor.take_notices() {
+                        thread_shared.notice(notice);
                     }
-                    let mut timings = FrameTimings::new(frame.seq);
-                    timings.add(Stage::Capture, frame.decode_time);
-                    let faces: Vec<FaceObservation> = match pipeline.as_mut() {
-                        Some(p) => match p.process(&frame.image, &mut timings) {
-                            Ok(faces) => {
-                                *lock(&thread_shared.error) = None;
-                                faces
-                            }
-                            Err(e) => {
-                                // Shown in the UI; the next frame is tried again.
-                                *lock(&thread_shared.error) = Some(format!("{e:#}"));
-                                Vec::new()
-                            }
-                        },
-                        None => Vec::new(),
-                    };
-                    let name = pipeline.as_ref().map(|p| p.name());
-                    if let Some(name) = name {
-                        let face_ms = [Stage::Preprocess, Stage::Network, Stage::Postprocess]
-                            .iter()
-                            .filter_map(|s| timings.get(*s))
-                            .sum::<f32>();
-                        let mut recent = lock(&thread_shared.recent);
-                        let index = match recent.iter().position(|(n, _)| *n == name) {
-                            Some(i) => i,
-                            None => {
-                                recent.push((name, Default::default()));
-                                recent.len() - 1
-                            }
-                        };
-                        let ring = &mut recent[index].1;
-                        ring.push_back(face_ms);
-                        while ring.len() > RECENT {
-                            ring.pop_front();
-                        }
-                    }
-                    let time_s = frame.timestamp.as_secs_f64();
-                    let mut people =
-                        state.update(frame.image.dimensions(), faces, time_s, &mut timings);
-                    state.reidentify(&frame.image, &mut people, time_s, &mut timings);
-                    *lock(&thread_shared.latest) = Some(Processed {
-                        frame,
-                        people,
-                        timings,
-                        pipeline: name,
-                    });
+                    thread_shared.note_face_time(&processed);
+                    *lock(&thread_shared.latest) = Some(processed);
                 }
+                // Commands sent before the stop still count; a take in progress is finished.
+                thread_shared.apply(&mut processor);
+                thread_shared.finish_take(&mut processor);
             })
             .expect("spawning the inference thread");
         InferenceWorker {
@@ -144,7 +182,43 @@ impl InferenceWorker {
 
     /// Switches to `pipeline` from the next frame on, without stopping capture or tracking.
     pub fn switch_pipeline(&self, pipeline: Box<dyn FacePipeline>) {
-        *lock(&self.shared.next_pipeline) = Some(pipeline);
+        self.send(Command::SwitchPipeline(pipeline));
+    }
+
+    /// Starts recording a take into `dir` (its failure comes back as a notice).
+    pub fn start_recording(&self, dir: PathBuf) {
+        self.send(Command::StartRecording(dir));
+    }
+
+    /// Ends the take; what was saved comes back as a notice.
+    pub fn stop_recording(&self) {
+        self.send(Command::StopRecording);
+    }
+
+    pub fn start_streaming(&self, streamer: VmcStreamer) {
+        self.send(Command::StartStreaming(Box::new(streamer)));
+    }
+
+    pub fn stop_streaming(&self) {
+        self.send(Command::StopStreaming);
+    }
+
+    /// The folder being recorded into (as of the last frame processed).
+    pub fn recording(&self) -> Option<PathBuf> {
+        lock(&self.shared.recording).clone()
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.shared.streaming.load(Ordering::SeqCst)
+    }
+
+    /// Messages from recording and streaming since the last call.
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.shared.notices))
+    }
+
+    fn send(&self, command: Command) {
+        lock(&self.shared.commands).push(command);
     }
 
     /// Median face-stage time (preprocess + network + postprocess, ms) of every pipeline that

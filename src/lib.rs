@@ -1,28 +1,26 @@
 //! polyface: real-time facial motion retargeting for several people at once.
 //!
-//! One module per pipeline stage, in the order a frame flows through them:
+//! One module per stage, in the order a frame flows through them; [`processor`] is the one
+//! path every frame takes (`track`, the app's inference thread, take playback):
 //!
 //! | module | stage |
 //! |---|---|
-//! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]) |
-//! | [`settings`] | app settings that persist between runs |
-//! | [`stream`] | live animation to VTuber tools over VMC (OSC/UDP) |
-//! | [`timing`] | per-stage durations of every frame, medians and p95 |
-//! | [`vision`] | networks in candle: single-face network (SFN), fast CPU kernels |
-//! | [`inference`] | the inference thread between capture and the UI |
+//! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]), newest-frame hand-over |
+//! | [`vision`] | the networks in candle: detector + single-face network (SFN), multi-face network (MFN), re-identification embedding; fast CPU kernels |
 //! | [`fit`] | head pose (robust PnP on the mean face, fused with the network), expression refinement |
-//! | [`track`] | people across frames: Hungarian assignment, life cycle, One-Euro smoothing |
+//! | [`track`] | people across frames: Hungarian assignment, life cycle, re-identification, One-Euro smoothing |
+//! | [`processor`] | pipeline → tracking → re-identification → record → take / stream, for one frame |
 //! | [`retarget`] | ARKit weights and head pose onto an avatar's morph targets (ARKit / VRM names, mapping files, calibration) |
-//! | [`record`] | takes for other tools: Live Link Face CSV per person |
-//! | [`render`] | wgpu drawing: camera view (avatars to come) |
+//! | [`record`] | typed per-frame records; takes for other tools (Live Link Face CSV, animated glb), recovery, playback |
+//! | [`stream`] | live animation to VTuber tools over VMC (OSC/UDP) |
+//! | [`avatar`] | glTF / VRM avatars: loading, the default characters, glb writing |
+//! | [`render`] | wgpu drawing: camera view, face overlay, avatars, offscreen snapshots |
+//! | [`inference`] | the inference thread between capture and the UI |
 //! | [`ui`] | egui panels of the overlay |
 //! | [`app`] | the window app (`polyface run`) |
-//! | [`bench`] | `polyface bench`: latency per stage against the number of faces |
-//! | [`eval`] | `polyface eval`: accuracy on the shared labelled data |
 //! | [`headless`] | `polyface track`, the app's headless twin |
-//!
-//! Planned stages, each its own module when it lands: detector and MFN in `vision`,
-//! re-identification in `track`, glTF takes in `record`.
+//! | [`eval`], [`bench`] | `polyface eval` (accuracy on the shared labelled data), `polyface bench` (latency per stage) |
+//! | [`settings`], [`timing`], [`cli`] | app settings, per-stage durations, the command line |
 
 pub mod app;
 pub mod avatar;
@@ -33,6 +31,7 @@ pub mod eval;
 pub mod fit;
 pub mod headless;
 pub mod inference;
+pub mod processor;
 pub mod record;
 pub mod render;
 pub mod retarget;

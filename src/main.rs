@@ -31,8 +31,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let models = polyface::vision::models_dir(args.model.models.as_deref());
             let (device, device_line) = polyface::vision::open_device(args.model.device)?;
             log::info!("networks on {device_line}");
-            let mut pipeline: Option<Box<dyn polyface::vision::FacePipeline>> = match args.pipeline
-            {
+            let pipeline: Option<Box<dyn polyface::vision::FacePipeline>> = match args.pipeline {
                 TrackPipeline::Sfn => Some(Box::new(
                     polyface::vision::SfnPipeline::load(&models, &device)
                         .context("loading the SFN pipeline (or run with --pipeline none)")?,
@@ -43,20 +42,22 @@ fn run(command: Command) -> anyhow::Result<()> {
                 )),
                 TrackPipeline::None => None,
             };
-            let mut streamer = args
-                .stream
-                .as_deref()
-                .map(|target| polyface::stream::VmcStreamer::new(target, args.stream_names))
-                .transpose()?;
             let mut people = polyface::track::People::default().with_reid_from(&models, &device);
             people.tracker.config.smoothing.landmarks.min_cutoff = args.min_cutoff;
             people.tracker.config.smoothing.landmarks.beta = args.beta;
+            let mut processor = polyface::processor::FrameProcessor::new(pipeline, people);
+            if let Some(target) = &args.stream {
+                processor.start_streaming(polyface::stream::VmcStreamer::new(
+                    target,
+                    args.stream_names,
+                )?);
+            }
+            if let Some(dir) = &args.record {
+                processor.start_recording(dir)?;
+            }
             let job = polyface::headless::TrackJob {
                 max_frames: args.max_frames,
-                pipeline: pipeline.as_deref_mut(),
-                people,
-                record: args.record.as_deref(),
-                stream: streamer.as_mut(),
+                processor,
             };
             let summary = polyface::headless::track(
                 &args.input.spec(),

@@ -182,7 +182,7 @@ impl GlbBuilder {
                 length: 0,
             },
             json: std::borrow::Cow::Owned(json),
-            bin: (!self.bin.is_empty()).then(|| std::borrow::Cow::Borrowed(self.bin.as_slice())),
+            bin: (!self.bin.is_empty()).then_some(std::borrow::Cow::Borrowed(self.bin.as_slice())),
         };
         glb.to_vec().expect("writing into memory does not fail")
     }
