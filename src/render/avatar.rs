@@ -1,7 +1,10 @@
 //! Avatars on the GPU: each primitive's vertices and its morph-target deltas (a storage buffer
 //! the vertex shader reads for the active targets only), per-avatar head pose and placement,
 //! MSAA + depth, drawn into an offscreen sRGB texture that the app shows as an image and tests
-//! read back. Several avatars share one view, laid out side by side.
+//! read back. Several avatars share one view, laid out side by side. An avatar file is uploaded
+//! once ([`GpuMesh`]); each person wearing it adds only their pose buffers ([`GpuAvatar`]).
+
+use std::sync::Arc;
 
 use glam::{Mat4, Quat, Vec3};
 use wgpu::util::DeviceExt;
@@ -53,7 +56,7 @@ struct MeshUniform {
 }
 
 /// What an avatar does this frame.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AvatarPose {
     /// One weight per [`Avatar::morph_names`] (missing entries count as 0).
     pub morph_weights: Vec<f32>,
@@ -79,28 +82,53 @@ impl Default for Orbit {
     }
 }
 
-struct GpuPrimitive {
+/// One primitive's geometry and material on the GPU, shared by everyone wearing the avatar.
+struct MeshPrimitive {
     vertices: wgpu::Buffer,
     indices: wgpu::Buffer,
     index_count: u32,
-    params: wgpu::Buffer,
-    bind_group: wgpu::BindGroup,
+    deltas: wgpu::Buffer,
+    texture: Option<wgpu::TextureView>,
     uniform: MeshUniform,
     /// Global morph index of each local target (the deltas buffer's order).
     targets: Vec<usize>,
     blend: bool,
 }
 
-/// One avatar uploaded for one person (each person gets their own copy: poses differ).
-pub struct GpuAvatar {
-    primitives: Vec<GpuPrimitive>,
-    instance: wgpu::Buffer,
-    instance_bind_group: wgpu::BindGroup,
+/// An avatar file's geometry, morph deltas and textures on the GPU: uploaded once and shared
+/// (through [`Arc`]) by every person who wears it.
+pub struct GpuMesh {
+    primitives: Vec<MeshPrimitive>,
     pub morph_names: Vec<String>,
     pub name: String,
     head_pivot: Vec3,
     /// Region the stage frames: the head and a little below it.
     focus: (Vec3, Vec3),
+}
+
+impl GpuMesh {
+    /// Bytes of GPU memory the geometry, deltas and textures take.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.primitives
+            .iter()
+            .map(|p| p.vertices.size() + p.indices.size() + p.deltas.size())
+            .sum()
+    }
+}
+
+/// What one person's copy of a [`GpuMesh`] owns: the pose uniforms (head, active morph
+/// weights per primitive), a few hundred bytes each.
+struct PosePrimitive {
+    params: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+}
+
+/// One person's avatar: a shared [`GpuMesh`] plus this person's pose buffers.
+pub struct GpuAvatar {
+    pub mesh: Arc<GpuMesh>,
+    primitives: Vec<PosePrimitive>,
+    instance: wgpu::Buffer,
+    instance_bind_group: wgpu::BindGroup,
 }
 
 /// Pipelines and layouts shared by every avatar.
@@ -285,8 +313,14 @@ impl AvatarRenderer {
         }
     }
 
-    /// Uploads `avatar` (vertices, deltas, textures).
-    pub fn upload(&self, device: &wgpu::Device, queue: &wgpu::Queue, avatar: &Avatar) -> GpuAvatar {
+    /// Uploads `avatar`'s geometry, morph deltas and textures, to be shared by every person
+    /// who wears it ([`AvatarRenderer::instantiate`]).
+    pub fn upload_mesh(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        avatar: &Avatar,
+    ) -> Arc<GpuMesh> {
         let mut primitives = Vec::with_capacity(avatar.primitives.len());
         for p in &avatar.primitives {
             let vertices: Vec<Vertex> = (0..p.positions.len())
@@ -342,47 +376,68 @@ impl AvatarRenderer {
                 ],
                 active: [[0.0; 4]; MAX_ACTIVE_TARGETS / 2],
             };
-            let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("avatar mesh params"),
-                contents: bytemuck::bytes_of(&uniform),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            });
-            let texture = p.texture.as_ref().map(|t| rgba_texture(device, queue, t));
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("avatar mesh"),
-                layout: &self.mesh_layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: delta_buffer.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: wgpu::BindingResource::TextureView(
-                            texture.as_ref().unwrap_or(&self.white),
-                        ),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: wgpu::BindingResource::Sampler(&self.sampler),
-                    },
-                ],
-            });
-            primitives.push(GpuPrimitive {
+            primitives.push(MeshPrimitive {
                 vertices: vertex_buffer,
                 indices: index_buffer,
                 index_count: p.indices.len() as u32,
-                params,
-                bind_group,
+                deltas: delta_buffer,
+                texture: p.texture.as_ref().map(|t| rgba_texture(device, queue, t)),
                 uniform,
                 targets: p.targets.iter().map(|t| t.morph).collect(),
                 blend: p.alpha == AlphaMode::Blend,
             });
         }
+        // frame the head and a bit of what is below it (neck, shoulders)
+        let (lo, hi) = avatar.head_bounds;
+        let height = (hi.y - lo.y).max(1e-4);
+        let focus = (Vec3::new(lo.x, lo.y - 0.45 * height, lo.z), hi);
+        Arc::new(GpuMesh {
+            primitives,
+            morph_names: avatar.morph_names.clone(),
+            name: avatar.name.clone(),
+            head_pivot: avatar.head_pivot,
+            focus,
+        })
+    }
+
+    /// A person's avatar wearing `mesh`: only the pose buffers are new.
+    pub fn instantiate(&self, device: &wgpu::Device, mesh: &Arc<GpuMesh>) -> GpuAvatar {
+        let primitives = mesh
+            .primitives
+            .iter()
+            .map(|p| {
+                let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("avatar mesh params"),
+                    contents: bytemuck::bytes_of(&p.uniform),
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                });
+                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("avatar mesh"),
+                    layout: &self.mesh_layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: params.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: p.deltas.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: wgpu::BindingResource::TextureView(
+                                p.texture.as_ref().unwrap_or(&self.white),
+                            ),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 3,
+                            resource: wgpu::BindingResource::Sampler(&self.sampler),
+                        },
+                    ],
+                });
+                PosePrimitive { params, bind_group }
+            })
+            .collect();
         let instance = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("avatar instance"),
             size: std::mem::size_of::<InstanceUniform>() as u64,
@@ -397,19 +452,17 @@ impl AvatarRenderer {
                 resource: instance.as_entire_binding(),
             }],
         });
-        // frame the head and a bit of what is below it (neck, shoulders)
-        let (lo, hi) = avatar.head_bounds;
-        let height = (hi.y - lo.y).max(1e-4);
-        let focus = (Vec3::new(lo.x, lo.y - 0.45 * height, lo.z), hi);
         GpuAvatar {
+            mesh: Arc::clone(mesh),
             primitives,
             instance,
             instance_bind_group,
-            morph_names: avatar.morph_names.clone(),
-            name: avatar.name.clone(),
-            head_pivot: avatar.head_pivot,
-            focus,
         }
+    }
+
+    /// Uploads `avatar` for one person (its own mesh and pose buffers).
+    pub fn upload(&self, device: &wgpu::Device, queue: &wgpu::Queue, avatar: &Avatar) -> GpuAvatar {
+        self.instantiate(device, &self.upload_mesh(device, queue, avatar))
     }
 }
 
@@ -455,6 +508,8 @@ pub struct AvatarStage {
     depth: wgpu::TextureView,
     pub target: OffscreenTarget,
     pub orbit: Orbit,
+    /// Counts the times the view's textures were (re)allocated: a new target holds no picture.
+    generation: u64,
 }
 
 impl AvatarStage {
@@ -483,7 +538,13 @@ impl AvatarStage {
             depth,
             target,
             orbit: Orbit::default(),
+            generation: 0,
         }
+    }
+
+    /// Changes whenever the view's textures are reallocated (their old picture is gone).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn attachments(
@@ -521,11 +582,27 @@ impl AvatarStage {
     pub fn resize(&mut self, device: &wgpu::Device, width: u32, height: u32) {
         if (width.max(1), height.max(1)) != (self.target.width, self.target.height) {
             (self.msaa, self.depth, self.target) = Self::attachments(device, width, height);
+            self.generation += 1;
         }
     }
 
     pub fn upload(&self, device: &wgpu::Device, queue: &wgpu::Queue, avatar: &Avatar) -> GpuAvatar {
         self.renderer.upload(device, queue, avatar)
+    }
+
+    /// See [`AvatarRenderer::upload_mesh`].
+    pub fn upload_mesh(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        avatar: &Avatar,
+    ) -> Arc<GpuMesh> {
+        self.renderer.upload_mesh(device, queue, avatar)
+    }
+
+    /// See [`AvatarRenderer::instantiate`].
+    pub fn instantiate(&self, device: &wgpu::Device, mesh: &Arc<GpuMesh>) -> GpuAvatar {
+        self.renderer.instantiate(device, mesh)
     }
 
     /// Draws `avatars` (with their poses) into [`AvatarStage::target`].
@@ -557,13 +634,14 @@ impl AvatarStage {
         };
         queue.write_buffer(&self.camera, 0, bytemuck::bytes_of(&camera));
         for ((avatar, pose), centre) in avatars.iter().zip(&centres) {
-            let (lo, hi) = avatar.focus;
+            let mesh = &avatar.mesh;
+            let (lo, hi) = mesh.focus;
             let scale = 0.40 / (hi.y - lo.y).max(1e-4);
             let focus_centre = (lo + hi) / 2.0;
             let model = Mat4::from_translation(*centre)
                 * Mat4::from_scale(Vec3::splat(scale))
                 * Mat4::from_translation(-focus_centre);
-            let pivot = avatar.head_pivot;
+            let pivot = mesh.head_pivot;
             let head = Mat4::from_translation(pivot)
                 * Mat4::from_quat(pose.head.normalize())
                 * Mat4::from_translation(-pivot);
@@ -572,7 +650,7 @@ impl AvatarStage {
                 head: head.to_cols_array_2d(),
             };
             queue.write_buffer(&avatar.instance, 0, bytemuck::bytes_of(&instance));
-            for prim in &avatar.primitives {
+            for (prim, pose_buffers) in mesh.primitives.iter().zip(&avatar.primitives) {
                 let mut uniform = prim.uniform;
                 let mut active: Vec<(usize, f32)> = prim
                     .targets
@@ -593,7 +671,7 @@ impl AvatarStage {
                     slot[2 * (k % 2)] = *local as f32;
                     slot[2 * (k % 2) + 1] = *w;
                 }
-                queue.write_buffer(&prim.params, 0, bytemuck::bytes_of(&uniform));
+                queue.write_buffer(&pose_buffers.params, 0, bytemuck::bytes_of(&uniform));
             }
         }
         let mut encoder = device.create_command_encoder(&Default::default());
@@ -628,8 +706,9 @@ impl AvatarStage {
                 });
                 for (avatar, _) in avatars {
                     pass.set_bind_group(1, &avatar.instance_bind_group, &[]);
-                    for prim in avatar.primitives.iter().filter(|p| p.blend == blend_pass) {
-                        pass.set_bind_group(2, &prim.bind_group, &[]);
+                    let primitives = avatar.mesh.primitives.iter().zip(&avatar.primitives);
+                    for (prim, pose_buffers) in primitives.filter(|(p, _)| p.blend == blend_pass) {
+                        pass.set_bind_group(2, &pose_buffers.bind_group, &[]);
                         pass.set_vertex_buffer(0, prim.vertices.slice(..));
                         pass.set_index_buffer(prim.indices.slice(..), wgpu::IndexFormat::Uint32);
                         pass.draw_indexed(0..prim.index_count, 0, 0..1);

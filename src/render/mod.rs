@@ -7,7 +7,7 @@ mod offscreen;
 mod overlay;
 pub mod snapshot;
 
-pub use avatar::{AvatarPose, AvatarRenderer, AvatarStage, GpuAvatar, Orbit};
+pub use avatar::{AvatarPose, AvatarRenderer, AvatarStage, GpuAvatar, GpuMesh, Orbit};
 pub use frame_view::{rgb_to_rgba, rgb_to_rgba_image, FrameView, PixelRect};
 pub use gpu::Gpu;
 pub use offscreen::OffscreenTarget;

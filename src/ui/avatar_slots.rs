@@ -1,20 +1,38 @@
-//! Which avatar each person drives, loaded onto the GPU on demand: a chosen file (picker, path
-//! field, drag and drop) or a default character by person ID. A file that cannot be loaded is
-//! reported and the person falls back to a default avatar; the app keeps running.
+//! Which avatar each person drives: a chosen file (picker, path field, drag and drop) or a
+//! default character by person ID. Each avatar file is loaded once (CPU model + GPU mesh) and
+//! shared by everyone who wears it; a person adds only their pose buffers, dropped when they
+//! leave. A file that cannot be loaded is reported and the person falls back to a default
+//! avatar; the app keeps running. The stage is drawn only when its picture would change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::avatar::Avatar;
-use crate::render::{AvatarPose, AvatarStage, GpuAvatar};
+use crate::render::{AvatarPose, AvatarStage, GpuAvatar, GpuMesh, Orbit};
 use crate::retarget::{head_rotation, Retargeter, ARKIT_52};
 use crate::track::{Person, TrackState};
 
-struct Loaded {
-    path: PathBuf,
+/// An avatar file in memory and on the GPU.
+struct LoadedFile {
     avatar: Avatar,
-    gpu: GpuAvatar,
+    mesh: Arc<GpuMesh>,
     retargeter: Retargeter,
+}
+
+/// One person's avatar: the file they wear and their pose buffers on its mesh.
+struct Worn {
+    path: PathBuf,
+    gpu: GpuAvatar,
+}
+
+/// What the stage shows: the same again needs no drawing.
+#[derive(PartialEq)]
+struct Picture {
+    stage_generation: u64,
+    size: (u32, u32),
+    orbit: Orbit,
+    avatars: Vec<(u32, PathBuf, AvatarPose)>,
 }
 
 #[derive(Default)]
@@ -22,7 +40,13 @@ pub struct AvatarSlots {
     defaults: Vec<PathBuf>,
     /// Person ID → the avatar file they chose.
     pub chosen: HashMap<u32, PathBuf>,
-    loaded: HashMap<u32, Loaded>,
+    /// Loaded avatar files: the defaults, chosen files and files someone wears.
+    files: HashMap<PathBuf, LoadedFile>,
+    /// Files that failed to load (not tried again every frame).
+    broken: HashSet<PathBuf>,
+    /// Person ID → their avatar, for the people in the last frame only.
+    worn: HashMap<u32, Worn>,
+    shown: Option<Picture>,
     /// Problems to show (bad files); the caller drains them.
     pub warnings: Vec<String>,
     /// Mirror head turns and left/right expressions, as a mirror image (what people expect).
@@ -56,52 +80,90 @@ impl AvatarSlots {
         if !self.known.contains(&path) {
             self.known.push(path.clone());
         }
+        self.broken.remove(&path);
         self.chosen.insert(id, path);
     }
 
-    fn ensure_loaded(
+    /// Avatar files held in memory and on the GPU (each once, however many wear it).
+    pub fn loaded_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// People holding pose buffers.
+    pub fn worn(&self) -> usize {
+        self.worn.len()
+    }
+
+    /// Loads `path` unless it is loaded already; false (with a warning for a chosen file) when
+    /// it cannot be.
+    fn load_file(
+        &mut self,
+        stage: &AvatarStage,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        path: &Path,
+    ) -> bool {
+        if self.files.contains_key(path) {
+            return true;
+        }
+        if self.broken.contains(path) {
+            return false;
+        }
+        match Avatar::load(path) {
+            Ok(avatar) => {
+                let (retargeter, _) = Retargeter::by_name(&avatar.control_names());
+                let mesh = stage.upload_mesh(device, queue, &avatar);
+                let file = LoadedFile {
+                    avatar,
+                    mesh,
+                    retargeter,
+                };
+                self.files.insert(path.to_path_buf(), file);
+                true
+            }
+            Err(e) => {
+                self.broken.insert(path.to_path_buf());
+                let users: Vec<u32> = self
+                    .chosen
+                    .iter()
+                    .filter(|(_, p)| p.as_path() == path)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in &users {
+                    self.warnings
+                        .push(format!("{e} — person #{id} keeps a default avatar"));
+                    self.chosen.remove(id);
+                }
+                if users.is_empty() {
+                    self.warnings.push(e.to_string());
+                }
+                self.known.retain(|p| p != path);
+                false
+            }
+        }
+    }
+
+    /// The file person `id` wears after loading what is needed: their choice, else (when that
+    /// fails) their default.
+    fn wear(
         &mut self,
         stage: &AvatarStage,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         id: u32,
-    ) -> bool {
-        let Some(path) = self.path_for(id) else {
-            return false;
-        };
-        if self.loaded.get(&id).is_some_and(|l| l.path == path) {
-            return true;
+    ) -> Option<PathBuf> {
+        let path = self.path_for(id)?;
+        if self.load_file(stage, device, queue, &path) {
+            return Some(path);
         }
-        let avatar = match Avatar::load(&path) {
-            Ok(a) => a,
-            Err(e) => {
-                self.warnings
-                    .push(format!("{e} — person #{id} keeps a default avatar"));
-                self.chosen.remove(&id);
-                self.known.retain(|p| *p != path);
-                match self.path_for(id).map(|p| Avatar::load(&p)) {
-                    Some(Ok(a)) => a,
-                    _ => return false,
-                }
-            }
-        };
-        let (retargeter, _) = Retargeter::by_name(&avatar.control_names());
-        let gpu = stage.upload(device, queue, &avatar);
-        let path = self.path_for(id).unwrap_or(path);
-        self.loaded.insert(
-            id,
-            Loaded {
-                path,
-                avatar,
-                gpu,
-                retargeter,
-            },
-        );
-        true
+        let fallback = self.path_for(id).filter(|p| *p != path)?;
+        self.load_file(stage, device, queue, &fallback)
+            .then_some(fallback)
     }
 
-    /// Draws one avatar per confirmed person into the stage. `weights(person)` gives the
-    /// person's (calibrated) ARKit-52 weights.
+    /// Draws one avatar per confirmed person into the stage, unless the stage already shows
+    /// exactly that. `weights(person)` gives the person's (calibrated) ARKit-52 weights.
+    /// Returns whether it drew.
     pub fn render(
         &mut self,
         stage: &AvatarStage,
@@ -109,39 +171,70 @@ impl AvatarSlots {
         queue: &wgpu::Queue,
         people: &[Person],
         weights: impl Fn(&Person) -> [f32; 52],
-    ) {
-        let present: Vec<&Person> = people
-            .iter()
-            .filter(|p| p.state == TrackState::Confirmed)
-            .collect();
-        let mut poses = Vec::with_capacity(present.len());
-        for person in &present {
-            if !self.ensure_loaded(stage, device, queue, person.id) {
+    ) -> bool {
+        let mut avatars = Vec::new();
+        for person in people.iter().filter(|p| p.state == TrackState::Confirmed) {
+            let Some(path) = self.wear(stage, device, queue, person.id) else {
                 continue;
-            }
+            };
+            let file = &self.files[&path];
             let mut arkit = weights(person);
             if self.mirror {
                 arkit = mirror_sides(&arkit);
             }
-            let loaded = &self.loaded[&person.id];
-            let controls = loaded.retargeter.apply(&arkit);
-            poses.push((
-                person.id,
-                AvatarPose {
-                    morph_weights: loaded.avatar.morph_weights(&controls),
-                    head: head_rotation(&person.smoothed.rotation, self.mirror),
-                },
-            ));
+            let controls = file.retargeter.apply(&arkit);
+            let pose = AvatarPose {
+                morph_weights: file.avatar.morph_weights(&controls),
+                head: head_rotation(&person.smoothed.rotation, self.mirror),
+            };
+            avatars.push((person.id, path, pose));
         }
-        let items: Vec<(&GpuAvatar, &AvatarPose)> = poses
+        self.forget_the_departed(people);
+        let picture = Picture {
+            stage_generation: stage.generation(),
+            size: (stage.target.width, stage.target.height),
+            orbit: stage.orbit,
+            avatars,
+        };
+        if self.shown.as_ref() == Some(&picture) {
+            return false;
+        }
+        for (id, path, _) in &picture.avatars {
+            let current = self.worn.get(id).is_some_and(|w| w.path == *path);
+            if !current {
+                let gpu = stage.instantiate(device, &self.files[path].mesh);
+                self.worn.insert(
+                    *id,
+                    Worn {
+                        path: path.clone(),
+                        gpu,
+                    },
+                );
+            }
+        }
+        let items: Vec<(&GpuAvatar, &AvatarPose)> = picture
+            .avatars
             .iter()
-            .map(|(id, pose)| (&self.loaded[id].gpu, pose))
+            .map(|(id, _, pose)| (&self.worn[id].gpu, pose))
             .collect();
         stage.render(device, queue, &items);
-        // forget people long gone (their GPU copies)
-        let alive: Vec<u32> = people.iter().map(|p| p.id).collect();
-        self.loaded
-            .retain(|id, _| alive.contains(id) || self.chosen.contains_key(id));
+        self.shown = Some(picture);
+        true
+    }
+
+    /// Drops the pose buffers of people not in `people`, and files nobody wears that are
+    /// neither a default nor someone's choice.
+    fn forget_the_departed(&mut self, people: &[Person]) {
+        let alive: HashSet<u32> = people.iter().map(|p| p.id).collect();
+        self.worn.retain(|id, _| alive.contains(id));
+        let keep: HashSet<&PathBuf> = self
+            .worn
+            .values()
+            .map(|w| &w.path)
+            .chain(&self.defaults)
+            .chain(self.chosen.values())
+            .collect();
+        self.files.retain(|path, _| keep.contains(path));
     }
 
     /// A picker for person `id`: the known avatar files and a path field.

@@ -162,3 +162,113 @@ fn redrawing_the_avatar_stage_keeps_memory_flat() {
         "60 redraws grew resident memory by {growth:.0} MB (from {at_warm:.0} MB)"
     );
 }
+
+/// A confirmed person `id` looking straight ahead.
+fn person(id: u32) -> polyface::track::Person {
+    let landmarks: Vec<glam::Vec2> = (0..68)
+        .map(|i| glam::Vec2::new(i as f32, i as f32))
+        .collect();
+    let face = polyface::vision::FaceObservation {
+        bbox: (glam::Vec2::ZERO, glam::Vec2::splat(67.0)),
+        score: 1.0,
+        landmarks,
+        rotation: glam::Mat3::IDENTITY,
+        blendshapes: vec![0.0; 51],
+    };
+    polyface::track::Person {
+        id,
+        state: polyface::track::TrackState::Confirmed,
+        raw: face.clone(),
+        smoothed: face,
+        pose: None,
+        fit_rms_px: 0.0,
+    }
+}
+
+/// Bytes the GPU allocator holds for live resources, after the GPU finished what was queued
+/// (dropped resources are freed once their last use is done).
+fn gpu_allocated(gpu: &polyface::render::Gpu) -> Option<u64> {
+    let _ = gpu.device.poll(wgpu::PollType::wait_indefinitely());
+    gpu.device
+        .generate_allocator_report()
+        .map(|r| r.total_allocated_bytes)
+}
+
+#[test]
+fn people_wearing_one_avatar_file_share_it_and_people_who_leave_free_theirs() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let defaults = polyface::avatar::default_avatar_dir();
+    let default_count = polyface::avatar::list_avatars(&defaults).len();
+    assert!(default_count >= 3);
+    let mut slots = polyface::ui::AvatarSlots::new(&defaults);
+    let stage = AvatarStage::new(&gpu.device, &gpu.queue, 320, 240);
+    let (device, queue) = (&gpu.device, &gpu.queue);
+    let crowd: Vec<_> = (1..=12).map(person).collect();
+    assert!(slots.render(&stage, device, queue, &crowd, |_| [0.0; 52]));
+    assert_eq!(slots.loaded_files(), default_count, "one upload per file");
+    assert_eq!(slots.worn(), 12);
+    // Four people at a time, with new IDs every frame (tracks lost and found again): what each
+    // person holds goes with them; the files stay loaded once.
+    let mut after_first = None;
+    for round in 0..200u32 {
+        let group: Vec<_> = (0..4).map(|k| person(100 + 4 * round + k)).collect();
+        slots.render(&stage, device, queue, &group, |_| [0.0; 52]);
+        assert_eq!(slots.worn(), 4, "round {round}");
+        assert_eq!(slots.loaded_files(), default_count, "round {round}");
+        if round == 0 {
+            after_first = gpu_allocated(&gpu);
+        }
+    }
+    if let (Some(first), Some(last)) = (after_first, gpu_allocated(&gpu)) {
+        let grown = last as i64 - first as i64;
+        assert!(
+            grown.abs() < 1 << 20,
+            "GPU memory after 200 rounds of new people: {first} -> {last} bytes"
+        );
+    }
+    slots.render(&stage, device, queue, &[], |_| [0.0; 52]);
+    assert_eq!(slots.worn(), 0, "nobody in view holds nothing");
+    assert_eq!(
+        slots.loaded_files(),
+        default_count,
+        "the defaults stay ready"
+    );
+}
+
+#[test]
+fn the_stage_is_drawn_only_when_its_picture_changes() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut slots = polyface::ui::AvatarSlots::new(&polyface::avatar::default_avatar_dir());
+    let mut stage = AvatarStage::new(&gpu.device, &gpu.queue, 320, 240);
+    let (device, queue) = (&gpu.device, &gpu.queue);
+    let people = [person(1), person(2)];
+    let still = |_: &polyface::track::Person| [0.0f32; 52];
+    let mut jaw = [0.0f32; 52];
+    jaw[polyface::retarget::ARKIT_52
+        .iter()
+        .position(|n| *n == "jawOpen")
+        .unwrap()] = 0.8;
+    assert!(slots.render(&stage, device, queue, &people, still));
+    assert!(
+        !slots.render(&stage, device, queue, &people, still),
+        "same picture"
+    );
+    assert!(
+        slots.render(&stage, device, queue, &people, |_| jaw),
+        "a jaw opened"
+    );
+    assert!(!slots.render(&stage, device, queue, &people, |_| jaw));
+    stage.resize(device, 400, 240);
+    assert!(
+        slots.render(&stage, device, queue, &people, |_| jaw),
+        "a resized stage starts empty"
+    );
+    assert!(
+        slots.render(&stage, device, queue, &people[..1], |_| jaw),
+        "someone left"
+    );
+}
