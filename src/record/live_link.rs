@@ -71,7 +71,24 @@ impl LiveLinkWriter {
     pub fn create(path: &Path, fps: f64) -> Result<LiveLinkWriter> {
         let file =
             File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
-        let mut writer = LiveLinkWriter {
+        let mut writer = LiveLinkWriter::on(path, file, fps);
+        writeln!(writer.file, "{HEADER}")
+            .and_then(|_| writer.file.flush())
+            .with_context(|| writer.error())?;
+        Ok(writer)
+    }
+
+    /// Adds rows to a file [`LiveLinkWriter::create`] started (its header is there already).
+    pub fn append(path: &Path, fps: f64) -> Result<LiveLinkWriter> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open to add rows", path.display()))?;
+        Ok(LiveLinkWriter::on(path, file, fps))
+    }
+
+    fn on(path: &Path, file: File, fps: f64) -> LiveLinkWriter {
+        LiveLinkWriter {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
             order: column_names()
@@ -84,11 +101,7 @@ impl LiveLinkWriter {
                 })
                 .collect(),
             fps,
-        };
-        writeln!(writer.file, "{HEADER}")
-            .and_then(|_| writer.file.flush())
-            .with_context(|| writer.error())?;
-        Ok(writer)
+        }
     }
 
     fn error(&self) -> String {
