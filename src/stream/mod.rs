@@ -1,11 +1,13 @@
 //! Stream: live animation to VTuber tools over the VMC protocol (OSC over UDP), one target port
 //! per person (the first at the base address, +1 per further person), one OSC bundle per person
-//! per processed frame.
+//! per processed frame. A person keeps their port while tracked; once the tracker drops them it
+//! goes to the next newcomer, so ports stay within base … base + people in view, at most
+//! [`MAX_PORTS`], however many people come and go.
 //!
 //! Coordinates: VMC uses Unity's left-handed space (x right, y up, z forward); our rotations are
 //! right-handed with the avatar facing +z, so a rotation (x, y, z, w) is sent as (−x, −y, z, w).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 
 use anyhow::{Context, Result};
@@ -44,12 +46,15 @@ pub const VRM0_PRESETS: [&str; 17] = [
     "LookRight",
 ];
 
+/// Ports streamed to at most (base … base + MAX_PORTS − 1); people beyond are not streamed.
+pub const MAX_PORTS: u16 = 64;
+
 pub struct VmcStreamer {
     socket: UdpSocket,
     base: SocketAddr,
     names: BlendNames,
     retargeter: Retargeter,
-    /// Person ID → port offset, in order of first appearance.
+    /// Person ID → port offset, for the people tracked now.
     slots: BTreeMap<u32, u16>,
     /// Mirror the head like a mirror image (what people expect when watching themselves).
     pub mirror: bool,
@@ -88,11 +93,27 @@ impl VmcStreamer {
         self.names
     }
 
-    /// Where person `id` is streamed to.
-    pub fn address_of(&mut self, id: u32) -> SocketAddr {
-        let next = self.slots.len() as u16;
-        let offset = *self.slots.entry(id).or_insert(next);
-        SocketAddr::new(self.base.ip(), self.base.port().wrapping_add(offset))
+    /// Where person `id` is streamed to: their port, else the lowest free one (`None` when all
+    /// [`MAX_PORTS`] are taken).
+    pub fn address_of(&mut self, id: u32) -> Option<SocketAddr> {
+        let offset = match self.slots.get(&id) {
+            Some(&offset) => offset,
+            None => {
+                let taken: BTreeSet<u16> = self.slots.values().copied().collect();
+                let free = (0..MAX_PORTS).find(|o| !taken.contains(o))?;
+                self.slots.insert(id, free);
+                free
+            }
+        };
+        Some(SocketAddr::new(
+            self.base.ip(),
+            self.base.port().wrapping_add(offset),
+        ))
+    }
+
+    /// Ports in use (one per person tracked and streamed).
+    pub fn ports_in_use(&self) -> usize {
+        self.slots.len()
     }
 
     /// The bundle for one person at `time_s`.
@@ -157,11 +178,16 @@ impl VmcStreamer {
     }
 
     /// Sends every confirmed person's bundle. A send that fails (receiver gone) is reported but
-    /// does not stop tracking.
+    /// does not stop tracking. `persons` is everyone tracked: whoever is no longer in it frees
+    /// their port.
     pub fn send(&mut self, persons: &[Person], time_s: f64) -> Result<usize> {
+        self.slots
+            .retain(|id, _| persons.iter().any(|p| p.id == *id));
         let mut sent = 0;
         for person in persons.iter().filter(|p| p.state == TrackState::Confirmed) {
-            let address = self.address_of(person.id);
+            let Some(address) = self.address_of(person.id) else {
+                continue;
+            };
             let bytes = rosc::encoder::encode(&self.bundle(person, time_s))
                 .context("encoding an OSC bundle")?;
             self.socket
@@ -291,5 +317,28 @@ mod tests {
             .count();
         assert_eq!(blends, 52);
         assert!(VmcStreamer::new("not an address", BlendNames::Arkit).is_err());
+    }
+
+    #[test]
+    fn people_coming_and_going_reuse_the_first_ports() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let mut streamer = VmcStreamer::new(&format!("127.0.0.1:{port}"), BlendNames::Vrm).unwrap();
+        // 1,500 people, three in view at a time, a new one every frame
+        for frame in 0..1500u32 {
+            let people: Vec<Person> = (0..3).map(|k| person(frame + k, 0.1)).collect();
+            streamer.send(&people, frame as f64 / 30.0).unwrap();
+            assert_eq!(streamer.ports_in_use(), 3, "frame {frame}");
+            for p in &people {
+                let offset = streamer.address_of(p.id).unwrap().port() - port;
+                assert!(offset < 3, "frame {frame}: person {} on +{offset}", p.id);
+            }
+        }
+        // a crowd larger than the ports: the first MAX_PORTS are streamed
+        let crowd: Vec<Person> = (0..MAX_PORTS as u32 + 10)
+            .map(|id| person(id, 0.0))
+            .collect();
+        assert_eq!(streamer.send(&crowd, 100.0).unwrap(), MAX_PORTS as usize);
+        assert_eq!(streamer.ports_in_use(), MAX_PORTS as usize);
     }
 }

@@ -15,12 +15,17 @@ use crate::vision::reid::cosine;
 
 /// Embeddings kept per person: the first one plus the most recent others (poses and light vary).
 const EMBEDDINGS_PER_PERSON: usize = 8;
+/// People the gallery remembers; past that, whoever was seen longest ago is forgotten (and
+/// gets a new ID if they return). A few kilobytes each.
+pub const MAX_IDENTITIES: usize = 256;
 
 /// A person seen this session and what they looked like.
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub id: u32,
     pub embeddings: Vec<Vec<f32>>,
+    /// When this person was last embedded, seconds.
+    pub last_seen_s: f64,
 }
 
 impl Identity {
@@ -178,18 +183,42 @@ impl Gallery {
             }
             self.last_embedded_s.insert(id, now_s);
             match self.people.iter_mut().find(|p| p.id == id) {
-                // Only confident sightings teach the gallery what a person looks like.
-                Some(person) if similarity >= rules.threshold => {
-                    person.remember(sighting.embedding)
+                Some(person) => {
+                    person.last_seen_s = now_s;
+                    // Only confident sightings teach the gallery what a person looks like.
+                    if similarity >= rules.threshold {
+                        person.remember(sighting.embedding);
+                    }
                 }
-                Some(_) => {}
                 None => self.people.push(Identity {
                     id,
                     embeddings: vec![sighting.embedding],
+                    last_seen_s: now_s,
                 }),
             }
         }
+        self.forget_the_longest_gone(held);
         changes
+    }
+
+    /// Keeps the gallery at [`MAX_IDENTITIES`]: forgets whoever was seen longest ago, never
+    /// somebody in view (just embedded, or `held`).
+    fn forget_the_longest_gone(&mut self, held: &[u32]) {
+        while self.people.len() > MAX_IDENTITIES {
+            let oldest = self
+                .people
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !held.contains(&p.id) && !self.last_embedded_s.contains_key(&p.id))
+                .min_by(|a, b| a.1.last_seen_s.total_cmp(&b.1.last_seen_s))
+                .map(|(i, _)| i);
+            match oldest {
+                Some(i) => {
+                    self.people.swap_remove(i);
+                }
+                None => break,
+            }
+        }
     }
 
     /// Forgets when people out of view were last embedded (they are embedded again on return).
@@ -235,6 +264,7 @@ mod tests {
                 .map(|&(id, k)| Identity {
                     id,
                     embeddings: vec![face(k, 0.0)],
+                    last_seen_s: 0.0,
                 })
                 .collect(),
             last_embedded_s: HashMap::new(),
@@ -323,6 +353,7 @@ mod tests {
         let mut p = Identity {
             id: 1,
             embeddings: vec![face(0, 0.0)],
+            last_seen_s: 0.0,
         };
         for i in 0..20 {
             p.remember(face(0, i as f32 * 0.01));
@@ -330,5 +361,52 @@ mod tests {
         assert_eq!(p.embeddings.len(), EMBEDDINGS_PER_PERSON);
         assert_eq!(p.embeddings[0], face(0, 0.0));
         assert_eq!(p.embeddings.last().unwrap(), &face(0, 0.19));
+    }
+
+    #[test]
+    fn the_gallery_forgets_whoever_was_seen_longest_ago_past_its_size() {
+        let mut g = Gallery::default();
+        // a stream of strangers, one new face a second, two of them (IDs 1 and 2) in view the
+        // whole time and the first stranger coming back now and then
+        let stranger = |n: u32| {
+            // distinct directions in a space wide enough for every stranger to be new
+            let mut v = vec![0.0f32; 3 * MAX_IDENTITIES + 8];
+            v[n as usize] = 1.0;
+            v
+        };
+        for n in 3..(MAX_IDENTITIES as u32 * 3) {
+            let t = n as f64;
+            let mut sightings = vec![Sighting {
+                id: n,
+                embedding: stranger(n),
+            }];
+            if n % 50 == 0 {
+                sightings.push(Sighting {
+                    id: 3,
+                    embedding: stranger(3),
+                });
+            }
+            g.retain_in_view(&[1, 2, n, 3]);
+            if n == 3 {
+                for id in [1, 2] {
+                    sightings.push(Sighting {
+                        id,
+                        embedding: stranger(id),
+                    });
+                }
+            }
+            g.settle(sightings, &[1, 2], t, RULES, || 9999);
+            assert!(
+                g.people.len() <= MAX_IDENTITIES,
+                "{} people",
+                g.people.len()
+            );
+        }
+        let ids: Vec<u32> = g.people.iter().map(|p| p.id).collect();
+        assert!(ids.contains(&1) && ids.contains(&2), "people in view stay");
+        assert!(ids.contains(&3), "a regular is remembered");
+        assert!(!ids.contains(&4), "the longest gone is forgotten");
+        let newest = MAX_IDENTITIES as u32 * 3 - 1;
+        assert!(ids.contains(&newest));
     }
 }

@@ -429,4 +429,30 @@ mod tests {
             std(&raw_x)
         );
     }
+
+    #[test]
+    fn people_who_left_are_dropped_so_the_tracks_stay_few() {
+        let mut tracker = Tracker::default();
+        let dt = 1.0 / 30.0;
+        // every third of a second four new people appear where nobody was (1,200 people in all)
+        let phase_frames = 10;
+        let phase_s = phase_frames as f64 * dt;
+        let most_lost_phases = (tracker.config.max_lost_s / phase_s).ceil() as usize + 1;
+        let bound = 4 * (1 + most_lost_phases);
+        let mut most = 0;
+        for frame in 0..3000 {
+            let phase = frame / phase_frames;
+            let faces = (0..4)
+                .map(|k| {
+                    let x = 100.0 + 150.0 * k as f32 + 2000.0 * (phase % 7) as f32;
+                    face_at(Vec2::new(x, 100.0 + 300.0 * (phase % 3) as f32), 80.0)
+                })
+                .collect();
+            let out = tracker.update(faces, frame as f64 * dt);
+            most = most.max(out.len());
+            assert!(out.len() <= bound, "frame {frame}: {} tracks", out.len());
+        }
+        assert!(tracker.next_id > 1000, "IDs churned: {}", tracker.next_id);
+        assert!(most > 4, "lost people were kept a while: at most {most}");
+    }
 }
