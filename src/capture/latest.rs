@@ -38,12 +38,24 @@ pub enum CaptureStatus {
 /// How long the thread waits before opening a failed source again.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Source warnings kept until someone takes them; older ones are dropped (a folder full of bad
+/// files warns once per file per loop, for as long as it plays).
+pub const MAX_WARNINGS: usize = 100;
+
 #[derive(Default)]
 struct Slot {
     latest: Option<Frame>,
     delivered: u64,
     dropped: u64,
     warnings: Vec<String>,
+}
+
+impl Slot {
+    fn warn(&mut self, warnings: Vec<String>) {
+        self.warnings.extend(warnings);
+        let excess = self.warnings.len().saturating_sub(MAX_WARNINGS);
+        self.warnings.drain(..excess);
+    }
 }
 
 struct Shared {
@@ -235,17 +247,17 @@ fn capture_loop(shared: &Shared, mut opener: SourceOpener, paced: bool, reconnec
                         slot.dropped += 1;
                     }
                     slot.delivered += 1;
-                    slot.warnings.extend(warnings);
+                    slot.warn(warnings);
                     drop(slot);
                     shared.frame_ready.notify_all();
                 }
                 Ok(None) => {
-                    lock(&shared.slot).warnings.extend(source.take_warnings());
+                    lock(&shared.slot).warn(source.take_warnings());
                     set_status(shared, CaptureStatus::Ended);
                     return;
                 }
                 Err(e) => {
-                    lock(&shared.slot).warnings.extend(source.take_warnings());
+                    lock(&shared.slot).warn(source.take_warnings());
                     if !reconnect {
                         set_status(
                             shared,
@@ -267,5 +279,79 @@ fn capture_loop(shared: &Shared, mut opener: SourceOpener, paced: bool, reconnec
         }
         drop(source);
         sleep_unless_stopped(shared, RETRY_INTERVAL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live source that warns with every frame.
+    struct Grumbling {
+        seq: u64,
+        pending: Vec<String>,
+    }
+
+    impl FrameSource for Grumbling {
+        fn name(&self) -> &str {
+            "grumbling"
+        }
+        fn resolution(&self) -> Option<(u32, u32)> {
+            Some((4, 4))
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn fps(&self) -> Option<f64> {
+            None
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
+            self.pending.push(format!("warning {}", self.seq));
+            self.seq += 1;
+            std::thread::sleep(Duration::from_micros(200));
+            Ok(Some(Frame {
+                seq: self.seq - 1,
+                captured_at: Instant::now(),
+                timestamp: Duration::ZERO,
+                decode_time: Duration::ZERO,
+                image: image::RgbImage::new(4, 4),
+            }))
+        }
+        fn take_warnings(&mut self) -> Vec<String> {
+            std::mem::take(&mut self.pending)
+        }
+    }
+
+    #[test]
+    fn warnings_nobody_takes_are_kept_to_the_newest_few() {
+        let capture = LatestFrame::spawn(
+            Box::new(|| {
+                Ok(Box::new(Grumbling {
+                    seq: 0,
+                    pending: Vec::new(),
+                }) as Box<dyn FrameSource>)
+            }),
+            false,
+            false,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while capture.counts().0 < 3 * MAX_WARNINGS as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (delivered, dropped) = capture.counts();
+        assert!(delivered >= 3 * MAX_WARNINGS as u64, "{delivered} frames");
+        assert!(
+            dropped + 1 >= delivered,
+            "nobody took frames: all but the newest dropped"
+        );
+        let warnings = capture.take_warnings();
+        assert_eq!(warnings.len(), MAX_WARNINGS);
+        let newest: u64 = warnings.last().unwrap()["warning ".len()..]
+            .parse()
+            .unwrap();
+        assert!(
+            newest + 5 >= delivered - 1,
+            "the newest are kept: {newest} of {delivered}"
+        );
     }
 }

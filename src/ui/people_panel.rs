@@ -19,10 +19,15 @@ const SHOWN: [&str; 10] = [
     "cheekPuff",
 ];
 
+/// Neutral calibrations kept; the oldest is forgotten past this.
+pub const MAX_CALIBRATIONS: usize = 64;
+
 #[derive(Default)]
 pub struct PeoplePanel {
-    /// Per person: the retargeter holding their neutral calibration.
-    calibration: HashMap<u32, Retargeter>,
+    /// Per person: the retargeter holding their neutral calibration, and when it was made
+    /// (a count of calibrations).
+    calibration: HashMap<u32, (Retargeter, u64)>,
+    calibrations_made: u64,
 }
 
 impl PeoplePanel {
@@ -30,7 +35,7 @@ impl PeoplePanel {
     pub fn weights(&self, person: &Person) -> Vec<(String, f32)> {
         let raw = arkit_weights(&person.smoothed.blendshapes);
         match self.calibration.get(&person.id) {
-            Some(r) => r.apply(&raw),
+            Some((r, _)) => r.apply(&raw),
             None => ARKIT_52.iter().map(|n| n.to_string()).zip(raw).collect(),
         }
     }
@@ -40,7 +45,24 @@ impl PeoplePanel {
         let names: Vec<String> = ARKIT_52.iter().map(|n| n.to_string()).collect();
         let (mut retargeter, _) = Retargeter::by_name(&names);
         retargeter.calibrate_neutral(&arkit_weights(&person.smoothed.blendshapes));
-        self.calibration.insert(person.id, retargeter);
+        self.calibrations_made += 1;
+        self.calibration
+            .insert(person.id, (retargeter, self.calibrations_made));
+        if self.calibration.len() > MAX_CALIBRATIONS {
+            let oldest = self
+                .calibration
+                .iter()
+                .min_by_key(|(_, (_, made))| *made)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.calibration.remove(&id);
+            }
+        }
+    }
+
+    /// People with a neutral calibration.
+    pub fn calibrated(&self) -> usize {
+        self.calibration.len()
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, people: &[Person]) {
@@ -80,5 +102,48 @@ impl PeoplePanel {
                     });
                 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(id: u32, jaw: f32) -> Person {
+        let face = crate::vision::FaceObservation {
+            bbox: (glam::Vec2::ZERO, glam::Vec2::ONE),
+            score: 1.0,
+            landmarks: vec![glam::Vec2::ZERO; 68],
+            rotation: glam::Mat3::IDENTITY,
+            blendshapes: vec![jaw; 51],
+        };
+        Person {
+            id,
+            state: TrackState::Confirmed,
+            raw: face.clone(),
+            smoothed: face,
+            pose: None,
+            fit_rms_px: 0.0,
+        }
+    }
+
+    #[test]
+    fn calibrations_are_kept_for_the_most_recent_people_only() {
+        let mut panel = PeoplePanel::default();
+        for id in 1..=500 {
+            panel.calibrate(&person(id, 0.3));
+            assert!(panel.calibrated() <= MAX_CALIBRATIONS);
+        }
+        assert_eq!(panel.calibrated(), MAX_CALIBRATIONS);
+        let jaw = |weights: Vec<(String, f32)>| {
+            weights
+                .into_iter()
+                .find(|(n, _)| n == "jawOpen")
+                .map(|(_, w)| w)
+                .unwrap()
+        };
+        // the newest calibration holds (0.3 is their neutral), the oldest was forgotten
+        assert!(jaw(panel.weights(&person(500, 0.3))) < 0.05);
+        assert!((jaw(panel.weights(&person(1, 0.3))) - 0.3).abs() < 1e-6);
     }
 }
