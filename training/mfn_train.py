@@ -145,36 +145,58 @@ FACE_OUTPUT_LAYOUT = (
 )
 FACE_DECODING = (
     "For each detection from head.out (decoded exactly as the detector, see DETECTOR.md): centre c = box centre, "
-    "size = max(box w, box h). For grid point (gy, gx), gy outer, gx inner, each in 0..G-1, the point "
-    "p = c + ((gx - (G-1)/2) * spacing, (gy - (G-1)/2) * spacing) * size (G = face_grid, spacing = "
-    "face_grid_spacing); sample face.pw1 bilinearly at map position (px/8 - 0.5, py/8 - 0.5), neighbours clamped "
-    "to the map border; concatenate the G*G 128-channel samples point by point; v = face_roi.weight @ that + "
-    "face_roi.bias; with face_mlp = H > 0 also v += face_mlp2.weight [193,H] @ relu(face_mlp1.weight [H,G*G*128] @ "
-    "that + face_mlp1.bias) + face_mlp2.bias. Landmark k = c + (v 2k, v 2k+1) * size; R from v 136..141; blendshapes = "
-    "sigmoid(v 142..192). All in network-input pixels; divide by the letterbox scale s for frame pixels. With "
-    "face_refine = L (a layer name, stride 4): sample L bilinearly at those 68 landmarks (map position (px/4 - 0.5, "
-    "py/4 - 0.5), neighbours clamped), concatenate the samples landmark by landmark, v += face_refine.weight "
-    "[193, 68*C] @ that + face_refine.bias, and read landmarks, R and blendshapes from the new v. With "
-    "face_refine_rank = r > 0 the weight is stored factored: face_refine.basis [r, 68*C], face_refine.weight [193, r], "
-    "v += face_refine.weight @ (face_refine.basis @ that) + face_refine.bias. With face_refine_stages = n > 1, stages "
-    "2..n (tensors face_refine2.*, ...) repeat this in order, each sampling at the landmarks of the v before it. With face_grid_rank = r > 0 the "
-    "grid samples are first projected: that := face_roi.basis [r, G*G*128] @ that, and face_roi.weight / "
-    "face_mlp1.weight read those r values. With face_refine_mlp = H > 0 a last stage samples the same way at the "
-    "landmarks of the v before it, appends that v (193 values), and v += face_refine_mlp.out.weight [193, H] @ "
-    "relu(face_refine_mlp.hidden.weight [H, 68*C + 193] @ that + face_refine_mlp.hidden.bias) + "
-    "face_refine_mlp.out.bias. With face_pose_fit = 'landmarks+rotation+products', last: l = the 136 landmark values "
-    "(v 0..135) minus their mean point, divided by their RMS distance from it (sqrt(sum of squares / 68)); r = v "
-    "136..141; f = [l, r, l_i * r_j for i in 0..135 (outer), j in 0..5 (inner)] (958 values); v 136..141 += "
-    "face_pose_fit.weight [6, 958] @ f + face_pose_fit.bias. With face_pose_fit = "
-    "'landmarks+rotation+products+head' (factored heads only) f is followed by the head's own per-face features: "
-    + M.HEAD_FEATURES_LAYOUT + "; face_pose_fit.weight is [6, 958 + their count]. With face_pose_fit = "
-    "'landmarks+rotation+products+head+shape' those are followed by the shape products: z = face_pose_fit.shape_basis "
-    "[k, 136] @ (l - face_pose_fit.shape_mean [136]), then z_i * z_j for i in 0..k-1 (outer), j in i..k-1 (inner) "
-    "(k(k+1)/2 values); face_pose_fit.weight is [6, 958 + head features + k(k+1)/2]. With face_pose_fit = "
-    "'landmarks+rotation+products+head+shape+cubic+rotation' and face_pose_fit_cubic = c, those are followed by "
-    "z_i * z_j * z_l for i in 0..c-1, j in i..c-1, l in j..c-1 (i outer, l inner; c(c+1)(c+2)/6 values) and r_i * r_j "
-    "for i in 0..5, j in i..5 (21 values)."
+    "size = max(box w, box h). Configuration: the metadata key mfn_config (JSON: input_size [W, H], stride, "
+    "face_stride, grid {size G, spacing, rank, mlp_hidden}, refine {layer, rank, stages}, pose_fit {shape_components, "
+    "cubic} or null, score_threshold, nms_iou). For grid point (gy, gx), gy outer, gx inner, each in 0..G-1, the point "
+    "p = c + ((gx - (G-1)/2) * spacing, (gy - (G-1)/2) * spacing) * size; sample face.pw1 bilinearly at map position "
+    "(px/8 - 0.5, py/8 - 0.5), neighbours clamped to the map border; concatenate the G*G 128-channel samples point by "
+    "point; s = face_roi.basis [rank, G*G*128] @ that; v = face_roi.weight [193, rank] @ s + face_roi.bias; with "
+    "mlp_hidden = H > 0 also v += face_mlp2.weight [193,H] @ relu(face_mlp1.weight [H,rank] @ s + face_mlp1.bias) + "
+    "face_mlp2.bias. Landmark k = c + (v 2k, v 2k+1) * size; R from v 136..141; blendshapes = sigmoid(v 142..192). All "
+    "in network-input pixels; divide by the letterbox scale s for frame pixels. Refinement, stage i = 1..stages "
+    "(tensors face_refine.*, face_refine2.*, ...): sample refine.layer (stride 4) bilinearly at the 68 landmarks of the "
+    "v before it (map position (px/4 - 0.5, py/4 - 0.5), neighbours clamped), concatenate landmark by landmark, "
+    "v += weight [193, rank] @ (basis [rank, 68*C] @ that) + bias. Pose fit (when pose_fit is not null), last: l = the "
+    "136 landmark values (v 0..135) minus their mean point, divided by their RMS distance from it; r = v 136..141; "
+    "f = [l, r, l_i * r_j for i in 0..135 (outer), j in 0..5 (inner)] (958 values), then the head's own per-face "
+    "features: " + M.HEAD_FEATURES_LAYOUT + ", then z = face_pose_fit.shape_basis [k, 136] @ (l - "
+    "face_pose_fit.shape_mean), z_i * z_j for i <= j (i outer), z_i * z_j * z_l for i <= j <= l < cubic, r_i * r_j for "
+    "i <= j; v 136..141 += face_pose_fit.weight [6, all of those] @ f + face_pose_fit.bias."
 )
+
+# metadata keys of format 2 that format 3 holds in mfn_config (or no longer has)
+FORMAT2_KEYS = ("face_grid", "face_grid_spacing", "face_mlp", "face_mlp_trained", "face_grid_rank", "face_refine",
+                "face_refine_rank", "face_refine_stages", "face_refine_mlp", "face_pose_fit", "face_pose_fit_cubic",
+                "input_size", "stride", "face_stride", "score_threshold", "nms_iou")
+
+
+def format3_config(md, tensors):
+    """mfn_config (format 3) from a format-2 file's metadata and tensors; refuses the layouts format 3 dropped
+    (an unfactored head, the hidden-layer refinement stage, earlier pose-fit layouts)."""
+    n, c, h, w = json.loads(md["input_size"])
+    get = lambda key, default="0": md.get(key) or default  # noqa: E731
+    assert int(get("face_grid_rank")) > 0, "format 3 needs the grid head factored (--grid-rank)"
+    assert get("face_refine", "") and int(get("face_refine_rank")) > 0, "format 3 needs the factored refinement"
+    assert int(get("face_refine_mlp")) == 0, "format 3 has no hidden-layer refinement stage"
+    fit = get("face_pose_fit", "")
+    assert fit in ("", M.POSE_FIT_SHAPE3_FEATURES), f"format 3 reads the {M.POSE_FIT_SHAPE3_FEATURES} pose fit only"
+    return {
+        "input_size": [w, h], "stride": int(md["stride"]), "face_stride": int(md["face_stride"]),
+        "grid": {"size": int(md["face_grid"]), "spacing": float(md["face_grid_spacing"]),
+                 "rank": int(md["face_grid_rank"]), "mlp_hidden": int(get("face_mlp"))},
+        "refine": {"layer": md["face_refine"], "rank": int(md["face_refine_rank"]),
+                   "stages": int(get("face_refine_stages", "1"))},
+        "pose_fit": None if not fit else {"shape_components": int(tensors["face_pose_fit.shape_basis"].shape[0]),
+                                          "cubic": int(md["face_pose_fit_cubic"])},
+        "score_threshold": float(md["score_threshold"]), "nms_iou": float(md["nms_iou"]),
+    }
+
+
+def format3_metadata(md, tensors):
+    """format-2 metadata -> format 3: the switches in one mfn_config record, the rest as it was."""
+    out = {k: v for k, v in md.items() if k not in FORMAT2_KEYS}
+    out.update(format_version="3", mfn_config=json.dumps(format3_config(md, tensors)), face_decoding=FACE_DECODING)
+    return out
 
 
 def grid_calibration(model, data, images=480, seed=99):
@@ -303,6 +325,7 @@ def export(model, out_path, fixture_path, metrics, cache, blend_names, extra, re
         "validation_metrics": json.dumps(metrics),
     }
     md.update({k: str(v) for k, v in extra.items()})
+    md = format3_metadata(md, tensors)
     _atomic_save(tensors, out_path, md)
     if fixture_path:
         i = int(np.argmax([len(f["box"]) for f in cache.vc_faces]))

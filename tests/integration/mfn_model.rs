@@ -42,18 +42,12 @@ fn shipped_mfn_matches_pytorch_within_1e_3() {
         diff < 1e-3,
         "face features: max |candle - pytorch| = {diff}"
     );
-    // The map the refinement samples at the landmarks, in files that have one.
-    assert_eq!(
-        output.refinement.is_some(),
-        fixture.contains_key("refine_features")
+    // The map the refinement samples at the landmarks.
+    let diff = crate::support::max_abs_diff(&output.refinement, &fixture["refine_features"]);
+    assert!(
+        diff < 1e-3,
+        "refinement features: max |candle - pytorch| = {diff}"
     );
-    if let Some(map) = &output.refinement {
-        let diff = crate::support::max_abs_diff(map, &fixture["refine_features"]);
-        assert!(
-            diff < 1e-3,
-            "refinement features: max |candle - pytorch| = {diff}"
-        );
-    }
 
     // Decoding (detections, then the grid head on each face's feature samples) agrees with the
     // training code's, in input pixels.
@@ -281,17 +275,13 @@ fn edit_layers(from: &'static str, to: &'static str) -> Edit {
     })
 }
 
-/// Adds `by` to the count `key` of the metadata (`default` when absent).
-fn bump(key: &'static str, default: usize, by: usize) -> Edit {
+/// Edits the `mfn_config` record (JSON) of the metadata.
+fn config(edit: impl Fn(&mut serde_json::Value) + 'static) -> Edit {
     Box::new(move |m| {
-        let count: usize = m.get(key).map_or(default, |v| v.parse().unwrap());
-        m.insert(key.into(), (count + by).to_string());
+        let mut config: serde_json::Value = serde_json::from_str(&m["mfn_config"]).unwrap();
+        edit(&mut config);
+        m.insert("mfn_config".into(), config.to_string());
     })
-}
-
-/// All of the edits, in order.
-fn all(edits: Vec<Edit>) -> Edit {
-    Box::new(move |m| edits.iter().for_each(|edit| edit(m)))
 }
 
 #[test]
@@ -300,14 +290,33 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let refined = || set("face_refine", "fpn.smooth4.pw");
     // (what is wrong, metadata edit, tensor left out, what the error must name)
     let cases: Vec<(&str, Edit, &str, &[&str])> = vec![
         (
             "an old format",
-            set("format_version", "1"),
+            set("format_version", "2"),
             "",
             &["format_version", "re-export"],
+        ),
+        (
+            "no configuration record",
+            Box::new(|m| {
+                m.remove("mfn_config");
+            }),
+            "",
+            &["mfn_config"],
+        ),
+        (
+            "a stride that does not divide the input",
+            config(|c| c["stride"] = 7.into()),
+            "",
+            &["mfn_config", "stride"],
+        ),
+        (
+            "a switch of an earlier format",
+            config(|c| c["face_refine_mlp"] = 16.into()),
+            "",
+            &["mfn_config", "face_refine_mlp"],
         ),
         (
             "no grid head",
@@ -315,17 +324,21 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
             "face_roi.weight",
             &["face_roi.weight", "missing"],
         ),
-        // the tensor that reads the grid's samples: the weight, or in a file with
-        // face_grid_rank the projection before it
         (
             "a wider grid",
-            set("face_grid", "4"),
+            config(|c| c["grid"]["size"] = 4.into()),
             "",
-            &["face_roi.", "shape"],
+            &["face_roi.basis", "shape"],
+        ),
+        (
+            "a grid projection of another rank",
+            config(|c| c["grid"]["rank"] = 127.into()),
+            "",
+            &["face_roi."],
         ),
         (
             "a claimed MLP without its tensors",
-            bump("face_mlp", 0, 8),
+            config(|c| c["grid"]["mlp_hidden"] = 8.into()),
             "",
             &["face_mlp1.", "expected"],
         ),
@@ -351,79 +364,49 @@ fn an_old_or_incomplete_mfn_file_gets_an_error_naming_what_is_wrong() {
         ),
         (
             "a refinement of an unknown layer",
-            set("face_refine", "fpn.smooth5"),
+            config(|c| c["refine"]["layer"] = "fpn.smooth5".into()),
             "",
-            &["face_refine", "fpn.smooth5"],
+            &["refine", "fpn.smooth5"],
         ),
         (
             "a refinement without its weight",
-            refined(),
+            Box::new(|_| {}),
             "face_refine.weight",
             &["face_refine.weight", "missing"],
         ),
         (
             "a refinement basis of another rank",
-            all(vec![refined(), bump("face_refine_rank", 0, 1)]),
+            config(|c| c["refine"]["rank"] = 95.into()),
             "",
             &["face_refine.basis"],
         ),
         (
-            "a grid projection of another rank",
-            bump("face_grid_rank", 0, 1),
-            "",
-            &["face_roi."],
-        ),
-        (
             "a promised refinement stage that is missing",
-            all(vec![refined(), bump("face_refine_stages", 1, 1)]),
+            config(|c| c["refine"]["stages"] = 3.into()),
             "",
-            &["face_refine", "missing"],
+            &["face_refine3", "missing"],
         ),
         (
-            "a promised hidden-layer stage that is missing or of another width",
-            all(vec![refined(), bump("face_refine_mlp", 0, 16)]),
+            "a shape basis of another size",
+            config(|c| c["pose_fit"]["shape_components"] = 11.into()),
             "",
-            &["face_refine_mlp.hidden"],
+            &["face_pose_fit.shape_basis"],
         ),
         (
-            "a hidden-layer stage without the refinement",
-            all(vec![set("face_refine", ""), bump("face_refine_mlp", 0, 16)]),
+            "cubic shape products of more shape values than the fit has",
+            config(|c| c["pose_fit"]["cubic"] = 13.into()),
             "",
-            &["face_refine_mlp", "needs the refinement"],
+            &["pose_fit", "cubic 13"],
         ),
         (
-            "a pose fit of an unknown layout",
-            set("face_pose_fit", "landmarks-only"),
-            "",
-            &["face_pose_fit", "landmarks-only"],
-        ),
-        (
-            "a pose fit whose layout does not match its weight's width",
-            Box::new(|m: &mut HashMap<String, String>| {
-                let other = match m["face_pose_fit"].ends_with("+head") {
-                    true => "landmarks+rotation+products",
-                    false => "landmarks+rotation+products+head",
-                };
-                m.insert("face_pose_fit".into(), other.into());
-            }),
+            "a pose fit whose inputs do not match its weight's width",
+            config(|c| c["pose_fit"]["cubic"] = 3.into()),
             "",
             &["face_pose_fit.weight"],
         ),
         (
-            "a pose fit with shape products but no shape basis",
-            set("face_pose_fit", "landmarks+rotation+products+head+shape"),
-            "face_pose_fit.shape_basis",
-            &["face_pose_fit.shape_basis", "[k, 136]"],
-        ),
-        (
-            "cubic shape products of more shape values than the file has",
-            set("face_pose_fit_cubic", "13"),
-            "",
-            &["face_pose_fit_cubic", "1 to 12"],
-        ),
-        (
             "a pose fit without its weight",
-            set("face_pose_fit", "landmarks+rotation+products"),
+            Box::new(|_| {}),
             "face_pose_fit.weight",
             &["face_pose_fit.weight", "missing"],
         ),
