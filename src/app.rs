@@ -16,8 +16,9 @@ use crate::capture::{self, CaptureStatus, LatestFrame, SourceOptions, SourceSpec
 use crate::cli::RunArgs;
 use crate::inference::InferenceWorker;
 use crate::processor::FrameProcessor;
-use crate::render::{rgb_to_rgba, AvatarStage, FrameView, Gpu, Overlay, PixelRect};
+use crate::render::{rgb_to_rgba, AvatarStage, FrameView, FramesInFlight, Gpu, Overlay, PixelRect};
 use crate::settings::Settings;
+use crate::soak::metrics::{AppState, MetricsLog};
 use crate::timing::{Stage, TimingRing};
 use crate::track::{Person, TrackState};
 use crate::ui::{AvatarSlots, PeoplePanel, SourceAction, SourcePanel, TimingsPanel};
@@ -61,6 +62,7 @@ struct WindowState {
     /// The avatars, drawn offscreen and shown as an egui image.
     stage: AvatarStage,
     stage_texture: egui::TextureId,
+    in_flight: FramesInFlight,
 }
 
 /// What the main area shows.
@@ -157,6 +159,8 @@ struct App {
     settings_path: Option<std::path::PathBuf>,
     rgba: image::RgbaImage,
     warnings: Vec<String>,
+    /// The health report `--metrics` asks for.
+    metrics: Option<MetricsLog>,
     started: Instant,
     last_redraw: Instant,
     fatal: Option<anyhow::Error>,
@@ -328,6 +332,20 @@ fn draw_people(
     }
 }
 
+/// The bundled sample video (`assets/sample/`), if it is there.
+fn sample_input() -> Option<std::path::PathBuf> {
+    let local = std::path::PathBuf::from(SAMPLE_INPUT);
+    let path = if local.is_file() {
+        local
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SAMPLE_INPUT)
+    };
+    path.is_file().then_some(path)
+}
+
+/// A public-domain clip the app plays when no camera is found (its README gives the source).
+const SAMPLE_INPUT: &str = "assets/sample/astronaut.mp4";
+
 fn describe(spec: &SourceSpec) -> String {
     match spec {
         SourceSpec::Path(path) => path.display().to_string(),
@@ -346,10 +364,27 @@ impl App {
         if args.input.input.is_none() && args.input.camera.is_none() {
             args.input.camera = settings.camera.clone();
         }
-        let spec = args.input.spec();
-        let mut source_name = describe(&spec);
         let (networks, device_problem) = Networks::open(&args.model);
         let mut warnings: Vec<String> = device_problem.into_iter().collect();
+        // With nothing asked for and no camera on this machine, the bundled sample plays, so the
+        // first screen shows tracking rather than an empty window.
+        if args.input.input.is_none() && args.input.camera.is_none() && args.play.is_none() {
+            if let Some(sample) = sample_input() {
+                let no_camera = capture::list_cameras().map_or(true, |c| c.is_empty());
+                if no_camera {
+                    let note = format!(
+                        "no camera found: playing the bundled sample {} (choose a camera or a \
+                         file in the source panel)",
+                        sample.display()
+                    );
+                    log::warn!("{note}");
+                    warnings.push(note);
+                    args.input.input = Some(sample);
+                }
+            }
+        }
+        let spec = args.input.spec();
+        let mut source_name = describe(&spec);
         let mut playback = None;
         let (worker, pipeline_problem) =
             match args.play.as_deref().map(crate::record::playback::open) {
@@ -429,12 +464,24 @@ impl App {
             settings_path,
             rgba: image::RgbaImage::new(0, 0),
             warnings,
+            metrics: None,
             started: Instant::now(),
             last_redraw: Instant::now(),
             fatal: None,
         };
+        if let Some(path) = app.args.metrics.clone() {
+            let every = Duration::from_secs_f64(app.args.metrics_interval.max(0.1));
+            match MetricsLog::create(&path, every) {
+                Ok(log) => app.metrics = Some(log),
+                Err(e) => app.warnings.push(format!("{e:#}")),
+            }
+        }
         if app.args.record.is_some() {
             app.toggle_recording();
+        }
+        if let Some(target) = app.args.stream.clone() {
+            app.stream_target = target;
+            app.toggle_streaming();
         }
         app
     }
@@ -532,6 +579,7 @@ impl App {
             egui_renderer,
             stage,
             stage_texture,
+            in_flight: FramesInFlight::default(),
         })
     }
 
@@ -577,6 +625,7 @@ impl App {
             frame_timings = Some((timings, frame.captured_at));
         }
         // The avatars: one per person, sized to where they were shown last frame.
+        let mut stage_drawn = false;
         if self.view != ViewMode::Camera {
             let ppp = state.window.scale_factor() as f32;
             let (w, h) = (
@@ -598,7 +647,7 @@ impl App {
             }
             let panel = &self.people_panel;
             let t = Instant::now();
-            self.avatar_slots.render(
+            stage_drawn = self.avatar_slots.render(
                 &state.stage,
                 &state.gpu.device,
                 &state.gpu.queue,
@@ -623,6 +672,10 @@ impl App {
         if self.warnings.len() > 5 {
             self.warnings.drain(..self.warnings.len() - 5);
         }
+        // path fields of people no longer in view go with them
+        let people = &self.people;
+        self.avatar_path_text
+            .retain(|id, _| people.iter().any(|p| p.id == *id));
 
         // The overlay; it also tells where the camera view goes.
         let status = self.worker.capture().status();
@@ -938,10 +991,8 @@ impl App {
                 .egui_renderer
                 .render(&mut pass.forget_lifetime(), &paint_jobs, &screen);
         }
-        state
-            .gpu
-            .queue
-            .submit(extra.into_iter().chain(std::iter::once(encoder.finish())));
+        let commands = extra.into_iter().chain(std::iter::once(encoder.finish()));
+        state.in_flight.submit(&state.gpu, commands);
         for id in &output.textures_delta.free {
             state.egui_renderer.free_texture(id);
         }
@@ -952,11 +1003,27 @@ impl App {
         let presented_at = Instant::now();
         self.meters.presented(presented_at);
 
-        if let Some((mut timings, captured_at)) = frame_timings {
+        let shown_latency_ms = frame_timings.map(|(mut timings, captured_at)| {
             timings.add(Stage::Render, render_time);
             timings.add(Stage::Present, presented_at - present_start);
-            self.meters.latency_ms = Some((presented_at - captured_at).as_secs_f32() * 1000.0);
             self.ring.push(timings);
+            (presented_at - captured_at).as_secs_f32() * 1000.0
+        });
+        self.meters.latency_ms = shown_latency_ms.or(self.meters.latency_ms);
+        if let Some(log) = self.metrics.as_mut() {
+            log.presented(shown_latency_ms, stage_drawn);
+            let (captured, capture_dropped) = self.worker.capture().counts();
+            log.maybe_report(&AppState {
+                ring: &self.ring,
+                device: &state.gpu.device,
+                captured,
+                capture_dropped,
+                processed: self.worker.processed(),
+                people: face_count,
+                avatar_files: self.avatar_slots.loaded_files(),
+                avatars_worn: self.avatar_slots.worn(),
+                warnings: self.warnings.len(),
+            });
         }
 
         if let Some(name) = pipeline_request {
