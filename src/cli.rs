@@ -42,6 +42,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Render avatars headless into a PNG, with expression weights and a head pose.
     Render(RenderArgs),
+    /// Run the app for a given time under Xvfb on a looping input, recording and streaming, and
+    /// check that memory stays flat: writes soak.csv and soak.png, exits non-zero on growth.
+    Soak(SoakArgs),
     /// Rebuild the animated personN.glb files of a take from its session.jsonl (after a crash).
     Recover {
         #[arg(value_name = "DIR")]
@@ -251,6 +254,16 @@ pub struct RunArgs {
     /// Start recording at once into this folder (the record button does the same).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Start streaming every person over VMC at once: the first to HOST:PORT, the next to
+    /// PORT+1, ... (the stream button does the same).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stream: Option<String>,
+    /// Append a JSON line of health figures (memory, GPU memory, frames, latency, stage p95) to
+    /// this file every --metrics-interval seconds (`polyface soak` reads it).
+    #[arg(long, value_name = "FILE.jsonl", hide = true)]
+    pub metrics: Option<PathBuf>,
+    #[arg(long, value_name = "SECONDS", default_value = "5", hide = true)]
+    pub metrics_interval: f64,
 }
 
 impl Default for RunArgs {
@@ -263,8 +276,56 @@ impl Default for RunArgs {
             exit_after: None,
             play: None,
             record: None,
+            stream: None,
+            metrics: None,
+            metrics_interval: 5.0,
         }
     }
+}
+
+/// `polyface soak`: the app under Xvfb for a given time, sampled from outside.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// The looping input: a video, an image or a folder of images with several people in it.
+    #[arg(long, value_name = "PATH", conflicts_with = "faces")]
+    pub input: Option<PathBuf>,
+    /// Instead of --input: compose frames with N faces (HELEN test crops from --data) on a grid
+    /// that pans slowly, a loop of 60 frames.
+    #[arg(long, value_name = "N")]
+    pub faces: Option<usize>,
+    /// The shared data folder (--faces takes its crops from helen/test.jsonl).
+    #[arg(long, value_name = "DIR", default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Input frame rate, delivered like a camera's (images and folders; a video plays at its own).
+    #[arg(long, value_name = "N", value_parser = parse_fps)]
+    pub fps: Option<f64>,
+    /// Seconds to run the app.
+    #[arg(long, default_value = "90")]
+    pub duration: f64,
+    /// Seconds at the start that memory growth is not judged on (models load, caches fill).
+    #[arg(long, default_value = "20")]
+    pub warmup: f64,
+    /// Seconds between samples.
+    #[arg(long, default_value = "5")]
+    pub sample: f64,
+    /// Fail when resident or GPU memory grows faster than this after warm-up (fitted slope).
+    #[arg(long, value_name = "MB/S", default_value = "0.5")]
+    pub max_growth_mb_s: f64,
+    /// Fail when resident memory grows by more than this share after warm-up.
+    #[arg(long, value_name = "PERCENT")]
+    pub max_growth_percent: Option<f64>,
+    /// Face pipeline the app runs.
+    #[arg(long, default_value = "sfn", value_parser = ["sfn", "mfn"])]
+    pub pipeline: String,
+    /// Window size in logical pixels.
+    #[arg(long, value_name = "WxH", value_parser = parse_resolution, default_value = "1280x720")]
+    pub window_size: (u32, u32),
+    /// Folder for soak.csv, soak.png, summary.txt, metrics.jsonl and the app's log.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Keep the recorded take (`out/take`; removed otherwise: an hour is gigabytes).
+    #[arg(long)]
+    pub keep_take: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,7 +5,7 @@
 //! streaming run here, so every processed frame is recorded whatever the display rate.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,6 +40,8 @@ struct Shared {
     /// The folder being recorded into and whether the stream is on, as of the last frame.
     recording: Mutex<Option<PathBuf>>,
     streaming: AtomicBool,
+    /// Frames processed so far.
+    processed: AtomicU64,
     /// Messages from recording and streaming for the UI.
     notices: Mutex<Vec<String>>,
     /// Per pipeline: its recent face-stage times (preprocess + network + postprocess), ms.
@@ -147,6 +149,7 @@ impl InferenceWorker {
                         thread_shared.notice(notice);
                     }
                     thread_shared.note_face_time(&processed);
+                    thread_shared.processed.fetch_add(1, Ordering::Relaxed);
                     *lock(&thread_shared.latest) = Some(processed);
                 }
                 // Commands sent before the stop still count; a take in progress is finished.
@@ -168,6 +171,11 @@ impl InferenceWorker {
 
     pub fn capture(&self) -> &LatestFrame {
         &self.capture
+    }
+
+    /// Frames processed so far (the UI shows the newest; the others were replaced unseen).
+    pub fn processed(&self) -> u64 {
+        self.shared.processed.load(Ordering::Relaxed)
     }
 
     /// The last pipeline error, if the most recent frame failed.

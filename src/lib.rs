@@ -20,6 +20,7 @@
 //! | [`app`] | the window app (`polyface run`) |
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //! | [`eval`], [`bench`] | `polyface eval` (accuracy on the shared labelled data), `polyface bench` (latency per stage) |
+//! | [`soak`] | `polyface soak` (the app for hours under Xvfb: memory, frames, latency over time), the app's `--metrics` report |
 //! | [`settings`], [`timing`], [`cli`] | app settings, per-stage durations, the command line |
 
 pub mod app;
@@ -36,6 +37,7 @@ pub mod record;
 pub mod render;
 pub mod retarget;
 pub mod settings;
+pub mod soak;
 pub mod stream;
 pub mod timing;
 pub mod track;

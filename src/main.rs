@@ -76,6 +76,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Soak(args) => {
+            anyhow::ensure!(
+                polyface::soak::run(&args)?,
+                "the soak run failed (see above)"
+            );
+            Ok(())
+        }
         Command::Render(args) => {
             let avatars = args
                 .avatar

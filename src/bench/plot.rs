@@ -87,7 +87,8 @@ pub fn line_chart(chart: &Chart) -> Result<RgbImage> {
             _ => format!("{v}"),
         };
         if chart.x_ticks.is_some() {
-            mesh.x_labels(x_max.ceil() as usize + 1).x_label_formatter(&format_x);
+            mesh.x_labels(x_max.ceil() as usize + 1)
+                .x_label_formatter(&format_x);
         }
         mesh.draw()?;
         for s in &chart.series {
@@ -131,14 +132,20 @@ pub fn write_plot(results: &[BenchResult], device: &str, path: &std::path::Path)
             colour: c,
             width: 3,
             dots: true,
-            points: rows.iter().map(|r| (r.faces as f64, r.median_ms as f64)).collect(),
+            points: rows
+                .iter()
+                .map(|r| (r.faces as f64, r.median_ms as f64))
+                .collect(),
         });
         series.push(Series {
             name: format!("{} p95", p.to_uppercase()),
             colour: c.map(|v| ((v as u16 + 2 * 255) / 3) as u8),
             width: 2,
             dots: false,
-            points: rows.iter().map(|r| (r.faces as f64, r.p95_ms as f64)).collect(),
+            points: rows
+                .iter()
+                .map(|r| (r.faces as f64, r.p95_ms as f64))
+                .collect(),
         });
     }
     let image = line_chart(&Chart {

@@ -56,3 +56,28 @@ impl Gpu {
         )
     }
 }
+
+/// Keeps the GPU at most one frame behind: before a frame's work is submitted, the previous
+/// frame's must be done. On a slow GPU (Mesa's lavapipe runs on the CPU) submissions would
+/// otherwise queue up faster than they finish, each holding its command buffers and staging
+/// memory; waiting here costs the UI thread what the GPU is behind, and nothing when it keeps up.
+#[derive(Default)]
+pub struct FramesInFlight {
+    previous: Option<wgpu::SubmissionIndex>,
+}
+
+impl FramesInFlight {
+    /// Longest wait for the previous frame (a GPU that is gone does not hang the UI).
+    const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Waits for the previous frame's work, then submits this frame's.
+    pub fn submit<I: IntoIterator<Item = wgpu::CommandBuffer>>(&mut self, gpu: &Gpu, commands: I) {
+        if let Some(previous) = self.previous.take() {
+            let _ = gpu.device.poll(wgpu::PollType::Wait {
+                submission_index: Some(previous),
+                timeout: Some(Self::MAX_WAIT),
+            });
+        }
+        self.previous = Some(gpu.queue.submit(commands));
+    }
+}

@@ -9,6 +9,6 @@ pub mod snapshot;
 
 pub use avatar::{AvatarPose, AvatarRenderer, AvatarStage, GpuAvatar, GpuMesh, Orbit};
 pub use frame_view::{rgb_to_rgba, rgb_to_rgba_image, FrameView, PixelRect};
-pub use gpu::Gpu;
+pub use gpu::{FramesInFlight, Gpu};
 pub use offscreen::OffscreenTarget;
 pub use overlay::Overlay;

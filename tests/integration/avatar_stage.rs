@@ -1,5 +1,7 @@
 //! The avatar stage drawn again and again, as the app does for hours: masked materials cut out
-//! where they should, and redrawing holds no more memory than the first frames did.
+//! where they should, redrawing holds no more memory than the first frames did, avatar files
+//! are shared and people who leave free what they held, unchanged pictures are not redrawn,
+//! and the GPU is never more than a frame behind.
 
 use std::process::Command;
 
@@ -271,4 +273,47 @@ fn the_stage_is_drawn_only_when_its_picture_changes() {
         slots.render(&stage, device, queue, &people[..1], |_| jaw),
         "someone left"
     );
+}
+
+/// Frames submitted through `FramesInFlight` never run more than one ahead of the GPU: after
+/// each submit, every earlier frame's work is done. (With plain submits the frames pile up:
+/// this fails at the third.)
+#[test]
+fn frames_in_flight_keep_the_gpu_at_most_one_frame_behind() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let size = 32 << 20;
+    let buffer = |usage| {
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (from, to) = (
+        buffer(wgpu::BufferUsages::COPY_SRC),
+        buffer(wgpu::BufferUsages::COPY_DST),
+    );
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut in_flight = polyface::render::FramesInFlight::default();
+    for frame in 0..12 {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        for _ in 0..4 {
+            encoder.copy_buffer_to_buffer(&from, 0, &to, 0, size);
+        }
+        in_flight.submit(&gpu, [encoder.finish()]);
+        let counter = Arc::clone(&done);
+        gpu.queue.on_submitted_work_done(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let finished = done.load(Ordering::SeqCst);
+        assert!(
+            finished >= frame,
+            "frame {frame} submitted with only {finished} earlier frames done"
+        );
+    }
 }
