@@ -138,7 +138,7 @@ def room_targets(objs, infos, content, rng, box_jitter):
 
 
 class RoomTrainSet(torch.utils.data.Dataset):
-    def __init__(self, data, n, seed, epoch, box_jitter=0.03, p_groups=0.4, p_scene=0.08, p_mixed=0.12):
+    def __init__(self, data, n, seed, epoch, box_jitter=0.03, p_groups=0.36, p_scene=0.12, p_mixed=0.12):
         self.d, self.n, self.seed, self.epoch = data, n, seed, epoch
         self.box_jitter = box_jitter
         self.p_groups, self.p_scene, self.p_mixed = p_groups, p_scene, p_mixed
@@ -197,10 +197,10 @@ class RoomTrainSet(torch.utils.data.Dataset):
                 content = (ROOM_W, ROOM_H)
             else:
                 content = [(640, 360), (480, 480), (360, 480), (270, 480), (640, 400)][int(rng.integers(0, 5))]
-            many = rng.random() < 0.65
+            many = rng.random() < 0.5
             nf = int(rng.integers(4, 21)) if many else int(rng.integers(1, 4))
-            # crowds of small faces, or a few larger ones (landmark detail), up to a face at arm's length
-            size_range = (12, 200) if many else (30, 460)
+            # crowds of small faces, or a few larger ones (landmark detail), up to a face close to the camera
+            size_range = (12, 200) if many else (60, 460)
             sub, objs = D.composite(rng, c.train_imgs, c.train_faces, d.face_imgs, d.face_lmk, pick, nf,
                                     size_range=size_range, content=content, meta=meta, sharp=d.sharp)
             img = np.zeros((ROOM_H, ROOM_W, 3), np.uint8)
