@@ -140,6 +140,9 @@ def main():
     torch.set_num_threads(args.threads)
     # a trained pose stage (mfn_train.py --pose-stage) is left out: this fit replaces it
     ck, model = M.load_ema(args.checkpoint, pose_stage=False)
+    # the frames the views are letterboxed into: the net's own input (320x240, or 640x480 for the room net)
+    import det_data as D
+    D.set_input_size(*ck["config"]["input_size"])
     big = FaceCache(args.sfn_cache, faces_file="faces256.npz")
     fc = FaceCache(args.sfn_cache, decode=False)
     assert big.names == fc.names, "faces256.npz does not hold the faces of faces.npz, in order"
