@@ -127,24 +127,29 @@ mod tests {
                 ..Default::default()
             };
             let output = ctx.run_ui(input, |ui| {
-                egui::CentralPanel::default().show(ui.ctx(), |ui| {
+                egui::CentralPanel::default().show(ui, |ui| {
                     // text that changes every frame, as the overlay's figures do
-                    ui.label(format!("display: {:.1} fps", 30.0 + (seq % 97) as f32 / 7.0));
+                    ui.label(format!(
+                        "display: {:.1} fps",
+                        30.0 + (seq % 97) as f32 / 7.0
+                    ));
                     panel.ui(ui, &ring);
                 });
             });
-            for (id, _) in &output.textures_delta.set {
-                textures.insert(*id);
-            }
+            textures.extend(output.textures_delta.set.keys().copied());
             for id in &output.textures_delta.free {
                 textures.remove(id);
             }
             most = most.max(textures.len());
             let lines = stacked_lines(&ring);
             assert_eq!(lines.len(), 2);
-            assert!(lines.iter().all(|(_, p)| p.len() == PLOT_FRAMES.min(seq as usize + 1)));
+            assert!(lines
+                .iter()
+                .all(|(_, p)| p.len() == PLOT_FRAMES.min(seq as usize + 1)));
         }
-        assert!(most <= 2, "egui textures alive at once: {most}");
+        assert!(
+            (1..=2).contains(&most),
+            "egui textures alive at once: {most}"
+        );
     }
 }
-

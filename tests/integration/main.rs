@@ -11,6 +11,7 @@ mod gpu_rig;
 mod mfn_model;
 mod reid_model;
 mod sfn_model;
+mod soak;
 mod support;
 mod takes;
 mod window_smoke;
