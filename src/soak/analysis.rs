@@ -469,8 +469,16 @@ pub fn write_plot(path: &Path, samples: &[Sample], limits: &Limits, title: &str)
         image::imageops::replace(&mut image, chart, 0, y as i64);
         y += chart.height();
     }
+    // the smallest PNG the encoder makes: the plots go into the repository
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("{}: cannot write the plot", path.display()))?;
+    let encoder = image::codecs::png::PngEncoder::new_with_quality(
+        std::io::BufWriter::new(file),
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Adaptive,
+    );
     image
-        .save(path)
+        .write_with_encoder(encoder)
         .with_context(|| format!("{}: cannot write the plot", path.display()))
 }
 
@@ -594,5 +602,10 @@ mod tests {
         write_plot(&png, &samples, &LIMITS, "test").unwrap();
         let image = image::open(&png).unwrap();
         assert_eq!((image.width(), image.height()), (900, 990));
+        let bytes = std::fs::metadata(&png).unwrap().len();
+        assert!(
+            bytes < 150_000,
+            "small enough for the repository: {bytes} bytes"
+        );
     }
 }
