@@ -21,9 +21,11 @@ use crate::settings::Settings;
 use crate::soak::metrics::{AppState, MetricsLog};
 use crate::timing::{Stage, TimingRing};
 use crate::track::{Person, TrackState};
-use crate::ui::{AvatarSlots, PeoplePanel, SourceAction, SourcePanel, TimingsPanel};
+use crate::ui::{AvatarSlots, PeoplePanel, RecentLines, SourceAction, SourcePanel, TimingsPanel};
 use crate::vision::FacePipeline;
 
+/// Warning lines shown under the views (the newest).
+const WARNINGS_SHOWN: usize = 5;
 /// Redraw at most this often when nothing else asks for it.
 const FRAME_INTERVAL: Duration = Duration::from_millis(16);
 const BACKGROUND: wgpu::Color = wgpu::Color {
@@ -158,7 +160,7 @@ struct App {
     settings: Settings,
     settings_path: Option<std::path::PathBuf>,
     rgba: image::RgbaImage,
-    warnings: Vec<String>,
+    warnings: RecentLines,
     /// The health report `--metrics` asks for.
     metrics: Option<MetricsLog>,
     started: Instant,
@@ -365,7 +367,8 @@ impl App {
             args.input.camera = settings.camera.clone();
         }
         let (networks, device_problem) = Networks::open(&args.model);
-        let mut warnings: Vec<String> = device_problem.into_iter().collect();
+        let mut warnings = RecentLines::new(WARNINGS_SHOWN);
+        warnings.extend(device_problem);
         // With nothing asked for and no camera on this machine, the bundled sample plays, so the
         // first screen shows tracking rather than an empty window.
         if args.input.input.is_none() && args.input.camera.is_none() && args.play.is_none() {
@@ -667,11 +670,8 @@ impl App {
                 timings.add(Stage::Retarget, t.elapsed());
             }
         }
-        self.warnings.append(&mut self.avatar_slots.warnings);
+        self.warnings.extend(self.avatar_slots.warnings.drain(..));
         self.warnings.extend(self.worker.capture().take_warnings());
-        if self.warnings.len() > 5 {
-            self.warnings.drain(..self.warnings.len() - 5);
-        }
         // path fields of people no longer in view go with them
         let people = &self.people;
         self.avatar_path_text
@@ -825,7 +825,7 @@ impl App {
             });
             if !self.warnings.is_empty() {
                 egui::Panel::bottom("warnings").show(ui, |ui| {
-                    for warning in &self.warnings {
+                    for warning in self.warnings.iter() {
                         ui.colored_label(egui::Color32::from_rgb(255, 200, 90), warning);
                     }
                 });
