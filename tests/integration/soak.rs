@@ -1,5 +1,5 @@
 //! CI's soak run: `polyface soak` drives the real app under Xvfb for 90 s on a looping input of
-//! photos of three to five people (each held a second at 30 frames a second, so people come and
+//! photos of three or four people (each held a second at 30 frames a second, so people come and
 //! go every second), in the default view with avatars, recording a take and streaming VMC. It
 //! fails above 0.5 MB/s of memory growth after a 20 s warm-up, on a stall, a crash or an error in
 //! the app's log. The CSV, plot and log stay in target/soak-ci/.
@@ -8,20 +8,23 @@ use std::path::Path;
 
 use crate::support::{have_tool, polyface, shared_data};
 
-/// HELEN and demo photos with three or more people.
-const CROWDED_PHOTOS: [&str; 12] = [
-    "ddfa_emma.jpg",
+/// HELEN and demo photos in which the SFN pipeline tracks three or four people (`polyface
+/// track` on 30 copies of each: 3-4 confirmed in 22-30 of the 30 frames).
+const CROWDED_PHOTOS: [&str; 14] = [
     "df_selfie_many_people.jpg",
-    "helen_110520830_6.jpg",
     "helen_111836119_1.jpg",
-    "helen_155271502_1.jpg",
-    "helen_1753941007_1.jpg",
-    "helen_175991309_2.jpg",
     "helen_2045370744_3.jpg",
     "helen_2229778733_1.jpg",
     "helen_2988554491_1.jpg",
     "helen_3187824420_2.jpg",
     "helen_3223164362_10.jpg",
+    "helen_2070105355_2.jpg",
+    "helen_2076592686_1.jpg",
+    "helen_2076592686_3.jpg",
+    "helen_2229778733_2.jpg",
+    "helen_2290385398_2.jpg",
+    "helen_3213155161_2.jpg",
+    "helen_3217491791_1.jpg",
 ];
 
 /// A folder that shows each crowded photo for `seconds` at `fps` (links, not copies).
