@@ -32,3 +32,39 @@ pub fn write_moving_faces(data: &Path, faces: usize, frames: usize, dir: &Path) 
     }
     Ok(dir.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scene_loops_a_panning_grid_of_faces() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        if !data.join("helen/test.jsonl").is_file() {
+            eprintln!("skipped: no shared data at {}", data.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let scene = write_moving_faces(&data, 20, 8, &dir.path().join("scene")).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&scene)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 8);
+        let frames: Vec<image::RgbImage> = files
+            .iter()
+            .map(|f| image::open(f).unwrap().into_rgb8())
+            .collect();
+        assert!(frames.iter().all(|f| f.dimensions() == FRAME_SIZE));
+        // consecutive frames differ (the grid moved), a quarter turn apart by 8-12 pixels
+        let differing = |a: &image::RgbImage, b: &image::RgbImage| {
+            a.pixels()
+                .zip(b.pixels())
+                .filter(|(p, q)| p.0.iter().zip(q.0).any(|(x, y)| x.abs_diff(y) > 40))
+                .count()
+        };
+        assert!(differing(&frames[0], &frames[2]) > 10_000);
+        assert!(write_moving_faces(&data, 0, 8, dir.path()).is_err());
+    }
+}
