@@ -42,9 +42,10 @@ def box_of(lmk):
 
 
 def letterbox(img):
-    """img HxWx3 uint8 (any size) -> (320x240x3 uint8, s). Scale s = min(320/W, 240/H), bilinear, top-left, black."""
+    """img HxWx3 uint8 (any size) -> (IN_H x IN_W x 3 uint8, s). Scale s = min(1, IN_W/W, IN_H/H) (never enlarged),
+    bilinear, top-left, black."""
     h, w = img.shape[:2]
-    s = min(IN_W / w, IN_H / h)
+    s = min(1.0, IN_W / w, IN_H / h)
     nw, nh = min(IN_W, int(math.floor(w * s + 0.5))), min(IN_H, int(math.floor(h * s + 0.5)))
     out = np.zeros((IN_H, IN_W, 3), np.uint8)
     out[:nh, :nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)

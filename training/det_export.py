@@ -22,7 +22,7 @@ from common import atomic_save_safetensors as _atomic_save, git_commit
 
 def letterbox_rule(w=320, h=240):
     return (
-        f"Frame W x H (RGB u8). s = min({w}/W, {h}/H). Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
+        f"Frame W x H (RGB u8). s = min(1, {w}/W, {h}/H) (never enlarged). Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
         f"(each clamped to {w} / {h}; s computed in float64) with bilinear interpolation (OpenCV INTER_LINEAR semantics: "
         "half-pixel centres, src = (dst + 0.5) / scale - 0.5 with scale = new_size / old_size per axis, edge pixels "
         f"clamped, no antialiasing), place it at the TOP-LEFT corner (0,0) of a {w}x{h} canvas, fill the rest with "

@@ -73,7 +73,7 @@ def read_groups(path, split="test"):
 
 
 def letterbox(img, w, h):
-    s = min(w / img.shape[1], h / img.shape[0])
+    s = min(1.0, w / img.shape[1], h / img.shape[0])  # never enlarged, as the Rust letterbox
     nw, nh = min(w, int(math.floor(img.shape[1] * s + 0.5))), min(h, int(math.floor(img.shape[0] * s + 0.5)))
     out = np.zeros((h, w, 3), np.uint8)
     interp = cv2.INTER_LINEAR

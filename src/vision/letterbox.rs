@@ -23,8 +23,12 @@ impl Letterbox {
         input_width: usize,
         input_height: usize,
     ) -> Letterbox {
+        // Never enlarged: a frame smaller than the input is placed as it is (enlarging adds no
+        // detail and moves its faces out of the sizes the networks learnt; webcams deliver at
+        // least the 640×480 input).
         let scale = (input_width as f32 / frame_width.max(1) as f32)
-            .min(input_height as f32 / frame_height.max(1) as f32);
+            .min(input_height as f32 / frame_height.max(1) as f32)
+            .min(1.0);
         Letterbox {
             scale,
             input_width,
@@ -247,6 +251,26 @@ mod tests {
         assert!(
             (out[20 * 32 + 5] + 1.0).abs() < 1e-6,
             "below the frame is black"
+        );
+    }
+
+    #[test]
+    fn a_frame_smaller_than_the_input_is_placed_as_it_is() {
+        let frame = image::RgbImage::from_fn(256, 200, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        });
+        let letterbox = Letterbox::for_frame(256, 200, 640, 480);
+        assert_eq!(letterbox.scale, 1.0);
+        let mut out = vec![0f32; 3 * 640 * 480];
+        letterbox.fill_resized(&frame, &mut out);
+        let at = |c: usize, x: usize, y: usize| out[c * 640 * 480 + y * 640 + x];
+        // pixels copied one to one, the rest black
+        assert!((at(0, 100, 50) - (100.0 / 127.5 - 1.0)).abs() < 1e-5);
+        assert!((at(1, 100, 199) - (199.0 / 127.5 - 1.0)).abs() < 1e-5);
+        assert_eq!((at(0, 256, 10), at(2, 10, 200)), (-1.0, -1.0));
+        assert_eq!(
+            letterbox.to_frame(glam::Vec2::new(30.0, 40.0)),
+            glam::Vec2::new(30.0, 40.0)
         );
     }
 }
