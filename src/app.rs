@@ -17,12 +17,12 @@ use crate::cli::RunArgs;
 use crate::inference::InferenceWorker;
 use crate::processor::FrameProcessor;
 use crate::render::{rgb_to_rgba, AvatarStage, FrameView, FramesInFlight, Gpu, Overlay, PixelRect};
-use crate::settings::Settings;
+use crate::settings::{Settings, ViewMode};
 use crate::soak::metrics::{AppState, MetricsLog};
 use crate::timing::{Stage, TimingRing};
 use crate::track::{Person, TrackState};
 use crate::ui::{AvatarSlots, PeoplePanel, RecentLines, SourceAction, SourcePanel, TimingsPanel};
-use crate::vision::FacePipeline;
+use crate::vision::{FacePipeline, PipelineKind};
 
 /// Warning lines shown under the views (the newest).
 const WARNINGS_SHOWN: usize = 5;
@@ -65,40 +65,6 @@ struct WindowState {
     stage: AvatarStage,
     stage_texture: egui::TextureId,
     in_flight: FramesInFlight,
-}
-
-/// What the main area shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ViewMode {
-    Both,
-    Camera,
-    Avatars,
-}
-
-impl ViewMode {
-    pub fn parse(text: &str) -> ViewMode {
-        match text {
-            "camera" => ViewMode::Camera,
-            "avatars" => ViewMode::Avatars,
-            _ => ViewMode::Both,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ViewMode::Both => "both",
-            ViewMode::Camera => "camera",
-            ViewMode::Avatars => "avatars",
-        }
-    }
-
-    fn next(self) -> ViewMode {
-        match self {
-            ViewMode::Both => ViewMode::Camera,
-            ViewMode::Camera => ViewMode::Avatars,
-            ViewMode::Avatars => ViewMode::Both,
-        }
-    }
 }
 
 /// Per-frame facts the overlay shows besides stage timings.
@@ -147,8 +113,8 @@ struct App {
     /// Where the avatar image went last frame (sizes the stage for the next one).
     avatar_rect: egui::Rect,
     view: ViewMode,
-    /// The pipeline asked for ("sfn" / "mfn"); the worker reports the one running.
-    pipeline_choice: String,
+    /// The pipeline asked for; the worker reports the one running.
+    pipeline_choice: PipelineKind,
     /// Playing a recorded take (`--play`): its clock drives the timeline.
     playback: Option<(Arc<crate::record::playback::PlaybackClock>, f64)>,
     /// Where the VMC stream goes when it is switched on.
@@ -214,16 +180,15 @@ impl Networks {
     }
 }
 
-/// The face pipeline called `name`, or why there is none (the app still shows frames without
-/// one).
+/// The `kind` face pipeline, or why there is none (the app still shows frames without one).
 fn load_pipeline(
-    name: &str,
+    kind: PipelineKind,
     networks: &Networks,
 ) -> (Option<Box<dyn FacePipeline>>, Option<String>) {
-    match crate::vision::load_pipeline(name, &networks.models, &networks.device) {
+    match crate::vision::load_pipeline(kind, &networks.models, &networks.device) {
         Ok(pipeline) => (Some(pipeline), None),
         Err(e) => {
-            let problem = format!("no face tracking ({}): {e:#}", name.to_uppercase());
+            let problem = format!("no face tracking ({}): {e:#}", kind.name().to_uppercase());
             log::warn!("{problem}");
             (None, Some(problem))
         }
@@ -236,7 +201,7 @@ fn start_worker(
     settings: &Settings,
     networks: &Networks,
 ) -> (InferenceWorker, Option<String>) {
-    let (pipeline, problem) = load_pipeline(&settings.pipeline, networks);
+    let (pipeline, problem) = load_pipeline(settings.pipeline, networks);
     let processor = FrameProcessor::new(pipeline, networks.people(settings));
     let worker = InferenceWorker::spawn(start_capture(spec, options), processor);
     (worker, problem)
@@ -456,8 +421,8 @@ impl App {
             avatar_slots,
             avatar_path_text: Default::default(),
             avatar_rect: egui::Rect::NOTHING,
-            view: ViewMode::parse(&settings.view),
-            pipeline_choice: settings.pipeline.clone(),
+            view: settings.view,
+            pipeline_choice: settings.pipeline,
             playback,
             stream_target: "127.0.0.1:39539".into(),
             record_status: String::new(),
@@ -490,10 +455,10 @@ impl App {
     }
 
     /// Switches the face pipeline live: capture, tracking and the window keep running.
-    fn switch_pipeline(&mut self, name: &str) {
-        self.pipeline_choice = name.to_string();
-        self.settings.pipeline = name.to_string();
-        match load_pipeline(name, &self.networks) {
+    fn switch_pipeline(&mut self, kind: PipelineKind) {
+        self.pipeline_choice = kind;
+        self.settings.pipeline = kind;
+        match load_pipeline(kind, &self.networks) {
             (Some(pipeline), _) => {
                 self.worker.switch_pipeline(pipeline);
                 self.pipeline_problem = None;
@@ -718,7 +683,7 @@ impl App {
         let record_status = self.record_status.clone();
         let stream_target = &mut self.stream_target;
         let playback = self.playback.clone();
-        let mut pipeline_request: Option<&'static str> = None;
+        let mut pipeline_request: Option<PipelineKind> = None;
         let view = &mut self.view;
         let stage_texture = state.stage_texture;
         let mut avatar_rect = egui::Rect::NOTHING;
@@ -736,9 +701,9 @@ impl App {
                 ui.label(&pipeline_line);
                 ui.horizontal(|ui| {
                     ui.label("pipeline:");
-                    for (name, label) in [("sfn", "SFN (detector + per face)"), ("mfn", "MFN (one pass)")] {
-                        if ui.selectable_label(self.pipeline_choice == name, label).clicked() && self.pipeline_choice != name {
-                            pipeline_request = Some(name);
+                    for (kind, label) in [(PipelineKind::Sfn, "SFN (detector + per face)"), (PipelineKind::Mfn, "MFN (one pass)")] {
+                        if ui.selectable_label(self.pipeline_choice == kind, label).clicked() && self.pipeline_choice != kind {
+                            pipeline_request = Some(kind);
                         }
                     }
                 });
@@ -784,7 +749,7 @@ impl App {
                 }
                 ui.horizontal(|ui| {
                     ui.label("view:");
-                    for mode in [ViewMode::Both, ViewMode::Camera, ViewMode::Avatars] {
+                    for mode in ViewMode::ALL {
                         ui.selectable_value(view, mode, mode.name());
                     }
                     ui.checkbox(&mut slots.mirror, "mirror");
@@ -1125,9 +1090,9 @@ impl App {
         self.settings.show_landmarks = o.landmarks;
         self.settings.show_axes = o.axes;
         self.settings.show_timing_plot = self.timings_panel.show_plot;
-        self.settings.view = self.view.name().to_string();
+        self.settings.view = self.view;
         self.settings.mirror = self.avatar_slots.mirror;
-        self.settings.pipeline = self.pipeline_choice.clone();
+        self.settings.pipeline = self.pipeline_choice;
         let slots = self.avatar_slots.chosen.keys().copied().max().unwrap_or(0) as usize;
         self.settings.avatars = (1..=slots as u32)
             .map(|id| self.avatar_slots.chosen.get(&id).cloned())
@@ -1157,14 +1122,7 @@ impl App {
                 "v" => self.view = self.view.next(),
                 "r" => self.toggle_recording(),
                 "m" => self.avatar_slots.mirror = !self.avatar_slots.mirror,
-                "p" => {
-                    let next = if self.pipeline_choice == "mfn" {
-                        "sfn"
-                    } else {
-                        "mfn"
-                    };
-                    self.switch_pipeline(next);
-                }
+                "p" => self.switch_pipeline(self.pipeline_choice.other()),
                 "c" => {
                     for person in self
                         .people

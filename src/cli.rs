@@ -136,21 +136,19 @@ pub struct BenchArgs {
     pub input: Option<PathBuf>,
 }
 
-/// Pipeline choice for `track`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TrackPipeline {
-    Sfn,
-    Mfn,
-    None,
-}
+pub use crate::vision::PipelineKind;
 
-/// Which face pipeline to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PipelineKind {
-    /// Face detector, then the single-face network on every face (batched).
-    Sfn,
-    /// One multi-face network for the whole frame.
-    Mfn,
+/// `track --pipeline`: a face pipeline, or `none` (frames are only read: capture timed alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineOrNone(pub Option<PipelineKind>);
+
+fn parse_pipeline_or_none(text: &str) -> Result<PipelineOrNone, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "none" => Ok(PipelineOrNone(None)),
+        "sfn" => Ok(PipelineOrNone(Some(PipelineKind::Sfn))),
+        "mfn" => Ok(PipelineOrNone(Some(PipelineKind::Mfn))),
+        _ => Err(format!("{text:?} is not a pipeline: sfn, mfn or none")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -315,8 +313,8 @@ pub struct SoakArgs {
     #[arg(long, value_name = "PERCENT")]
     pub max_growth_percent: Option<f64>,
     /// Face pipeline the app runs.
-    #[arg(long, default_value = "sfn", value_parser = ["sfn", "mfn"])]
-    pub pipeline: String,
+    #[arg(long, value_enum, default_value = "sfn")]
+    pub pipeline: PipelineKind,
     /// Window size in logical pixels.
     #[arg(long, value_name = "WxH", value_parser = parse_resolution, default_value = "1280x720")]
     pub window_size: (u32, u32),
@@ -332,9 +330,9 @@ pub struct SoakArgs {
 pub struct TrackArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Face pipeline to run; `none` only reads frames (timings of capture alone).
-    #[arg(long, value_enum, default_value = "sfn")]
-    pub pipeline: TrackPipeline,
+    /// Face pipeline to run: sfn, mfn, or none (only reads frames: timings of capture alone).
+    #[arg(long, value_name = "PIPELINE", default_value = "sfn", value_parser = parse_pipeline_or_none)]
+    pub pipeline: PipelineOrNone,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Folder to write results into (created if missing).

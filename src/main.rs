@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use polyface::cli::{BenchArgs, Cli, Command, EvalArgs, PipelineKind, RunArgs, TrackPipeline};
+use polyface::cli::{BenchArgs, Cli, Command, EvalArgs, PipelineKind, PipelineOrNone, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,16 +31,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             let models = polyface::vision::models_dir(args.model.models.as_deref());
             let (device, device_line) = polyface::vision::open_device(args.model.device)?;
             log::info!("networks on {device_line}");
-            let pipeline: Option<Box<dyn polyface::vision::FacePipeline>> = match args.pipeline {
-                TrackPipeline::Sfn => Some(Box::new(
-                    polyface::vision::SfnPipeline::load(&models, &device)
-                        .context("loading the SFN pipeline (or run with --pipeline none)")?,
-                )),
-                TrackPipeline::Mfn => Some(Box::new(
-                    polyface::vision::MfnPipeline::load(&models, &device)
-                        .context("loading the MFN pipeline (or run with --pipeline sfn)")?,
-                )),
-                TrackPipeline::None => None,
+            let pipeline = match args.pipeline {
+                PipelineOrNone(Some(kind)) => Some(
+                    polyface::vision::load_pipeline(kind, &models, &device).with_context(|| {
+                        format!(
+                            "loading the {} pipeline (or run with --pipeline {} or none)",
+                            kind.name().to_uppercase(),
+                            kind.other().name()
+                        )
+                    })?,
+                ),
+                PipelineOrNone(None) => None,
             };
             let mut people = polyface::track::People::default().with_reid_from(&models, &device);
             people.tracker.config.smoothing.landmarks.min_cutoff = args.min_cutoff;

@@ -7,6 +7,39 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::track::Smoothing;
+use crate::vision::PipelineKind;
+
+/// What the app's main area shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewMode {
+    /// Camera and avatars side by side.
+    #[default]
+    Both,
+    Camera,
+    Avatars,
+}
+
+impl ViewMode {
+    pub const ALL: [ViewMode; 3] = [ViewMode::Both, ViewMode::Camera, ViewMode::Avatars];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ViewMode::Both => "both",
+            ViewMode::Camera => "camera",
+            ViewMode::Avatars => "avatars",
+        }
+    }
+
+    /// The next view (the `V` shortcut): both → camera → avatars → both.
+    pub fn next(self) -> ViewMode {
+        match self {
+            ViewMode::Both => ViewMode::Camera,
+            ViewMode::Camera => ViewMode::Avatars,
+            ViewMode::Avatars => ViewMode::Both,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -19,10 +52,10 @@ pub struct Settings {
     pub show_axes: bool,
     pub show_timing_plot: bool,
     pub smoothing: Smoothing,
-    /// Face pipeline: "sfn" or "mfn".
-    pub pipeline: String,
-    /// What the main area shows: "both", "camera" or "avatars".
-    pub view: String,
+    /// Face pipeline ("sfn" / "mfn" in the file).
+    pub pipeline: PipelineKind,
+    /// What the main area shows ("both", "camera" or "avatars" in the file).
+    pub view: ViewMode,
     /// Avatar file per person slot (person ID 1, 2, ...); empty = the default character.
     pub avatars: Vec<Option<PathBuf>>,
     /// Mirror the puppets (head turns and left/right expressions), like a mirror image.
@@ -39,8 +72,8 @@ impl Default for Settings {
             show_axes: true,
             show_timing_plot: true,
             smoothing: Smoothing::default(),
-            pipeline: "sfn".into(),
-            view: "both".into(),
+            pipeline: PipelineKind::default(),
+            view: ViewMode::default(),
             avatars: Vec::new(),
             mirror: true,
         }
@@ -117,5 +150,28 @@ mod tests {
         // Unknown and missing keys: the rest still loads.
         std::fs::write(&path, r#"{"camera": "1", "future_option": 3}"#).unwrap();
         assert_eq!(Settings::load(&path).camera.as_deref(), Some("1"));
+        // the choices are enums, written as their names (files of earlier versions read the same)
+        std::fs::write(&path, r#"{"pipeline": "mfn", "view": "avatars"}"#).unwrap();
+        let loaded = Settings::load(&path);
+        assert_eq!(
+            (loaded.pipeline, loaded.view),
+            (PipelineKind::Mfn, ViewMode::Avatars)
+        );
+        loaded.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""pipeline": "mfn""#) && text.contains(r#""view": "avatars""#));
+    }
+
+    #[test]
+    fn views_cycle_through_all_three() {
+        let mut view = ViewMode::default();
+        for expected in [ViewMode::Camera, ViewMode::Avatars, ViewMode::Both] {
+            view = view.next();
+            assert_eq!(view, expected);
+        }
+        assert_eq!(
+            ViewMode::ALL.map(ViewMode::name),
+            ["both", "camera", "avatars"]
+        );
     }
 }

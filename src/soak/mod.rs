@@ -54,7 +54,7 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
     let xvfb = Xvfb::start()?;
     let receiver = VmcReceiver::start()?;
     let settings = crate::settings::Settings {
-        pipeline: args.pipeline.clone(),
+        pipeline: args.pipeline,
         ..Default::default()
     };
     let settings_path = args.out.join("settings.json");

@@ -22,7 +22,7 @@ pub use heatmap::{iou, Detection};
 pub use letterbox::Letterbox;
 pub use mfn::Mfn;
 pub use model_file::{random_values, write_model, ModelError, ModelFile};
-pub use pipeline::{load_pipeline, FacePipeline, MfnPipeline, SfnPipeline};
+pub use pipeline::{load_pipeline, FacePipeline, MfnPipeline, PipelineKind, SfnPipeline};
 pub use reid::ReId;
 pub use sfn::{Sfn, SfnConfig};
 

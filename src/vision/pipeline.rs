@@ -27,12 +27,54 @@ pub trait FacePipeline: Send {
     fn reset(&mut self);
 }
 
-/// Loads the pipeline called `name` ("sfn" or "mfn") from the model files in `models`.
-pub fn load_pipeline(name: &str, models: &Path, device: &Device) -> Result<Box<dyn FacePipeline>> {
-    Ok(match name {
-        "sfn" => Box::new(SfnPipeline::load(models, device)?),
-        "mfn" => Box::new(MfnPipeline::load(models, device)?),
-        other => anyhow::bail!("unknown face pipeline {other:?} (sfn or mfn)"),
+/// The two face pipelines (the app's switch, `--pipeline`, the settings file).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineKind {
+    /// Face detector, then the single-face network on every face (batched).
+    #[default]
+    Sfn,
+    /// One multi-face network for the whole frame.
+    Mfn,
+}
+
+impl PipelineKind {
+    /// "sfn" / "mfn", as [`FacePipeline::name`] gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PipelineKind::Sfn => "sfn",
+            PipelineKind::Mfn => "mfn",
+        }
+    }
+
+    /// The other pipeline (the app's switch).
+    pub fn other(self) -> PipelineKind {
+        match self {
+            PipelineKind::Sfn => PipelineKind::Mfn,
+            PipelineKind::Mfn => PipelineKind::Sfn,
+        }
+    }
+}
+
+/// Loads the `kind` pipeline from the model files in `models`.
+pub fn load_pipeline(
+    kind: PipelineKind,
+    models: &Path,
+    device: &Device,
+) -> Result<Box<dyn FacePipeline>> {
+    Ok(match kind {
+        PipelineKind::Sfn => Box::new(SfnPipeline::load(models, device)?),
+        PipelineKind::Mfn => Box::new(MfnPipeline::load(models, device)?),
     })
 }
 

@@ -41,7 +41,8 @@ fn the_pipeline_switches_live_without_restarting_capture() {
         true,
     );
     let cpu = candle_core::Device::Cpu;
-    let sfn = polyface::vision::load_pipeline("sfn", &models, &cpu).unwrap();
+    let sfn = polyface::vision::load_pipeline(polyface::vision::PipelineKind::Sfn, &models, &cpu)
+        .unwrap();
     let processor = FrameProcessor::new(Some(sfn), People::default());
     let worker = InferenceWorker::spawn(capture, processor);
     let wait_for = |name: &str| {
@@ -61,7 +62,10 @@ fn the_pipeline_switches_live_without_restarting_capture() {
     };
     let before = wait_for("sfn");
     assert_eq!(worker.pipeline_name(), Some("sfn"));
-    worker.switch_pipeline(polyface::vision::load_pipeline("mfn", &models, &cpu).unwrap());
+    worker.switch_pipeline(
+        polyface::vision::load_pipeline(polyface::vision::PipelineKind::Mfn, &models, &cpu)
+            .unwrap(),
+    );
     let after = wait_for("mfn");
     assert_eq!(worker.pipeline_name(), Some("mfn"));
     assert!(after > before, "frames kept flowing from the same capture");
@@ -102,7 +106,9 @@ fn track_and_the_app_worker_give_the_same_people() {
     };
     let cpu = candle_core::Device::Cpu;
     let processor = || {
-        let pipeline = polyface::vision::load_pipeline("sfn", &models, &cpu).unwrap();
+        let pipeline =
+            polyface::vision::load_pipeline(polyface::vision::PipelineKind::Sfn, &models, &cpu)
+                .unwrap();
         FrameProcessor::new(Some(pipeline), People::default())
     };
     let out = dir.path().join("out");
@@ -181,7 +187,9 @@ fn the_worker_records_a_take_on_command() {
         true,
     );
     let cpu = candle_core::Device::Cpu;
-    let pipeline = polyface::vision::load_pipeline("mfn", &models, &cpu).unwrap();
+    let pipeline =
+        polyface::vision::load_pipeline(polyface::vision::PipelineKind::Mfn, &models, &cpu)
+            .unwrap();
     let worker = InferenceWorker::spawn(
         capture,
         FrameProcessor::new(Some(pipeline), People::default()),
