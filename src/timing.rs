@@ -24,8 +24,11 @@ pub enum Stage {
     Track,
     /// Face embeddings that give a returning person their old ID (once per new track).
     ReId,
-    /// Mapping expressions onto avatar morph targets.
+    /// Each person's expression as the 52 ARKit weights their avatar gets (neutral calibration
+    /// applied).
     Retarget,
+    /// Mapping those onto each avatar's morph targets and drawing the avatars (GPU).
+    Avatars,
     /// Recording GPU commands for the frame.
     Render,
     /// Handing the finished image to the display.
@@ -33,7 +36,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [Stage; Stage::COUNT] = [
         Stage::Capture,
         Stage::Convert,
@@ -44,6 +47,7 @@ impl Stage {
         Stage::Track,
         Stage::ReId,
         Stage::Retarget,
+        Stage::Avatars,
         Stage::Render,
         Stage::Present,
     ];
@@ -60,6 +64,7 @@ impl Stage {
             Stage::Track => "track",
             Stage::ReId => "reid",
             Stage::Retarget => "retarget",
+            Stage::Avatars => "avatars",
             Stage::Render => "render",
             Stage::Present => "present",
         }
@@ -269,6 +274,6 @@ mod tests {
         let row = t.csv_row();
         assert_eq!(header.split(',').count(), row.split(',').count());
         assert!(header.starts_with("frame,capture_ms,convert_ms"));
-        assert_eq!(row, "7,0.250,,,2.000,,,,,,,,2.250");
+        assert_eq!(row, "7,0.250,,,2.000,,,,,,,,,2.250");
     }
 }

@@ -50,7 +50,7 @@ pub struct MetricsLine {
 }
 
 /// What the app hands over each frame for the next report.
-pub struct AppState<'a> {
+pub struct AppHealth<'a> {
     pub ring: &'a TimingRing,
     pub device: &'a wgpu::Device,
     /// Frames captured and dropped at the capture hand-over, frames processed.
@@ -113,7 +113,7 @@ impl MetricsLog {
 
     /// Writes a report when one is due. A write failure is logged once the file is unusable;
     /// the app goes on.
-    pub fn maybe_report(&mut self, app: &AppState) {
+    pub fn maybe_report(&mut self, app: &AppHealth) {
         let now = Instant::now();
         if now < self.next {
             return;
@@ -129,7 +129,7 @@ impl MetricsLog {
         }
     }
 
-    fn line(&mut self, now: Instant, app: &AppState) -> MetricsLine {
+    fn line(&mut self, now: Instant, app: &AppHealth) -> MetricsLine {
         let mut latencies = std::mem::take(&mut self.latencies);
         latencies.sort_by(|a, b| a.total_cmp(b));
         let p = |q: f32| (!latencies.is_empty()).then(|| percentile(&latencies, q));
@@ -213,8 +213,8 @@ mod tests {
         let path = dir.path().join("metrics.jsonl");
         let mut log = MetricsLog::create(&path, Duration::ZERO).unwrap();
         let mut ring = TimingRing::with_capacity(600);
-        fn app<'a>(ring: &'a TimingRing, device: &'a wgpu::Device) -> AppState<'a> {
-            AppState {
+        fn app<'a>(ring: &'a TimingRing, device: &'a wgpu::Device) -> AppHealth<'a> {
+            AppHealth {
                 ring,
                 device,
                 captured: 0,
