@@ -1,6 +1,6 @@
 //! The face detector: a small anchor-free network on a 320×240 letterboxed frame that marks face
 //! centres on a stride-4 heatmap with box size, offset and 5 keypoints per cell. The layer list is
-//! in the model file (`layers` metadata); `training/DETECTOR.md` documents it.
+//! in the model file (`layers` metadata); `training/detector/DETECTOR.md` documents it.
 
 use std::path::Path;
 

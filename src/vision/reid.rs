@@ -1,5 +1,5 @@
 //! Face re-identification: a small embedding network trained with an additive angular margin
-//! (ArcFace) loss on identity-labelled faces (`training/REID.md`). A face is aligned from its 68
+//! (ArcFace) loss on identity-labelled faces (`training/reid/REID.md`). A face is aligned from its 68
 //! landmarks to a small grayscale crop (its size and template come from the model file) exactly as
 //! the training code does, embedded, and compared by cosine similarity: a person who comes back
 //! gets their old ID.

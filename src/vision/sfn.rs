@@ -1,6 +1,6 @@
 //! The single-face network (SFN): an aligned 112×112 face crop → 68 landmarks, head rotation,
 //! 51 ARKit blendshapes and a face confidence. A MobileNetV2-style CNN; the layer-by-layer
-//! description is in `training/SFN.md`, and the file's metadata carries the configuration.
+//! description is in `training/sfn/SFN.md`, and the file's metadata carries the configuration.
 
 use std::path::Path;
 
@@ -268,7 +268,7 @@ impl Sfn {
 }
 
 impl Module for Sfn {
-    /// (N, 3, 112, 112) normalised crops → (N, 194) raw outputs (see `training/SFN.md`). On the
+    /// (N, 3, 112, 112) normalised crops → (N, 194) raw outputs (see `training/sfn/SFN.md`). On the
     /// CPU, on rayon's pool (see `on_pool`).
     fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
         if x.device().is_cpu() {
@@ -426,7 +426,7 @@ pub fn write_random_weights(
     write_model(path, &tensors, metadata)
 }
 
-/// The architecture the training code uses by default (`training/sfn_model.py`), as JSON.
+/// The architecture the training code uses by default (`training/sfn/model.py`), as JSON.
 pub const DEFAULT_CONFIG_JSON: &str = r#"{"input_size": 112, "stem": {"out": 16, "stride": 2},
  "blocks": [[16, 16, 1, 1], [16, 24, 2, 3], [24, 24, 1, 3], [24, 40, 2, 4], [40, 40, 1, 4],
             [40, 40, 1, 4], [40, 80, 2, 4], [80, 80, 1, 4], [80, 80, 1, 4], [80, 96, 1, 4]],

@@ -5,7 +5,7 @@
 //! box into a linear layer plus a small MLP (the grid head, [`head`]); stride-4 features sampled
 //! at the 68 landmarks that head gives correct all its values (the refinement, two stages in the
 //! shipped net), and the pose fit ([`pose_fit`]) corrects the rotation last. The file's
-//! configuration is one typed record ([`MfnConfig`]); `training/MFN.md` documents the layout.
+//! configuration is one typed record ([`MfnConfig`]); `training/mfn/MFN.md` documents the layout.
 
 mod config;
 mod dense;
@@ -91,7 +91,7 @@ impl Mfn {
                 "format_version",
                 format!(
                     "{version:?}: this build reads format {FORMAT_VERSION}; re-export the model \
-                     with training/mfn_convert.py"
+                     with training/mfn/convert.py"
                 ),
             ));
         }

@@ -1,4 +1,4 @@
-//! The pose fit (`training/mfn_pose_fit.py`): a linear correction of the 6 rotation values from
+//! The pose fit (`training/mfn/pose_fit.py`): a linear correction of the 6 rotation values from
 //! each face's own landmarks (centred and scaled), its rotation, their products, the head's own
 //! per-face features and products of the landmarks' principal shape values, fitted to the
 //! teacher's rotation on training faces. The net places the landmarks as well as the SFN but
