@@ -10,13 +10,8 @@ validation score (mean of scene AP50 and composite AP50) improves, the EMA weigh
 (models/detector.safetensors) and --fixture (tests/fixtures/detector_parity.safetensors), atomically.
 """
 import argparse
-import csv
-import json
-import math
 import os
-import random
 import sys
-import time
 
 import numpy as np
 import torch
@@ -27,7 +22,7 @@ from detector import data as D  # noqa: E402
 from detector import model as M  # noqa: E402
 from detector.model import Detector, decode  # noqa: E402
 from detector import export as det_export  # noqa: E402
-from common import EMA, atomic_torch_save, worker_init  # noqa: E402
+from common.trainer import fit, seed_everything  # noqa: E402
 
 
 # ---------------------------------------------------------------- losses
@@ -181,109 +176,29 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     dev = torch.device(args.device)
     cache = D.DetCache(args.cache)
-    model = Detector().to(dev)
-    ema = EMA(model)
-    ema.model.to(dev)
-    decay, no_decay = [], []
-    for n_, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
-                            lr=args.lr)
-    it_per_epoch = math.ceil(args.samples / args.batch)
-    total = it_per_epoch * args.epochs
-    warm = min(300, total // 10 + 1)
+    model = Detector()
+    print(f"params {M.count_params(model)}, MACs {M.count_macs(model.program) / 1e6:.2f} M", flush=True)
 
-    def lr_lambda(it):
-        if it < warm:
-            return (it + 1) / warm
-        t = min(1.0, (it - warm) / max(1, total - warm))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+    def losses(model, x, t):
+        out = model(x)
+        l_hm = focal_loss(out[:, 0], t["hm"], t["ign"])
+        l_off, l_size, l_kps = reg_losses(out, t["ind"], t["msk"], t["reg"])
+        return W_HM * l_hm + W_OFF * l_off + W_SIZE * l_size + W_KPS * l_kps, (l_hm, l_off, l_size, l_kps)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    start_epoch, step, best = 0, 0, -1.0
-    last_p, best_p = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
-    if args.resume and os.path.exists(last_p):
-        ck = torch.load(last_p, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        ema.model.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        print(f"resumed from {last_p}: epoch {ck['epoch']}, best {best}", flush=True)
-    print(f"params {M.count_params(model)}, MACs {M.count_macs(model.program) / 1e6:.2f} M, "
-          f"{it_per_epoch} it/epoch, device {dev}", flush=True)
-    log_p = os.path.join(args.out, "log.csv")
-    fields = ["epoch", "step", "lr", "time_s", "loss", "hm", "off", "size", "kps", "scene_recall", "scene_precision",
-              "scene_ap50", "helen_recall", "comp_recall", "comp_precision", "comp_ap50", "score", "best"]
-    if not os.path.exists(log_p):
-        with open(log_p, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
+    def export(ema_model, metrics, epoch):
+        if args.export:
+            em = Detector(model.config)
+            em.load_state_dict(ema_model.state_dict())
+            det_export.export(em, args.export, args.fixture or None, dict(metrics, epoch=epoch), args.cache,
+                              {"epoch": epoch})
+            print(f"exported {args.export}" + (f" + {args.fixture}" if args.fixture else ""), flush=True)
 
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.time()
-        model.train()
-        ds = D.TrainSet(cache, args.samples, args.seed, epoch)
-        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, num_workers=args.workers,
-                                         worker_init_fn=worker_init, drop_last=True,
-                                         persistent_workers=False, prefetch_factor=4 if args.workers else None)
-        sums = np.zeros(5)
-        nb = 0
-        for x, t in dl:
-            x = x.to(dev, non_blocking=True)
-            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
-            out = model(x)
-            l_hm = focal_loss(out[:, 0], t["hm"], t["ign"])
-            l_off, l_size, l_kps = reg_losses(out, t["ind"], t["msk"], t["reg"])
-            loss = W_HM * l_hm + W_OFF * l_off + W_SIZE * l_size + W_KPS * l_kps
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            sched.step()
-            ema.update(model, step)
-            step += 1
-            sums += [loss.item(), l_hm.item(), l_off.item(), l_size.item(), l_kps.item()]
-            nb += 1
-            if nb % 50 == 0:
-                a = sums / nb
-                print(f"ep {epoch} it {nb}/{it_per_epoch} loss {a[0]:.4f} hm {a[1]:.4f} off {a[2]:.4f} "
-                      f"size {a[3]:.4f} kps {a[4]:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                      f"{(time.time() - t0) / nb:.2f}s/it", flush=True)
-        tv = time.time()
-        metrics = validate(ema.model, cache, dev, args.val_limit)
-        a = sums / max(nb, 1)
-        improved = metrics["score"] > best
-        if improved:
-            best = metrics["score"]
-        print(f"epoch {epoch} done in {tv - t0:.0f}s (+{time.time() - tv:.0f}s val): {json.dumps(metrics)}"
-              f"{' *best*' if improved else ''}", flush=True)
-        with open(log_p, "a", newline="") as f:
-            csv.writer(f).writerow([epoch, step, f"{sched.get_last_lr()[0]:.3e}", round(time.time() - t0, 1)]
-                                   + [round(float(v), 5) for v in a]
-                                   + [metrics[k] for k in fields[9:17]] + [int(improved)])
-        ck = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best": best, "metrics": metrics,
-              "config": model.config, "args": vars(args),
-              "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
-        atomic_torch_save(ck, last_p)
-        if improved:
-            atomic_torch_save(ck, best_p)
-            if args.export:
-                em = Detector(model.config)
-                em.load_state_dict(ema.model.state_dict())
-                det_export.export(em, args.export, args.fixture or None, dict(metrics, epoch=epoch), args.cache,
-                                  {"epoch": epoch})
-                print(f"exported {args.export}" + (f" + {args.fixture}" if args.fixture else ""), flush=True)
-
+    fit(model, lambda epoch: D.TrainSet(cache, args.samples, args.seed, epoch), losses,
+        lambda ema: validate(ema, cache, dev, args.val_limit), args, parts=("hm", "off", "size", "kps"),
+        select=lambda m: m["score"], on_improve=export, log_every=50, warm_max=300, device=dev)
 
 if __name__ == "__main__":
     main()

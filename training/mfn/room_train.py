@@ -16,24 +16,18 @@ same faces, and the room's small faces are found at 640x480 by either):
     python training/mfn/room_train.py --export-from training/runs/room/best.pt
 """
 import argparse
-import csv
-import json
 import os
-import random
 import sys
-import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # training/: the packages
-from detector import data as D  # noqa: E402
 from detector import model as DM  # noqa: E402
 from groups import evaluate as GE  # noqa: E402
 from mfn import model as M  # noqa: E402
 from mfn import train as T  # noqa: E402
 from mfn import room_data as RD  # noqa: E402
-from common import EMA, atomic_torch_save, worker_init  # noqa: E402
+from common.trainer import fit, seed_everything  # noqa: E402
 from detector.train import focal_loss  # noqa: E402
 
 
@@ -119,10 +113,7 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     dev = torch.device(args.device)
     data = RD.RoomData(args.det_cache, args.sfn_cache, args.groups_cache, sharp_faces=True)
     if args.export_from:
@@ -145,98 +136,21 @@ def main():
     if not args.resume:
         model.load_state_dict({k: v for k, v in ck0["ema"].items() if not k.startswith("pose_fit.")})
         print(f"initialised from MFN {args.init_full} (epoch {ck0.get('epoch')})", flush=True)
-    model.to(dev)
-    ema = EMA(model)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
-                             {"params": no_decay, "weight_decay": 0}], lr=args.lr)
-    it_per_epoch = args.samples // args.batch
-    total = it_per_epoch * args.epochs
-    warm = min(150, total // 10 + 1)
-
-    def lr_lambda(it):
-        if it < warm:
-            return (it + 1) / warm
-        t = min(1.0, (it - warm) / max(1, total - warm))
-        return 0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    start_epoch, step, best = 0, 0, -1.0
-    last_p, best_p = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
-    if args.resume and os.path.exists(last_p):
-        ck = torch.load(last_p, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        ema.model.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        print(f"resumed from {last_p}: epoch {ck['epoch']}, best {best}", flush=True)
     print(f"params {DM.count_params(model)}, MACs {DM.count_macs(M.MFN(config).program) / 1e6:.1f} M at "
-          f"{RD.ROOM_W}x{RD.ROOM_H}, {it_per_epoch} it/epoch, device {dev}", flush=True)
-    log_p = os.path.join(args.out, "log.csv")
-    mkeys = None
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.time()
-        model.train()
-        ds = RD.RoomTrainSet(data, args.samples, args.seed, epoch, box_jitter=args.box_jitter)
-        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, num_workers=args.workers,
-                                         worker_init_fn=worker_init, drop_last=True,
-                                         prefetch_factor=4 if args.workers else None)
-        sums = np.zeros(8)
-        nb = 0
-        for x, t in dl:
-            x = x.to(dev, non_blocking=True)
-            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
-            det, face = model(x)
-            l_hm = focal_loss(det[:, 0], t["hm"], t["ign"])
-            l_off, l_size, l_kps = det_reg_losses(det, t)
-            l_lmk, l_pose, l_blend = T.face_losses(model, face, t)
-            loss = l_hm + l_off + l_size + l_kps + T.W_LMK * l_lmk + args.w_pose * l_pose + args.w_blend * l_blend
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            sched.step()
-            ema.update(model, step)
-            step += 1
-            sums += [v.item() for v in (loss, l_hm, l_off, l_size, l_kps, l_lmk, l_pose, l_blend)]
-            nb += 1
-            if nb % 20 == 0:
-                a = sums / nb
-                print(f"ep {epoch} it {nb}/{it_per_epoch} loss {a[0]:.4f} hm {a[1]:.4f} size {a[3]:.4f} "
-                      f"lmk {a[5]:.4f} pose {a[6]:.4f} blend {a[7]:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                      f"{(time.time() - t0) / nb:.2f}s/it", flush=True)
-        tv = time.time()
-        metrics = validate(ema.model, data, groups_test, dev, args.val_limit)
-        a = sums / max(nb, 1)
-        improved = metrics["room_score"] > best
-        if improved:
-            best = metrics["room_score"]
-        print(f"epoch {epoch} done in {tv - t0:.0f}s (+{time.time() - tv:.0f}s val): {json.dumps(metrics)}"
-              f"{' *best*' if improved else ''}", flush=True)
-        mkeys = mkeys or list(metrics)
-        fields = ["epoch", "step", "lr", "time_s", "loss", "hm", "off", "size", "kps", "lmk", "pose", "blend"] \
-            + mkeys + ["best"]
-        new = not os.path.exists(log_p)
-        with open(log_p, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(fields)
-            w.writerow([epoch, step, f"{sched.get_last_lr()[0]:.3e}", round(time.time() - t0, 1)]
-                       + [round(float(v), 5) for v in a] + [metrics[k] for k in mkeys] + [int(improved)])
-        ck = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best": best, "metrics": metrics,
-              "config": model.config, "args": vars(args),
-              "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
-        atomic_torch_save(ck, last_p)
-        if improved:
-            atomic_torch_save(ck, best_p)
+          f"{RD.ROOM_W}x{RD.ROOM_H}", flush=True)
 
+    def losses(model, x, t):
+        det, face = model(x)
+        l_hm = focal_loss(det[:, 0], t["hm"], t["ign"])
+        l_off, l_size, l_kps = det_reg_losses(det, t)
+        l_lmk, l_pose, l_blend = T.face_losses(model, face, t)
+        loss = l_hm + l_off + l_size + l_kps + T.W_LMK * l_lmk + args.w_pose * l_pose + args.w_blend * l_blend
+        return loss, (l_hm, l_off, l_size, l_kps, l_lmk, l_pose, l_blend)
+
+    fit(model, lambda epoch: RD.RoomTrainSet(data, args.samples, args.seed, epoch, box_jitter=args.box_jitter),
+        losses, lambda ema: validate(ema, data, groups_test, dev, args.val_limit), args,
+        parts=("hm", "off", "size", "kps", "lmk", "pose", "blend"), select=lambda m: m["room_score"],
+        log_every=20, warm_max=150, device=dev)
 
 if __name__ == "__main__":
     main()

@@ -11,14 +11,12 @@ checkpoints <out>/last.pt every epoch (resumable) and <out>/best.pt; on improvem
 to --export (models/mfn.safetensors) and --fixture (tests/fixtures/mfn_parity.safetensors).
 """
 import argparse
-import csv
 import datetime
 import json
 import math
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
@@ -30,7 +28,8 @@ from detector import model as DM  # noqa: E402
 from mfn import data as MD  # noqa: E402
 from mfn import model as M  # noqa: E402
 from detector.train import focal_loss, reg_losses, evaluate as det_evaluate  # noqa: E402
-from common import EMA, atomic_save_safetensors as _atomic_save, atomic_torch_save, git_commit, worker_init  # noqa: E402
+from common import atomic_save_safetensors as _atomic_save, git_commit  # noqa: E402
+from common.trainer import adamw, fit  # noqa: E402
 from detector.export import letterbox_rule, normalization, output_layout, DECODING  # noqa: E402
 
 W_LMK = 10.0  # loss weights; pose and blendshape weights are flags (--w-pose, --w-blend)
@@ -493,108 +492,32 @@ def main():
         model.load_detector(ck.get("ema", ck.get("model")))
         print(f"initialised from detector {args.init} (epoch {ck.get('epoch')})", flush=True)
     model.to(dev)
-    ema = EMA(model)
-    decay, no_decay, mlp = [], [], []
-    for n_, p in model.named_parameters():
-        (mlp if args.mlp_lr_scale != 1 and n_.startswith(("mlp1.", "mlp2.")) else no_decay if p.ndim <= 1
-         else decay).append(p)
-    groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}]
-    if mlp:  # the residual MLP at its own learning rate (LambdaLR scales every group's own)
-        groups.append({"params": mlp, "weight_decay": 0, "lr": args.lr * args.mlp_lr_scale})
-    opt = torch.optim.AdamW(groups, lr=args.lr)
-    it_per_epoch = args.samples // args.batch
-    total = it_per_epoch * args.epochs
-    warm = min(200, total // 10 + 1)
+    print(f"params {DM.count_params(model)}, MACs {DM.count_macs(model.program) / 1e6:.2f} M", flush=True)
+    # the residual MLP may learn at its own share of the learning rate (--mlp-lr-scale)
+    scaled = (("mlp1.", "mlp2."), args.mlp_lr_scale) if args.mlp_lr_scale != 1 else None
 
-    def lr_lambda(it):
-        if it < warm:
-            return (it + 1) / warm
-        t = min(1.0, (it - warm) / max(1, total - warm))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+    def losses(model, x, t):
+        det, face = model(x)
+        l_hm = focal_loss(det[:, 0], t["hm"], t["ign"])
+        l_off, l_size, l_kps = reg_losses(det, t["ind"], t["msk"], t["reg"])
+        l_lmk, l_pose, l_blend = face_losses(model, face, t)
+        loss = l_hm + l_off + l_size + l_kps + W_LMK * l_lmk + args.w_pose * l_pose + args.w_blend * l_blend
+        return loss, (l_hm, l_off, l_size, l_kps, l_lmk, l_pose, l_blend)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    start_epoch, step, best = 0, 0, -1.0
-    last_p, best_p = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
-    if args.resume and os.path.exists(last_p):
-        ck = torch.load(last_p, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        ema.model.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, step, best = ck["epoch"] + 1, ck["step"], ck["best"]
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        print(f"resumed from {last_p}: epoch {ck['epoch']}, best {best}", flush=True)
-    print(f"params {DM.count_params(model)}, MACs {DM.count_macs(model.program) / 1e6:.2f} M, "
-          f"{it_per_epoch} it/epoch, device {dev}", flush=True)
-    log_p = os.path.join(args.out, "log.csv")
-    mkeys = ["helen_nme", "helen_nme_median", "helen_fail10", "helen_missed", "pose_deg", "blend_mae",
-             "scene_recall", "scene_precision", "scene_ap50", "comp_recall", "comp_ap50", "score", "face_score"]
-    fields = ["epoch", "step", "lr", "time_s", "loss", "hm", "off", "size", "kps", "lmk", "pose", "blend"] + mkeys \
-        + ["best"]
-    if not os.path.exists(log_p):
-        with open(log_p, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
+    def on_improve(ema_model, metrics, epoch):
+        if args.export:
+            em = M.MFN(model.config)
+            em.load_state_dict(ema_model.state_dict())
+            export(em, args.export, args.fixture or None, dict(metrics, epoch=epoch), data.det, data.blend_names,
+                   {"epoch": epoch}, args.refine_rank, args.grid_rank,
+                   grid_calibration(em, data) if args.grid_rank else None)
+            print(f"exported {args.export}" + (f" + {args.fixture}" if args.fixture else ""), flush=True)
 
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.time()
-        model.train()
-        ds = MD.MFNTrainSet(data, args.samples, args.seed, epoch, box_jitter=args.box_jitter)
-        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, num_workers=args.workers,
-                                         worker_init_fn=worker_init, drop_last=True,
-                                         prefetch_factor=4 if args.workers else None)
-        sums = np.zeros(8)
-        nb = 0
-        for x, t in dl:
-            x = x.to(dev, non_blocking=True)
-            t = {k: v.to(dev, non_blocking=True) for k, v in t.items()}
-            det, face = model(x)
-            l_hm = focal_loss(det[:, 0], t["hm"], t["ign"])
-            l_off, l_size, l_kps = reg_losses(det, t["ind"], t["msk"], t["reg"])
-            l_lmk, l_pose, l_blend = face_losses(model, face, t)
-            loss = l_hm + l_off + l_size + l_kps + W_LMK * l_lmk + args.w_pose * l_pose + args.w_blend * l_blend
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
-            sched.step()
-            ema.update(model, step)
-            step += 1
-            sums += [v.item() for v in (loss, l_hm, l_off, l_size, l_kps, l_lmk, l_pose, l_blend)]
-            nb += 1
-            if nb % 25 == 0:
-                a = sums / nb
-                print(f"ep {epoch} it {nb}/{it_per_epoch} loss {a[0]:.4f} hm {a[1]:.4f} size {a[3]:.4f} "
-                      f"lmk {a[5]:.4f} pose {a[6]:.4f} blend {a[7]:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                      f"{(time.time() - t0) / nb:.2f}s/it", flush=True)
-        tv = time.time()
-        metrics = validate(ema.model, data, dev, args.val_limit)
-        a = sums / max(nb, 1)
-        sel = metrics["score"] if args.select == "score" else metrics["face_score"]
-        improved = sel > best
-        if improved:
-            best = sel
-        print(f"epoch {epoch} done in {tv - t0:.0f}s (+{time.time() - tv:.0f}s val): {json.dumps(metrics)}"
-              f"{' *best*' if improved else ''}", flush=True)
-        with open(log_p, "a", newline="") as f:
-            csv.writer(f).writerow([epoch, step, f"{sched.get_last_lr()[0]:.3e}", round(time.time() - t0, 1)]
-                                   + [round(float(v), 5) for v in a] + [metrics[k] for k in mkeys] + [int(improved)])
-        ck = {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best": best, "metrics": metrics,
-              "config": model.config, "args": vars(args),
-              "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
-        atomic_torch_save(ck, last_p)
-        if improved:
-            atomic_torch_save(ck, best_p)
-            if args.export:
-                em = M.MFN(model.config)
-                em.load_state_dict(ema.model.state_dict())
-                export(em, args.export, args.fixture or None, dict(metrics, epoch=epoch), data.det,
-                       data.blend_names, {"epoch": epoch}, args.refine_rank, args.grid_rank,
-                       grid_calibration(em, data) if args.grid_rank else None)
-                print(f"exported {args.export}" + (f" + {args.fixture}" if args.fixture else ""), flush=True)
-
+    fit(model, lambda epoch: MD.MFNTrainSet(data, args.samples, args.seed, epoch, box_jitter=args.box_jitter),
+        losses, lambda ema: validate(ema, data, dev, args.val_limit), args,
+        parts=("hm", "off", "size", "kps", "lmk", "pose", "blend"),
+        select=lambda m: m["score"] if args.select == "score" else m["face_score"], on_improve=on_improve,
+        optimizer=adamw(model, args.lr, args.wd, scaled), device=dev)
 
 if __name__ == "__main__":
     main()
