@@ -322,6 +322,9 @@ pub struct EvalReport {
     pub fr10: f32,
     pub pose_deg: Option<f32>,
     pub blend_mae: Option<f32>,
+    /// Eye gaze from the predicted eyeLook weights against the teacher's, degrees (mean of both
+    /// eyes; [`crate::retarget::EyeGaze`]).
+    pub gaze_deg: Option<f32>,
     pub recall: Option<f32>,
     /// Recall over the labelled faces at least [`RECALL_MIN_HEIGHT`] px tall.
     pub recall_20px: Option<f32>,
@@ -351,6 +354,7 @@ pub struct FaceErrors {
     pub nme: Option<f32>,
     pub pose_deg: Option<f32>,
     pub blend_mae: Option<f32>,
+    pub gaze_deg: Option<f32>,
 }
 
 impl FaceErrors {
@@ -364,7 +368,14 @@ impl FaceErrors {
                 .sum::<f32>()
                 / b.len() as f32
         });
+        let gaze =
+            |b: &[f32]| crate::retarget::EyeGaze::from_arkit(&crate::retarget::arkit_weights(b));
+        let gaze_deg = truth
+            .blendshapes
+            .as_deref()
+            .map(|b| gaze(&predicted.blendshapes).error_degrees(&gaze(b)));
         Self {
+            gaze_deg,
             nme: truth
                 .landmarks
                 .as_deref()
@@ -387,6 +398,7 @@ struct Accumulator {
     nmes: Vec<f32>,
     pose: Vec<f32>,
     blend: Vec<f32>,
+    gaze: Vec<f32>,
 }
 
 impl Accumulator {
@@ -394,6 +406,7 @@ impl Accumulator {
         self.nmes.extend(errors.nme);
         self.pose.extend(errors.pose_deg);
         self.blend.extend(errors.blend_mae);
+        self.gaze.extend(errors.gaze_deg);
     }
 
     fn report(&self) -> EvalReport {
@@ -408,6 +421,7 @@ impl Accumulator {
             },
             pose_deg: mean(&self.pose),
             blend_mae: mean(&self.blend),
+            gaze_deg: mean(&self.gaze),
             ..Default::default()
         }
     }
@@ -869,6 +883,7 @@ mod tests {
                 nme: Some(nme),
                 pose_deg: Some(pose),
                 blend_mae: None,
+                gaze_deg: None,
             }),
         };
         let missed = Judged {

@@ -211,6 +211,9 @@ fn print_report_lines(report: &polyface::eval::EvalReport) {
     if let Some(b) = report.blend_mae {
         println!("blend MAE  {b:.4}");
     }
+    if let Some(g) = report.gaze_deg {
+        println!("eye gaze   {g:.2} deg (from the eyeLook weights, against the teacher's)");
+    }
     if let (Some(r), Some(p)) = (report.recall, report.precision) {
         println!("recall     {r:.4}");
         println!("precision  {p:.4}");

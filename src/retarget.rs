@@ -359,6 +359,65 @@ impl Retargeter {
 /// camera looks down −z at the person: turning the canonical face (which faces +z) by `rotation`
 /// already reads as the avatar turning the same way. With `mirror`, left and right swap, as a
 /// mirror image (what people expect when they watch themselves).
+/// Eye gaze from the eyeLook weights: per eye (yaw, pitch) in radians, in the head's convention
+/// (yaw > 0 towards the image right — the subject's left — pitch > 0 down), not mirrored.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EyeGaze {
+    pub left: [f32; 2],
+    pub right: [f32; 2],
+}
+
+/// How far an eye turns at eyeLook weight 1: ARKit's eye blendshapes reach 1 near 30° to the
+/// side and 25° up or down, the factors ARKit-to-bone converters use.
+pub const EYE_YAW_AT_FULL: f32 = 30.0 * std::f32::consts::PI / 180.0;
+pub const EYE_PITCH_AT_FULL: f32 = 25.0 * std::f32::consts::PI / 180.0;
+
+impl EyeGaze {
+    /// The gaze the 52 ARKit weights describe (calibrated weights give calibrated gaze).
+    pub fn from_arkit(w: &[f32; 52]) -> EyeGaze {
+        let at = |name: &str| arkit_index(name).map_or(0.0, |i| w[i]);
+        // The left eye looks to the subject's left when it looks out; the right eye when it
+        // looks in.
+        let left_yaw = at("eyeLookOutLeft") - at("eyeLookInLeft");
+        let right_yaw = at("eyeLookInRight") - at("eyeLookOutRight");
+        let pitch =
+            |side: &str| at(&format!("eyeLookDown{side}")) - at(&format!("eyeLookUp{side}"));
+        EyeGaze {
+            left: [
+                left_yaw * EYE_YAW_AT_FULL,
+                pitch("Left") * EYE_PITCH_AT_FULL,
+            ],
+            right: [
+                right_yaw * EYE_YAW_AT_FULL,
+                pitch("Right") * EYE_PITCH_AT_FULL,
+            ],
+        }
+    }
+
+    /// An eye's rotation (yaw about the up axis, then pitch about the sideways axis), in the
+    /// camera-facing frame of the head rotations (x subject's left, y up, z out of the face).
+    pub fn rotation([yaw, pitch]: [f32; 2]) -> Quat {
+        // Looking down turns the eye's forward axis (+z) towards −y: a positive turn about +x.
+        Quat::from_rotation_y(yaw) * Quat::from_rotation_x(pitch)
+    }
+
+    /// The unit direction an eye looks in (+z straight ahead).
+    pub fn direction(angles: [f32; 2]) -> glam::Vec3 {
+        Self::rotation(angles) * glam::Vec3::Z
+    }
+
+    /// Angle between two gazes, degrees: the mean over both eyes of the angle between their
+    /// directions.
+    pub fn error_degrees(&self, other: &EyeGaze) -> f32 {
+        let angle = |a: [f32; 2], b: [f32; 2]| {
+            Self::direction(a)
+                .angle_between(Self::direction(b))
+                .to_degrees()
+        };
+        (angle(self.left, other.left) + angle(self.right, other.right)) / 2.0
+    }
+}
+
 pub fn head_rotation(rotation: &Mat3, mirror: bool) -> Quat {
     let q = Quat::from_mat3(rotation).normalize();
     if mirror {
@@ -500,5 +559,32 @@ mod tests {
         assert!(m.angle_between(Quat::from_rotation_y(-0.5)) < 1e-5);
         let pitch = Mat3::from_rotation_x(0.3);
         assert!(head_rotation(&pitch, true).angle_between(Quat::from_rotation_x(0.3)) < 1e-5);
+    }
+
+    #[test]
+    fn gaze_follows_the_eye_look_weights() {
+        let mut w = [0f32; 52];
+        let set = |w: &mut [f32; 52], name: &str, v: f32| {
+            w[ARKIT_52.iter().position(|n| *n == name).unwrap()] = v;
+        };
+        assert_eq!(EyeGaze::from_arkit(&w), EyeGaze::default());
+        // both eyes to the subject's left: the left looks out, the right looks in
+        set(&mut w, "eyeLookOutLeft", 1.0);
+        set(&mut w, "eyeLookInRight", 0.5);
+        set(&mut w, "eyeLookDownLeft", 1.0);
+        let gaze = EyeGaze::from_arkit(&w);
+        assert!((gaze.left[0] - EYE_YAW_AT_FULL).abs() < 1e-6);
+        assert!((gaze.right[0] - 0.5 * EYE_YAW_AT_FULL).abs() < 1e-6);
+        assert!((gaze.left[1] - EYE_PITCH_AT_FULL).abs() < 1e-6 && gaze.right[1] == 0.0);
+        // looking left turns +z towards +x, looking down towards −y
+        let d = EyeGaze::direction(gaze.left);
+        assert!(d.x > 0.4 && d.y < -0.3 && d.z > 0.0, "{d}");
+        // the error is the angle between the directions
+        let straight = EyeGaze::default();
+        let err = straight.error_degrees(&EyeGaze {
+            left: [10f32.to_radians(), 0.0],
+            right: [0.0, 0.0],
+        });
+        assert!((err - 5.0).abs() < 1e-3, "{err}");
     }
 }

@@ -111,14 +111,18 @@ impl LiveLinkWriter {
         )
     }
 
-    /// One row: ARKit-52 weights, head yaw / pitch / roll in radians (eyes: zero, not estimated).
+    /// One row: ARKit-52 weights, head yaw / pitch / roll and each eye's yaw / pitch / roll in
+    /// radians (the eyes from the eyeLook weights, [`crate::retarget::EyeGaze`]; no roll).
     pub fn write(&mut self, seconds: f64, arkit: &[f32; 52], head_ypr: [f32; 3]) -> Result<()> {
         let mut row = timecode(seconds, self.fps);
         row.push_str(&format!(",{VALUE_COUNT}"));
         for &i in &self.order {
             row.push_str(&format!(",{:.6}", arkit[i]));
         }
-        for v in head_ypr.iter().chain(&[0.0; 6]) {
+        let gaze = crate::retarget::EyeGaze::from_arkit(arkit);
+        let [ly, lp] = gaze.left;
+        let [ry, rp] = gaze.right;
+        for v in head_ypr.iter().chain(&[ly, lp, 0.0, ry, rp, 0.0]) {
             row.push_str(&format!(",{v:.6}"));
         }
         writeln!(self.file, "{row}")
@@ -165,6 +169,11 @@ mod tests {
             .position(|n| *n == "jawLeft")
             .unwrap();
         w[jaw_left] = 0.25;
+        let look_in_right = crate::retarget::ARKIT_52
+            .iter()
+            .position(|n| *n == "eyeLookInRight")
+            .unwrap();
+        w[look_in_right] = 0.5;
         writer.write(0.5, &w, [0.1, -0.2, 0.3]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -177,5 +186,11 @@ mod tests {
         assert_eq!(cells[column], "0.250000");
         let yaw = HEADER.split(',').position(|c| c == "HeadYaw").unwrap();
         assert_eq!(cells[yaw], "0.100000");
+        // the right eye looks half-way in (to the subject's left): 15 degrees of yaw
+        let eye = HEADER.split(',').position(|c| c == "RightEyeYaw").unwrap();
+        let expected = 0.5 * crate::retarget::EYE_YAW_AT_FULL;
+        assert_eq!(cells[eye], format!("{expected:.6}"));
+        let left = HEADER.split(',').position(|c| c == "LeftEyeYaw").unwrap();
+        assert_eq!(cells[left], "0.000000");
     }
 }

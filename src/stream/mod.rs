@@ -161,6 +161,19 @@ impl VmcStreamer {
             bone("Neck", (0.0, 0.0, 0.0, 1.0)),
         ];
         let weights = arkit_weights(&person.smoothed.blendshapes);
+        // The eyes from the eyeLook weights, turned into Unity's frame as the head is (and
+        // swapped and mirrored with it when mirroring).
+        let gaze = crate::retarget::EyeGaze::from_arkit(&weights);
+        let (left, right) = if self.mirror {
+            let flip = |[yaw, pitch]: [f32; 2]| [-yaw, pitch];
+            (flip(gaze.right), flip(gaze.left))
+        } else {
+            (gaze.left, gaze.right)
+        };
+        for (name, angles) in [("LeftEye", left), ("RightEye", right)] {
+            let q = crate::retarget::EyeGaze::rotation(angles);
+            content.push(bone(name, (-q.x, -q.y, q.z, q.w)));
+        }
         for (name, value) in self.retargeter.apply(&weights) {
             content.push(message(
                 "/VMC/Ext/Blend/Val",
