@@ -21,7 +21,7 @@
 //! | [`headless`] | `polyface track`, the app's headless twin |
 //! | [`eval`], [`bench`] | `polyface eval` (accuracy on the shared labelled data), `polyface bench` (latency per stage) |
 //! | [`soak`] | `polyface soak` (the app for hours under Xvfb: memory, frames, latency over time), the app's `--metrics` report |
-//! | [`settings`], [`timing`], [`cli`] | app settings, per-stage durations, the command line |
+//! | [`settings`], [`timing`], [`cli`], [`memory`] | app settings, per-stage durations, the command line, freed heap memory back to the system |
 
 pub mod app;
 pub mod avatar;
@@ -32,6 +32,7 @@ pub mod eval;
 pub mod fit;
 pub mod headless;
 pub mod inference;
+pub mod memory;
 pub mod processor;
 pub mod record;
 pub mod render;

@@ -38,6 +38,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         "cannot open a window: no display found (set DISPLAY or WAYLAND_DISPLAY, or use `polyface track` headless)",
     )?;
     event_loop.set_control_flow(ControlFlow::Poll);
+    // hours of frames and redraws: what was freed goes back to the system, not to a high-water mark
+    crate::memory::trim_every(Duration::from_secs(10));
     let mut app = App {
         state: AppState::new(args),
         window: None,
