@@ -10,14 +10,14 @@ use super::metrics::MetricsLine;
 use crate::bench::plot::{line_chart, Chart, Series};
 use crate::timing::Stage;
 
-/// One sample of a soak run.
+/// One sample of a soak run: one report of the app.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
-    /// Seconds since the app was started.
+    /// Seconds since the app was started (the report's time).
     pub t_s: f64,
-    /// Resident memory of the app process, MB, read from outside it.
+    /// Resident memory of the app process, MB, read from outside it as the report arrived.
     pub rss_mb: f64,
-    /// The app's newest report, if one arrived since the previous sample.
+    /// The app's report.
     pub app: Option<MetricsLine>,
     /// VMC packets received since the previous sample.
     pub vmc_packets: u64,
@@ -26,6 +26,8 @@ pub struct Sample {
 /// When a run fails.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// How often the app reports; three times that without a report is a stall.
+    pub report_every_s: f64,
     pub warmup_s: f64,
     /// Resident (and GPU) memory growth after warm-up, MB per second.
     pub max_growth_mb_s: f64,
@@ -186,35 +188,29 @@ pub fn summarize(samples: &[Sample], limits: Limits, extra_problems: Vec<String>
         .filter_map(|s| s.app.as_ref().map(|a| a.people))
         .max()
         .unwrap_or(0);
-    // stalls: an interval after warm-up without a report, without a presented frame, or (with
-    // people in view) without a VMC packet
-    let mut previous: Option<&MetricsLine> = None;
-    for s in samples {
-        let after_warmup = s.t_s >= limits.warmup_s;
-        match &s.app {
-            None if after_warmup => summary.problems.push(format!(
-                "no report from the app in the interval ending at {:.0} s",
-                s.t_s
-            )),
-            Some(line) => {
-                if let (true, Some(p)) = (after_warmup, previous) {
-                    if line.presented == p.presented {
-                        summary.problems.push(format!(
-                            "no frame presented in the interval ending at {:.0} s",
-                            s.t_s
-                        ));
-                    }
-                    if line.people > 0 && p.people > 0 && s.vmc_packets == 0 {
-                        summary.problems.push(format!(
-                            "no VMC packet in the interval ending at {:.0} s with {} people in view",
-                            s.t_s, line.people
-                        ));
-                    }
-                }
-                previous = Some(line);
+    // stalls: a gap after warm-up without a report (the app reports from its redraw), or
+    // (with people in view) a report without a VMC packet since the previous one
+    let mut previous: Option<&Sample> = None;
+    for s in samples.iter().filter(|s| s.app.is_some()) {
+        if let Some(p) = previous.filter(|_| s.t_s >= limits.warmup_s) {
+            let gap = s.t_s - p.t_s;
+            if gap > 3.0 * limits.report_every_s {
+                summary.problems.push(format!(
+                    "no report from the app for {gap:.0} s (from {:.0} to {:.0} s): it stalled",
+                    p.t_s, s.t_s
+                ));
             }
-            None => {}
+            let (line, before) = (s.app.as_ref(), p.app.as_ref());
+            if let (Some(line), Some(before)) = (line, before) {
+                if line.people > 0 && before.people > 0 && s.vmc_packets == 0 {
+                    summary.problems.push(format!(
+                        "no VMC packet between {:.0} and {:.0} s with {} people in view",
+                        p.t_s, s.t_s, line.people
+                    ));
+                }
+            }
         }
+        previous = Some(s);
     }
     let p95s: Vec<(f64, f32)> = warm
         .iter()
@@ -506,6 +502,7 @@ mod tests {
     }
 
     const LIMITS: Limits = Limits {
+        report_every_s: 5.0,
         warmup_s: 20.0,
         max_growth_mb_s: 0.5,
         max_growth_percent: Some(5.0),
@@ -550,35 +547,44 @@ mod tests {
                 sample(t, 200.0 + 0.1 * t, 100 * k as u64, 3, 50)
             })
             .collect();
-        let summary = summarize(&hour, LIMITS, Vec::new());
+        let every_50_s = Limits {
+            report_every_s: 50.0,
+            ..LIMITS
+        };
+        let summary = summarize(&hour, every_50_s, Vec::new());
         assert_eq!(summary.problems.len(), 1, "{:?}", summary.problems);
         assert!(summary.problems[0].contains('%'));
     }
 
     #[test]
     fn stalls_and_silent_streams_are_problems() {
-        let mut samples: Vec<Sample> = (0..10)
+        let mut samples: Vec<Sample> = (0..12)
             .map(|k| sample(5.0 * k as f64, 200.0, 100 * k as u64, 3, 50))
             .collect();
-        samples[6].app.as_mut().unwrap().presented = samples[5].app.as_ref().unwrap().presented;
-        samples[7].vmc_packets = 0;
-        samples[8].app = None;
+        samples[6].vmc_packets = 0;
+        // no report at 40, 45 and 50 s: 20 s without one
+        samples.drain(8..11);
         let summary = summarize(&samples, LIMITS, vec!["the app exited with 1".into()]);
         let all = summary.problems.join("\n");
+        assert!(all.contains("no VMC packet between 25 and 30 s"), "{all}");
         assert!(
-            all.contains("no frame presented in the interval ending at 30 s"),
-            "{all}"
-        );
-        assert!(
-            all.contains("no VMC packet in the interval ending at 35 s"),
-            "{all}"
-        );
-        assert!(
-            all.contains("no report from the app in the interval ending at 40 s"),
+            all.contains("no report from the app for 20 s (from 35 to 55 s)"),
             "{all}"
         );
         assert!(all.contains("exited with 1"));
-        assert_eq!(summary.problems.len(), 4, "{all}");
+        assert_eq!(summary.problems.len(), 3, "{all}");
+        // reports 15 s apart (three intervals) are not a stall
+        samples.remove(5);
+        samples[6].vmc_packets = 50;
+        let summary = summarize(&samples, LIMITS, Vec::new());
+        assert!(
+            summary
+                .problems
+                .iter()
+                .all(|p| !p.contains("from 20 to 35")),
+            "{:?}",
+            summary.problems
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! `polyface soak`: the real app for a given time, watched from outside. It starts Xvfb (the app
 //! draws with whatever Vulkan driver there is, Mesa's lavapipe on a machine without a GPU), runs
 //! `polyface run` on a looping input with avatars in the default view, recording a take and
-//! streaming VMC to a local receiver, and every few seconds samples the app's resident memory
-//! (from /proc) and reads the app's own report (`--metrics`: GPU allocator figures, frames
-//! captured / dropped / processed / shown, latency and stage p95). It writes `soak.csv` and
+//! streaming VMC to a local receiver. The app reports every few seconds (`--metrics`: GPU
+//! allocator figures, frames captured / dropped / processed / shown, latency and stage p95 since
+//! its last report); each report becomes a sample, with the app's resident memory read from
+//! /proc as it arrives. It writes `soak.csv` and
 //! `soak.png` and fails when memory grows after warm-up, the app stalls, crashes or logs errors.
 
 pub mod analysis;
@@ -130,9 +131,17 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
             args.duration
         ));
     }
+    let last_report = samples.last().map_or(0.0, |s| s.t_s);
+    if last_report < args.duration - 3.0 * args.sample {
+        problems.push(format!(
+            "the app's last report was at {last_report:.0} s of {:.0}",
+            args.duration
+        ));
+    }
     problems.extend(log_problems(&log_path));
     problems.extend(take_problems(&take, &samples));
     let limits = Limits {
+        report_every_s: args.sample,
         warmup_s: args.warmup,
         max_growth_mb_s: args.max_growth_mb_s,
         max_growth_percent: args.max_growth_percent,
@@ -157,8 +166,9 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
     Ok(summary.passed())
 }
 
-/// Samples the app until it exits (or is killed `CLOSING_GRACE` after its end); the exit status
-/// (`None`: killed).
+/// Turns each report the app writes into a sample, with the app's resident memory read from
+/// /proc as the report arrives, until the app exits (or is killed `CLOSING_GRACE` after its
+/// end); the exit status (`None`: killed).
 fn watch(
     app: &mut Child,
     started: Instant,
@@ -166,37 +176,32 @@ fn watch(
     metrics_path: &Path,
     receiver: &VmcReceiver,
 ) -> (Vec<Sample>, Option<std::process::ExitStatus>) {
-    let every = Duration::from_secs_f64(args.sample);
     let deadline = started + Duration::from_secs_f64(args.duration) + CLOSING_GRACE;
     let mut reports = ReportReader::new(metrics_path);
     let mut samples = Vec::new();
-    let mut next = started + every;
     let mut packets_before = 0;
     loop {
-        while Instant::now() < next {
-            if let Ok(Some(status)) = app.try_wait() {
-                return (samples, Some(status));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        next += every;
-        let t_s = started.elapsed().as_secs_f64();
-        let packets = receiver.packets.load(Ordering::Relaxed);
-        let sample = Sample {
-            t_s,
-            rss_mb: metrics::resident_mb_of(Some(app.id())).unwrap_or(f64::NAN),
-            app: reports.newest(),
-            vmc_packets: packets - packets_before,
-        };
-        packets_before = packets;
-        if t_s <= args.duration + args.sample {
-            progress(&sample);
-            samples.push(sample);
+        if let Ok(Some(status)) = app.try_wait() {
+            return (samples, Some(status));
         }
         if Instant::now() > deadline {
             let _ = app.kill();
             let _ = app.wait();
             return (samples, None);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let rss_mb = metrics::resident_mb_of(Some(app.id())).unwrap_or(f64::NAN);
+        for line in reports.new_lines() {
+            let packets = receiver.packets.load(Ordering::Relaxed);
+            let sample = Sample {
+                t_s: line.t_s,
+                rss_mb,
+                app: Some(line),
+                vmc_packets: packets - packets_before,
+            };
+            packets_before = packets;
+            progress(&sample);
+            samples.push(sample);
         }
     }
 }
@@ -234,24 +239,26 @@ impl ReportReader {
         }
     }
 
-    /// The newest complete line written since the last call.
-    fn newest(&mut self) -> Option<MetricsLine> {
+    /// The complete lines written since the last call.
+    fn new_lines(&mut self) -> Vec<MetricsLine> {
+        let mut lines = Vec::new();
         if self.reader.is_none() {
             self.reader = File::open(&self.path).ok().map(BufReader::new);
         }
-        let reader = self.reader.as_mut()?;
-        let mut newest = None;
+        let Some(reader) = self.reader.as_mut() else {
+            return lines;
+        };
         loop {
             match reader.read_line(&mut self.partial) {
-                Ok(0) | Err(_) => return newest,
+                Ok(0) | Err(_) => return lines,
                 Ok(_) if self.partial.ends_with('\n') => {
                     if let Ok(line) = serde_json::from_str(self.partial.trim()) {
-                        newest = Some(line);
+                        lines.push(line);
                     }
                     self.partial.clear();
                 }
                 // a line still being written: the rest comes with the next read
-                Ok(_) => return newest,
+                Ok(_) => return lines,
             }
         }
     }
