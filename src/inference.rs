@@ -255,3 +255,22 @@ impl Drop for InferenceWorker {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_nobody_reads_are_kept_to_the_newest_few() {
+        let shared = Shared::default();
+        for i in 0..1000 {
+            shared.notice(format!("VMC: sending failed ({i})"));
+        }
+        let notices = lock(&shared.notices);
+        assert_eq!(notices.len(), MAX_NOTICES);
+        assert_eq!(
+            notices.last().map(String::as_str),
+            Some("VMC: sending failed (999)")
+        );
+    }
+}

@@ -604,3 +604,24 @@ fn describe(spec: &SourceSpec) -> String {
         SourceSpec::Camera(None) => "default camera".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_display_rate_is_measured_over_the_last_60_frames_only() {
+        let mut meters = Meters::default();
+        let start = Instant::now();
+        // an hour at 30 frames a second, then a second at 100
+        for i in 0..108_000u64 {
+            meters.presented(start + Duration::from_micros(i * 33_333));
+        }
+        let later = start + Duration::from_secs(3600);
+        for i in 0..100u64 {
+            meters.presented(later + Duration::from_millis(i * 10));
+        }
+        assert_eq!(meters.presents.len(), 60);
+        assert!((meters.fps() - 100.0).abs() < 0.5, "{}", meters.fps());
+    }
+}
