@@ -4,8 +4,8 @@
 //! streaming VMC to a local receiver. The app reports every few seconds (`--metrics`: GPU
 //! allocator figures, frames captured / dropped / processed / shown, latency and stage p95 since
 //! its last report); each report becomes a sample, with the app's resident memory read from
-//! /proc as it arrives. It writes `soak.csv` and
-//! `soak.png` and fails when memory grows after warm-up, the app stalls, crashes or logs errors.
+//! /proc as it arrives. It writes `soak.csv` and `soak.png` and fails when memory grows after
+//! warm-up, or the app stalls, stops streaming, records nothing, crashes or logs errors.
 
 pub mod analysis;
 pub mod metrics;
@@ -54,53 +54,8 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
     };
     let xvfb = Xvfb::start()?;
     let receiver = VmcReceiver::start()?;
-    let settings = crate::settings::Settings {
-        pipeline: args.pipeline,
-        ..Default::default()
-    };
-    let settings_path = args.out.join("settings.json");
-    settings.save(&settings_path)?;
-    let metrics_path = args.out.join("metrics.jsonl");
-    let take = args.out.join("take");
-    let log_path = args.out.join("app.log");
-    let log = File::create(&log_path)
-        .with_context(|| format!("{}: cannot create", log_path.display()))?;
-    let mut command = Command::new(std::env::current_exe().context("finding polyface itself")?);
-    command
-        .arg("run")
-        .arg("--input")
-        .arg(&input)
-        .args(["--exit-after", &args.duration.to_string()])
-        .arg("--record")
-        .arg(&take)
-        .args(["--stream", &format!("127.0.0.1:{}", receiver.port)])
-        .arg("--metrics")
-        .arg(&metrics_path)
-        .args(["--metrics-interval", &args.sample.to_string()])
-        .args([
-            "--window-size",
-            &format!("{}x{}", args.window_size.0, args.window_size.1),
-        ]);
-    if let Some(fps) = args.fps {
-        command.args(["--fps", &fps.to_string()]);
-    }
-    command
-        .env("DISPLAY", &xvfb.display)
-        .env_remove("WAYLAND_DISPLAY")
-        .env("POLYFACE_CONFIG", &settings_path)
-        .stdout(Stdio::null())
-        .stderr(log);
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        // without one, the Vulkan driver's window system code prints an error on every start
-        let runtime = args.out.join("runtime");
-        std::fs::create_dir_all(&runtime)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700))?;
-        }
-        command.env("XDG_RUNTIME_DIR", runtime);
-    }
+    let paths = RunPaths::in_folder(&args.out);
+    let mut command = app_command(args, &input, &xvfb, &receiver, &paths)?;
     eprintln!(
         "soak: {} for {:.0} s (warm-up {:.0} s), sampling every {:.0} s; out: {}",
         input.display(),
@@ -111,35 +66,13 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
     );
     let started = Instant::now();
     let mut app = command.spawn().context("starting polyface run")?;
-    let (samples, status) = watch(&mut app, started, args, &metrics_path, &receiver);
+    let (samples, status) = watch(&mut app, started, args, &paths.metrics, &receiver);
     drop(receiver);
     drop(xvfb);
 
-    let mut problems = Vec::new();
-    match status {
-        Some(status) if status.success() => {}
-        Some(status) => problems.push(format!("the app exited with {status}")),
-        None => problems.push(format!(
-            "the app did not close within {} s of --exit-after (killed)",
-            CLOSING_GRACE.as_secs()
-        )),
-    }
-    if started.elapsed().as_secs_f64() < args.duration {
-        problems.push(format!(
-            "the app left after {:.0} s of {:.0}",
-            started.elapsed().as_secs_f64(),
-            args.duration
-        ));
-    }
-    let last_report = samples.last().map_or(0.0, |s| s.t_s);
-    if last_report < args.duration - 3.0 * args.sample {
-        problems.push(format!(
-            "the app's last report was at {last_report:.0} s of {:.0}",
-            args.duration
-        ));
-    }
-    problems.extend(log_problems(&log_path));
-    problems.extend(take_problems(&take, &samples));
+    let mut problems = exit_problems(status, started.elapsed(), &samples, args);
+    problems.extend(log_problems(&paths.log));
+    problems.extend(take_problems(&paths.take, &samples));
     let limits = Limits {
         report_every_s: args.sample,
         warmup_s: args.warmup,
@@ -161,9 +94,118 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
     std::fs::write(args.out.join("summary.txt"), &report)?;
     print!("{report}");
     if !args.keep_take {
-        let _ = std::fs::remove_dir_all(&take);
+        let _ = std::fs::remove_dir_all(&paths.take);
     }
     Ok(summary.passed())
+}
+
+/// What the app's exit says: a failure status, a kill, leaving early, reports ending early.
+fn exit_problems(
+    status: Option<std::process::ExitStatus>,
+    ran: Duration,
+    samples: &[Sample],
+    args: &SoakArgs,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match status {
+        Some(status) if status.success() => {}
+        Some(status) => problems.push(format!("the app exited with {status}")),
+        None => problems.push(format!(
+            "the app did not close within {} s of --exit-after (killed)",
+            CLOSING_GRACE.as_secs()
+        )),
+    }
+    if ran.as_secs_f64() < args.duration {
+        problems.push(format!(
+            "the app left after {:.0} s of {:.0}",
+            ran.as_secs_f64(),
+            args.duration
+        ));
+    }
+    let last_report = samples.last().map_or(0.0, |s| s.t_s);
+    if last_report < args.duration - 3.0 * args.sample {
+        problems.push(format!(
+            "the app's last report was at {last_report:.0} s of {:.0}",
+            args.duration
+        ));
+    }
+    problems
+}
+
+/// Where a run's files go.
+struct RunPaths {
+    settings: PathBuf,
+    metrics: PathBuf,
+    take: PathBuf,
+    log: PathBuf,
+    runtime: PathBuf,
+}
+
+impl RunPaths {
+    fn in_folder(out: &Path) -> RunPaths {
+        RunPaths {
+            settings: out.join("settings.json"),
+            metrics: out.join("metrics.jsonl"),
+            take: out.join("take"),
+            log: out.join("app.log"),
+            runtime: out.join("runtime"),
+        }
+    }
+}
+
+/// `polyface run` on `input` in the Xvfb display, with its own settings, recording into the
+/// run's folder, streaming to `receiver` and reporting every `--sample` seconds.
+fn app_command(
+    args: &SoakArgs,
+    input: &Path,
+    xvfb: &Xvfb,
+    receiver: &VmcReceiver,
+    paths: &RunPaths,
+) -> Result<Command> {
+    let settings = crate::settings::Settings {
+        pipeline: args.pipeline,
+        ..Default::default()
+    };
+    settings.save(&paths.settings)?;
+    let log = File::create(&paths.log)
+        .with_context(|| format!("{}: cannot create", paths.log.display()))?;
+    let mut command = Command::new(std::env::current_exe().context("finding polyface itself")?);
+    command
+        .arg("run")
+        .arg("--input")
+        .arg(input)
+        .args(["--exit-after", &args.duration.to_string()])
+        .arg("--record")
+        .arg(&paths.take)
+        .args(["--stream", &format!("127.0.0.1:{}", receiver.port)])
+        .arg("--metrics")
+        .arg(&paths.metrics)
+        .args(["--metrics-interval", &args.sample.to_string()])
+        .args([
+            "--window-size",
+            &format!("{}x{}", args.window_size.0, args.window_size.1),
+        ]);
+    if let Some(fps) = args.fps {
+        command.args(["--fps", &fps.to_string()]);
+    }
+    command
+        .env("DISPLAY", &xvfb.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("POLYFACE_CONFIG", &paths.settings)
+        .stdout(Stdio::null())
+        .stderr(log);
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // without one, the Vulkan driver's window system code prints an error on every start
+        std::fs::create_dir_all(&paths.runtime)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o700);
+            std::fs::set_permissions(&paths.runtime, private)?;
+        }
+        command.env("XDG_RUNTIME_DIR", &paths.runtime);
+    }
+    Ok(command)
 }
 
 /// Turns each report the app writes into a sample, with the app's resident memory read from
