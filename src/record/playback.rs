@@ -86,6 +86,11 @@ impl PlaybackClock {
         *self.seek.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(index.min(self.frame_count.saturating_sub(1)));
     }
+
+    /// The frame a seek asked for since the last call, if any.
+    fn take_seek(&self) -> Option<usize> {
+        self.seek.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Replays the take's timing as blank frames, looping.
@@ -128,13 +133,7 @@ impl FrameSource for PlaybackSource {
     }
     fn next_frame(&mut self) -> Result<Option<Frame>, CaptureError> {
         let frames = &self.recording.frames;
-        if let Some(to) = self
-            .clock
-            .seek
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(to) = self.clock.take_seek() {
             self.next = to;
             self.anchor = to;
             self.started = Instant::now();
@@ -143,13 +142,7 @@ impl FrameSource for PlaybackSource {
             std::thread::sleep(Duration::from_millis(20));
             self.anchor = self.next;
             self.started = Instant::now();
-            if let Some(to) = self
-                .clock
-                .seek
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
+            if let Some(to) = self.clock.take_seek() {
                 self.next = to;
                 self.anchor = to;
                 // show the frame sought to even while paused
