@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// The people you named in the app (their face embeddings and settings, in your data
+    /// folder): list them, forget one or everyone, or measure recognition on the shared data.
+    People(PeopleArgs),
     /// Write the project's default avatars (deterministic) into a folder.
     #[command(hide = true)]
     MakeAvatars {
@@ -413,4 +416,46 @@ mod tests {
         assert_eq!(args.input.spec(), SourceSpec::Path("a".into()));
         assert_eq!(args.input.options(false).fps, Some(12.0));
     }
+}
+
+/// `polyface people`.
+#[derive(Debug, Args)]
+pub struct PeopleArgs {
+    #[command(subcommand)]
+    pub action: PeopleAction,
+    /// The people file (default: $POLYFACE_PEOPLE, else $XDG_DATA_HOME/polyface/people.json,
+    /// else ~/.local/share/polyface/people.json).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeopleAction {
+    /// Every named person: embeddings kept, avatar, neutral calibration.
+    List,
+    /// Delete what is stored about NAME (or everyone with --all).
+    Forget {
+        #[arg(value_name = "NAME", required_unless_present = "all")]
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+    /// Recognition of returning people and wrong names on the held-out identities of the shared
+    /// wild.jsonl, enrolling each known person from K images.
+    Eval {
+        /// wild.jsonl, or the shared data folder holding it.
+        #[arg(long, value_name = "PATH", default_value = "../shared/data")]
+        data: PathBuf,
+        /// Enrolment images per person (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+        k: Vec<usize>,
+        /// Match threshold (default: the app's).
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Margin over the second-best name (default: the app's).
+        #[arg(long)]
+        margin: Option<f32>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
 }

@@ -8,6 +8,7 @@
 //! | [`capture`] | frames from cameras, videos, image folders ([`capture::FrameSource`]), newest-frame hand-over |
 //! | [`vision`] | the networks in candle: detector + single-face network (SFN), multi-face network (MFN), re-identification embedding; fast CPU kernels |
 //! | [`fit`] | head pose (robust PnP on the mean face, fused with the network), expression refinement |
+//! | [`known`] | people the user named, kept between sessions: stored embeddings and settings, recognition |
 //! | [`track`] | people across frames: Hungarian assignment, life cycle, re-identification, One-Euro smoothing |
 //! | [`processor`] | pipeline → tracking → re-identification → record → take / stream, for one frame |
 //! | [`retarget`] | ARKit weights and head pose onto an avatar's morph targets (ARKit / VRM names, mapping files, calibration) |
@@ -32,6 +33,7 @@ pub mod eval;
 pub mod fit;
 pub mod headless;
 pub mod inference;
+pub mod known;
 pub mod memory;
 pub mod processor;
 pub mod record;

@@ -110,6 +110,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::People(args) => polyface::known::command::run(args),
         Command::MakeAvatars { out } => {
             for path in polyface::avatar::generate::write_all(&out)? {
                 println!("wrote {}", path.display());

@@ -37,6 +37,10 @@ pub struct FrameRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PersonRecord {
     pub id: u32,
+    /// The name the user gave this person, if any (absent in files from before names, and for
+    /// people never named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub state: TrackState,
     /// Tight box of the raw landmarks: x0, y0, x1, y1, frame pixels.
     #[serde(rename = "box")]
@@ -115,6 +119,7 @@ impl PersonRecord {
         let (yaw, pitch, roll) = smoothed.yaw_pitch_roll();
         PersonRecord {
             id: person.id,
+            name: person.name.clone(),
             state: person.state,
             bbox: [face.bbox.0.x, face.bbox.0.y, face.bbox.1.x, face.bbox.1.y],
             score: face.score,
@@ -280,6 +285,14 @@ mod tests {
         assert_eq!(record.people[1].blendshapes_smoothed.0[24], 0.24);
         let again = FrameRecord::parse(&serde_json::to_string(&record).unwrap()).unwrap();
         assert_eq!(again, record);
+        // lines from before names read as nobody named; a name is written only when there is one
+        assert_eq!(record.people[0].name, None);
+        assert!(!serde_json::to_string(&record).unwrap().contains("\"name\""));
+        let mut named = record.clone();
+        named.people[1].name = Some("Ana".into());
+        let line = serde_json::to_string(&named).unwrap();
+        assert!(line.contains("\"name\":\"Ana\""), "{line}");
+        assert_eq!(FrameRecord::parse(&line).unwrap(), named);
         let face = record.people[0].smoothed_observation();
         assert_eq!(face.landmarks.len(), 68);
         let (yaw, pitch, roll) = face.yaw_pitch_roll();

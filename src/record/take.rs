@@ -1,7 +1,10 @@
 //! A recorded take in a folder: `session.jsonl` (every frame, every person, flushed per frame),
 //! `personN.csv` (Live Link Face, flushed per row) and, at stop, `personN.glb`: a default
 //! character with one animation (the 52 ARKit morph weights and the head rotation, keyed at
-//! capture time). The glb files are built only from what `session.jsonl` holds, so
+//! capture time). A person the user named gets `NAME.csv` / `NAME.glb` instead (the name made
+//! safe for a file name; a person named during the take has their file renamed), and every
+//! frame's record in `session.jsonl` carries the name beside the ID: that is the ID → name
+//! mapping. The glb files are built only from what `session.jsonl` holds, so
 //! `polyface recover DIR` rebuilds them identically after a crash. While recording, the
 //! animation keys wait in `keys.bin` (compact, read back at stop and then removed), so memory
 //! stays flat however long the take.
@@ -97,10 +100,12 @@ pub struct Take {
     dir: PathBuf,
     session: BufWriter<File>,
     keys: BufWriter<File>,
-    /// Open CSV writers and the frame each last wrote.
-    csv: BTreeMap<u32, (LiveLinkWriter, u64)>,
-    /// People whose CSV file exists (one entry per file on disk).
-    has_csv: BTreeSet<u32>,
+    /// Open CSV writers (by file stem) and the frame each last wrote.
+    csv: BTreeMap<String, (LiveLinkWriter, u64)>,
+    /// CSV files that exist (their stems).
+    has_csv: BTreeSet<String>,
+    /// Person ID → the last name they had in the take.
+    names: BTreeMap<u32, String>,
     frames: u64,
     start: Option<f64>,
     failed: Option<String>,
@@ -129,6 +134,7 @@ impl Take {
             keys: create(KEYS_FILE)?,
             csv: BTreeMap::new(),
             has_csv: BTreeSet::new(),
+            names: BTreeMap::new(),
             frames: 0,
             start: None,
             failed: None,
@@ -173,10 +179,16 @@ impl Take {
         let start = *self.start.get_or_insert(time);
         let mut keys = Vec::new();
         for person in &frame.people {
+            if let Some(name) = &person.name {
+                if self.names.get(&person.id) != Some(name) {
+                    self.named(person.id, name)?;
+                }
+            }
             let Some((id, key)) = Key::from_person(time - start, person) else {
                 continue;
             };
-            self.csv_writer(id)?
+            let stem = stem_of(id, &self.names);
+            self.csv_writer(&stem)?
                 .write(key.time_s, &key.weights, key.ypr)?;
             key.encode(id, &mut keys);
         }
@@ -185,27 +197,48 @@ impl Take {
             .with_context(|| write_error(&self.dir.join(KEYS_FILE)))
     }
 
-    /// Person `id`'s CSV writer: open, opened again, or created; the least recently written
-    /// one is closed when too many are open.
-    fn csv_writer(&mut self, id: u32) -> Result<&mut LiveLinkWriter> {
-        if !self.csv.contains_key(&id) {
+    /// Person `id` got `name`: their `personN.csv` becomes `NAME.csv` (unless that exists: then
+    /// their rows go on in it and the earlier ones stay in `personN.csv`).
+    fn named(&mut self, id: u32, name: &str) -> Result<()> {
+        let old = stem_of(id, &self.names);
+        self.names.insert(id, name.to_string());
+        let new = stem_of(id, &self.names);
+        if old != new && self.has_csv.contains(&old) && !self.has_csv.contains(&new) {
+            self.csv.remove(&old);
+            let (from, to) = (
+                self.dir.join(format!("{old}.csv")),
+                self.dir.join(format!("{new}.csv")),
+            );
+            std::fs::rename(&from, &to).with_context(|| {
+                format!("{}: cannot rename to {}", from.display(), to.display())
+            })?;
+            self.has_csv.remove(&old);
+            self.has_csv.insert(new);
+        }
+        Ok(())
+    }
+
+    /// The CSV writer of file `stem`: open, opened again, or created; the least recently
+    /// written one is closed when too many are open.
+    fn csv_writer(&mut self, stem: &str) -> Result<&mut LiveLinkWriter> {
+        if !self.csv.contains_key(stem) {
             if self.csv.len() >= MAX_OPEN_CSV {
                 let oldest = self
                     .csv
                     .iter()
                     .min_by_key(|(_, (_, at))| *at)
-                    .map(|(id, _)| *id);
+                    .map(|(stem, _)| stem.clone());
                 self.csv.remove(&oldest.expect("the map is full"));
             }
-            let path = self.dir.join(format!("person{id}.csv"));
-            let writer = if self.has_csv.insert(id) {
+            let path = self.dir.join(format!("{stem}.csv"));
+            let writer = if self.has_csv.insert(stem.to_string()) {
                 LiveLinkWriter::create(&path, 60.0)?
             } else {
                 LiveLinkWriter::append(&path, 60.0)?
             };
-            self.csv.insert(id, (writer, 0));
+            self.csv.insert(stem.to_string(), (writer, 0));
         }
-        let (writer, at) = self.csv.get_mut(&id).expect("inserted above");
+        let (writer, at) = self.csv.get_mut(stem).expect("inserted above");
         *at = self.frames;
         Ok(writer)
     }
@@ -215,7 +248,7 @@ impl Take {
         let _ = self.session.flush();
         let keys_path = self.dir.join(KEYS_FILE);
         self.keys.flush().with_context(|| write_error(&keys_path))?;
-        let written = write_glbs(&self.dir, &read_keys(&keys_path)?)?;
+        let written = write_glbs(&self.dir, &read_keys(&keys_path)?, &self.names)?;
         let _ = std::fs::remove_file(&keys_path);
         Ok(written)
     }
@@ -250,6 +283,7 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
     let file = File::open(&path).with_context(|| format!("{name}: cannot read the take"))?;
     let mut reader = BufReader::new(file);
     let mut keys: BTreeMap<u32, Vec<Key>> = BTreeMap::new();
+    let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut start = None;
     let (mut line, mut number) = (String::new(), 0);
     loop {
@@ -268,6 +302,9 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
             Ok(frame) => {
                 let start = *start.get_or_insert(frame.time_s);
                 for person in &frame.people {
+                    if let Some(name) = &person.name {
+                        names.insert(person.id, name.clone());
+                    }
                     if let Some((id, key)) = Key::from_person(frame.time_s - start, person) {
                         keys.entry(id).or_default().push(key);
                     }
@@ -281,14 +318,35 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     anyhow::ensure!(start.is_some(), "{name}: no frames in the take");
-    write_glbs(dir, &keys)
+    write_glbs(dir, &keys, &names)
 }
 
-fn write_glbs(dir: &Path, keys: &BTreeMap<u32, Vec<Key>>) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
+/// A person's file name without extension: their name made safe, else `personN`.
+fn stem_of(id: u32, names: &BTreeMap<u32, String>) -> String {
+    match names.get(&id) {
+        Some(name) => crate::known::file_stem(name),
+        None => format!("person{id}"),
+    }
+}
+
+/// One glb per file stem: a named person's keys from every ID they had, in time order.
+fn write_glbs(
+    dir: &Path,
+    keys: &BTreeMap<u32, Vec<Key>>,
+    names: &BTreeMap<u32, String>,
+) -> Result<Vec<PathBuf>> {
+    let mut by_stem: BTreeMap<String, (u32, Vec<Key>)> = BTreeMap::new();
     for (id, keys) in keys {
-        let path = dir.join(format!("person{id}.glb"));
-        let bytes = take_glb(*id, keys);
+        let (_, all) = by_stem
+            .entry(stem_of(*id, names))
+            .or_insert_with(|| (*id, Vec::new()));
+        all.extend(keys.iter().cloned());
+    }
+    let mut written = Vec::new();
+    for (stem, (id, mut keys)) in by_stem {
+        keys.sort_by(|a, b| a.time_s.total_cmp(&b.time_s));
+        let path = dir.join(format!("{stem}.glb"));
+        let bytes = take_glb_named(id, &stem, &keys);
         let temporary = path.with_extension("glb.partial");
         std::fs::write(&temporary, bytes)
             .and_then(|_| std::fs::rename(&temporary, &path))
@@ -300,6 +358,11 @@ fn write_glbs(dir: &Path, keys: &BTreeMap<u32, Vec<Key>>) -> Result<Vec<PathBuf>
 
 /// A person's take as a glb: the default character for their ID with one animation.
 pub fn take_glb(id: u32, keys: &[Key]) -> Vec<u8> {
+    take_glb_named(id, &format!("person{id}"), keys)
+}
+
+/// The same with the animation named `name`.
+pub fn take_glb_named(id: u32, name: &str, keys: &[Key]) -> Vec<u8> {
     let styles = crate::avatar::generate::styles();
     let style = &styles[(id as usize).saturating_sub(1) % styles.len()];
     let (mut b, head) = crate::avatar::generate::build(style);
@@ -323,7 +386,7 @@ pub fn take_glb(id: u32, keys: &[Key]) -> Vec<u8> {
     let weights_out = b.floats(&weights, "SCALAR", false);
     let rotation_out = b.floats(&rotations, "VEC4", false);
     b.animations.push(json!({
-        "name": format!("person{id}"),
+        "name": name,
         "samplers": [
             {"input": input, "output": weights_out, "interpolation": "LINEAR"},
             {"input": input, "output": rotation_out, "interpolation": "LINEAR"},
@@ -365,6 +428,7 @@ mod tests {
                     smoothed: face,
                     pose: None,
                     fit_rms_px: 1.0,
+                    name: None,
                 };
                 PersonRecord::new(&person)
             })
@@ -435,5 +499,40 @@ mod tests {
                 1
             );
         }
+    }
+
+    /// A person named during the take: `person2.csv` becomes `Ana.csv` with every row, the glb
+    /// is `Ana.glb`, the records carry the name, and `recover` rebuilds the same files.
+    #[test]
+    fn a_named_person_gets_files_by_name_and_recover_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut take = Take::create(dir.path()).unwrap();
+        for f in 0..20 {
+            let mut record = frame(f as f64 / 30.0, &[1, 2]);
+            if f >= 10 {
+                record.people[1].name = Some("Ana".into());
+            }
+            take.write(&record).unwrap();
+        }
+        let written = take.finish().unwrap();
+        let names: BTreeSet<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            BTreeSet::from(["Ana.glb".to_string(), "person1.glb".to_string()])
+        );
+        assert!(!dir.path().join("person2.csv").exists());
+        let csv = std::fs::read_to_string(dir.path().join("Ana.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 21, "header and all 20 rows");
+        let session = std::fs::read_to_string(dir.path().join("session.jsonl")).unwrap();
+        let last = FrameRecord::parse(session.lines().last().unwrap()).unwrap();
+        assert_eq!(last.people[1].name.as_deref(), Some("Ana"));
+        assert_eq!(last.people[0].name, None);
+        let glb = std::fs::read(dir.path().join("Ana.glb")).unwrap();
+        std::fs::remove_file(dir.path().join("Ana.glb")).unwrap();
+        recover(dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("Ana.glb")).unwrap(), glb);
     }
 }

@@ -240,6 +240,7 @@ mod tests {
             smoothed: face,
             pose: None,
             fit_rms_px: 0.0,
+            name: None,
         }
     }
 

@@ -9,6 +9,7 @@ use crate::fit::{
     fit_pose, fit_pose_from, log_so3, refine_blendshapes, rotation_in_camera, Camera, FitOptions,
     HeadPose,
 };
+use crate::known::Recogniser;
 use crate::timing::{FrameTimings, Stage};
 use crate::vision::{FaceObservation, ReId};
 
@@ -25,6 +26,8 @@ pub struct Person {
     pub pose: Option<HeadPose>,
     /// Reprojection error of the fitted pose, pixels.
     pub fit_rms_px: f32,
+    /// The name the user gave this person (now or in an earlier session), if any.
+    pub name: Option<String>,
 }
 
 pub struct People {
@@ -34,6 +37,8 @@ pub struct People {
     pub vertical_fov_deg: f32,
     /// Face embeddings that give returning people their old IDs (when a re-ID model is loaded).
     pub reid: Option<Reidentifier>,
+    /// The people the user named, recognised when a new ID appears (needs `reid`).
+    pub known: Option<Recogniser>,
     /// Last frame's fitted pose per person and the frame size it was fitted in: next frame's
     /// solve starts there.
     last_poses: std::collections::HashMap<u32, ((u32, u32), HeadPose)>,
@@ -71,6 +76,7 @@ impl Default for People {
             fit_options: FitOptions::default(),
             vertical_fov_deg: 63.0,
             reid: None,
+            known: None,
             last_poses: Default::default(),
         }
     }
@@ -120,6 +126,11 @@ impl People {
                         smoothed: t.smoothed,
                         pose: fit.map(|f| f.pose),
                         fit_rms_px: fit.map_or(f32::NAN, |f| f.rms_px),
+                        name: self
+                            .known
+                            .as_ref()
+                            .and_then(|k| k.name_of(t.id))
+                            .map(str::to_string),
                     }
                 })
                 .collect()
@@ -195,6 +206,12 @@ impl People {
             .filter(|p| p.state != TrackState::Lost && !embedded.contains(&p.id))
             .map(|p| p.id)
             .collect();
+        // recognition compares the new IDs' embeddings with the named people (a copy only when
+        // somebody is named)
+        let for_names: Vec<(u32, Vec<f32>)> = match &self.known {
+            Some(_) => embedded.iter().copied().zip(embeddings.clone()).collect(),
+            None => Vec::new(),
+        };
         let sightings = embedded
             .iter()
             .zip(embeddings)
@@ -208,8 +225,12 @@ impl People {
         let changes = reid
             .gallery
             .settle(sightings, &held, time_s, rules, || tracker.fresh_id());
-        let pairs: Vec<(u32, u32)> = changes.iter().map(|c| (c.from, c.to)).collect();
-        if !changes.is_empty() && self.tracker.relabel(&pairs) {
+        let mut pairs: Vec<(u32, u32)> = changes.iter().map(|c| (c.from, c.to)).collect();
+        let relabelled = !changes.is_empty() && self.tracker.relabel(&pairs);
+        if !relabelled {
+            pairs.clear();
+        }
+        if relabelled {
             for change in &changes {
                 log::info!(
                     "person #{} is #{} (similarity {:.2})",
@@ -228,11 +249,55 @@ impl People {
                 }
             }
             persons.sort_by_key(|p| p.id);
+            if let Some(known) = self.known.as_mut() {
+                known.relabel(&pairs);
+            }
+        }
+        if let Some(known) = self.known.as_mut() {
+            let settled = |id: u32| {
+                pairs
+                    .iter()
+                    .find(|&&(from, _)| from == id)
+                    .map_or(id, |&(_, to)| to)
+            };
+            let faces: Vec<(u32, &[f32])> = for_names
+                .iter()
+                .map(|(id, e)| (settled(*id), e.as_slice()))
+                .collect();
+            let in_view: Vec<u32> = persons.iter().map(|p| p.id).collect();
+            known.recognise(&faces, &in_view);
+            for person in persons.iter_mut() {
+                person.name = known.name_of(person.id).map(str::to_string);
+            }
         }
         timings.add(Stage::ReId, start.elapsed());
     }
 
+    /// Names person `id` (their session embeddings are stored) with the settings they chose.
+    pub fn name_person(
+        &mut self,
+        id: u32,
+        name: &str,
+        avatar: Option<std::path::PathBuf>,
+        neutral: Option<Vec<f32>>,
+    ) -> anyhow::Result<()> {
+        let embeddings = self
+            .reid
+            .as_ref()
+            .and_then(|r| r.gallery.people.iter().find(|p| p.id == id))
+            .map(|p| p.embeddings.clone())
+            .unwrap_or_default();
+        let known = self
+            .known
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("naming people is off (no re-ID model)"))?;
+        known.name(id, name, &embeddings, avatar, neutral)
+    }
+
     pub fn reset(&mut self) {
+        if let Some(known) = self.known.as_mut() {
+            known.reset();
+        }
         self.tracker.reset();
         self.last_poses.clear();
         if let Some(reid) = self.reid.as_mut() {

@@ -124,6 +124,7 @@ mod tests {
             smoothed: face,
             pose: None,
             fit_rms_px: 0.0,
+            name: None,
         }
     }
 

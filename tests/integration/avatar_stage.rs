@@ -184,6 +184,7 @@ fn person(id: u32) -> polyface::track::Person {
         smoothed: face,
         pose: None,
         fit_rms_px: 0.0,
+        name: None,
     }
 }
 

@@ -459,6 +459,7 @@ fn a_person_whose_avatar_file_is_broken_keeps_a_default_one() {
         smoothed: face,
         pose: None,
         fit_rms_px: 0.0,
+        name: None,
     };
     slots.render(&stage, &gpu.device, &gpu.queue, &[person], |_| [0.0; 52]);
     assert_eq!(slots.warnings.len(), 1, "{:?}", slots.warnings);

@@ -1,0 +1,578 @@
+//! People you know: people the user named, kept between sessions (opt-in, local).
+//!
+//! Naming a person in the app stores their face *embeddings* (the re-ID network's 128-d vectors,
+//! never images) with the settings they chose (avatar file, neutral calibration) in one JSON file
+//! in the user's data folder ([`KnownPeople::default_path`]). Nothing is stored for anybody never
+//! named. When a new ID appears in a later session, its first embeddings are compared with the
+//! named people ([`KnownPeople::recognise`]): the best name must reach [`NAME_RULES`]'s threshold
+//! and beat the second-best name by its margin, and one name goes to at most one person in view.
+//! People who are already tracked are not compared again, so recognition costs nothing per frame.
+
+pub mod command;
+pub mod eval;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::vision::reid::cosine;
+
+/// Embeddings kept per named person.
+pub const MAX_EMBEDDINGS: usize = 8;
+/// A new embedding joins a person's set only when its cosine with every stored one is below this
+/// (it shows a pose or light the set does not have yet).
+pub const SAME_LOOK: f32 = 0.9;
+/// The store's file layout.
+pub const STORE_VERSION: u32 = 1;
+
+/// When a face gets a name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NameRules {
+    /// The best cosine between the face and a person's stored embeddings must reach this.
+    pub threshold: f32,
+    /// ... and exceed the best cosine of any other named person by this much (a stranger who
+    /// resembles two known people gets neither name).
+    pub margin: f32,
+}
+
+/// The rules the app uses. The threshold is chosen on the re-ID net's held-out verification
+/// identities that have 2-4 images (never the test identities): the lowest threshold at which,
+/// enrolling every other one from one image, at most 1 % of the faces shown (returning people and
+/// strangers) got a wrong name (`polyface people eval`, `calibrated` line: 0.62 with the shipped
+/// net). Per pair of faces that is a false-accept rate well under 1e-3 (the net's own
+/// `match_threshold`, 0.40, is the 1e-2 point): with several people and several embeddings each,
+/// a face meets many chances to be taken for somebody.
+pub const NAME_RULES: NameRules = NameRules {
+    threshold: 0.62,
+    margin: 0.05,
+};
+
+/// A named person: how they look and what they chose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnownPerson {
+    pub name: String,
+    /// L2-normalised re-ID embeddings (at most [`MAX_EMBEDDINGS`], mutually different).
+    pub embeddings: Vec<Vec<f32>>,
+    /// The avatar file they wear (none: a default character).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<PathBuf>,
+    /// Their neutral face, ARKit-52 weights (none: not calibrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neutral: Option<Vec<f32>>,
+}
+
+impl KnownPerson {
+    /// Best cosine between `embedding` and this person's embeddings (−1 with none that fit).
+    pub fn similarity(&self, embedding: &[f32]) -> f32 {
+        self.embeddings
+            .iter()
+            .filter(|e| e.len() == embedding.len())
+            .map(|e| cosine(e, embedding))
+            .fold(-1.0, f32::max)
+    }
+
+    /// Adds `embedding` when it differs from every stored one (cosine below [`SAME_LOOK`]). A
+    /// full set swaps out its most redundant member (the one closest to another) when the new
+    /// one is less redundant. Returns whether the set changed.
+    pub fn remember(&mut self, embedding: &[f32]) -> bool {
+        if self.embeddings.iter().any(|e| e.len() != embedding.len()) {
+            // another network's embeddings: start again with this one's
+            self.embeddings.clear();
+        }
+        let nearest = self.similarity(embedding);
+        if nearest >= SAME_LOOK {
+            return false;
+        }
+        if self.embeddings.len() < MAX_EMBEDDINGS {
+            self.embeddings.push(embedding.to_vec());
+            return true;
+        }
+        let redundancy = |i: usize| {
+            (0..self.embeddings.len())
+                .filter(|&j| j != i)
+                .map(|j| cosine(&self.embeddings[i], &self.embeddings[j]))
+                .fold(-1.0, f32::max)
+        };
+        let (worst, worst_redundancy) = (0..self.embeddings.len())
+            .map(|i| (i, redundancy(i)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a full set");
+        if nearest < worst_redundancy {
+            self.embeddings[worst] = embedding.to_vec();
+            return true;
+        }
+        false
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoreFile {
+    version: u32,
+    people: Vec<KnownPerson>,
+}
+
+/// Everybody the user named.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KnownPeople {
+    pub people: Vec<KnownPerson>,
+}
+
+/// A shared handle: the inference thread recognises and enrols, the app applies settings and
+/// forgets. Locked only when a new ID appears or the user acts, never per frame.
+pub type SharedKnownPeople = std::sync::Arc<std::sync::Mutex<KnownPeople>>;
+
+impl KnownPeople {
+    /// `$POLYFACE_PEOPLE`, else `$XDG_DATA_HOME/polyface/people.json`, else
+    /// `~/.local/share/polyface/people.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os("POLYFACE_PEOPLE") {
+            return Some(path.into());
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+        Some(base.join("polyface/people.json"))
+    }
+
+    /// The people stored at `path`: none when the file does not exist; an error naming the file
+    /// when it cannot be read or parsed (the caller goes on without names).
+    pub fn load(path: &Path) -> Result<KnownPeople> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KnownPeople::default()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("{}: cannot read", path.display()));
+            }
+        };
+        let file: StoreFile =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+                .with_context(|| {
+                    format!(
+                        "{}: not a people file (`polyface people forget --all` deletes it)",
+                        path.display()
+                    )
+                })?;
+        anyhow::ensure!(
+            file.version <= STORE_VERSION,
+            "{}: version {} comes from a newer polyface (this one reads up to {STORE_VERSION})",
+            path.display(),
+            file.version
+        );
+        Ok(KnownPeople {
+            people: file.people,
+        })
+    }
+
+    /// Writes atomically (temporary file, then rename), readable by the user only. An empty
+    /// store removes the file: nothing is kept for nobody.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if self.people.is_empty() {
+            return match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("{}: cannot delete", path.display())),
+            };
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+        }
+        let file = StoreFile {
+            version: STORE_VERSION,
+            people: self.people.clone(),
+        };
+        let temporary = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&temporary)?;
+            std::io::Write::write_all(&mut f, serde_json::to_string(&file)?.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&temporary, path)
+        };
+        write().with_context(|| format!("{}: cannot write", path.display()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&KnownPerson> {
+        self.people.iter().find(|p| p.name == name)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut KnownPerson> {
+        self.people.iter_mut().find(|p| p.name == name)
+    }
+
+    /// Names `name` with `embeddings` (added to theirs if the name is known; each only when it
+    /// differs from the ones kept). Returns the person.
+    pub fn enrol(&mut self, name: &str, embeddings: &[Vec<f32>]) -> Result<&mut KnownPerson> {
+        let name = name.trim();
+        anyhow::ensure!(!name.is_empty(), "a name cannot be empty");
+        anyhow::ensure!(
+            !embeddings.is_empty(),
+            "no face embedding of this person yet (the re-ID model is needed; wait until their \
+             face was seen clearly)"
+        );
+        let index = match self.people.iter().position(|p| p.name == name) {
+            Some(i) => i,
+            None => {
+                self.people.push(KnownPerson {
+                    name: name.to_string(),
+                    embeddings: Vec::new(),
+                    avatar: None,
+                    neutral: None,
+                });
+                self.people.len() - 1
+            }
+        };
+        let person = &mut self.people[index];
+        for e in embeddings {
+            person.remember(e);
+        }
+        Ok(person)
+    }
+
+    /// Deletes `name`; false when nobody has it.
+    pub fn forget(&mut self, name: &str) -> bool {
+        let before = self.people.len();
+        self.people.retain(|p| p.name != name);
+        self.people.len() != before
+    }
+
+    /// Names for faces shown together (one embedding each): a name only where its best cosine
+    /// reaches the threshold and beats every other name by the margin; names in `taken` (held by
+    /// people in view) are not handed out, and no name goes to two faces: pairs are settled from
+    /// the most similar down. One entry per face: the person's index and the cosine.
+    pub fn recognise(
+        &self,
+        faces: &[&[f32]],
+        taken: &[&str],
+        rules: NameRules,
+    ) -> Vec<Option<(usize, f32)>> {
+        let free: Vec<usize> = (0..self.people.len())
+            .filter(|&j| !taken.contains(&self.people[j].name.as_str()))
+            .collect();
+        let mut pairs: Vec<(usize, usize, f32)> = Vec::new();
+        for (i, face) in faces.iter().enumerate() {
+            let scores: Vec<f32> = self.people.iter().map(|p| p.similarity(face)).collect();
+            for &j in &free {
+                let second = scores
+                    .iter()
+                    .enumerate()
+                    .filter(|&(k, _)| k != j)
+                    .map(|(_, &s)| s)
+                    .fold(-1.0, f32::max);
+                if scores[j] >= rules.threshold && scores[j] - second >= rules.margin {
+                    pairs.push((i, j, scores[j]));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut out = vec![None; faces.len()];
+        let mut used = vec![false; self.people.len()];
+        for (i, j, s) in pairs {
+            if out[i].is_none() && !used[j] {
+                out[i] = Some((j, s));
+                used[j] = true;
+            }
+        }
+        out
+    }
+}
+
+/// Recognition of new IDs during a session: which session ID carries which name, and how many
+/// embeddings of each new ID in view were compared so far.
+pub struct Recogniser {
+    pub store: SharedKnownPeople,
+    /// Where the store is saved when somebody is named (none: kept in memory only).
+    pub path: Option<PathBuf>,
+    pub rules: NameRules,
+    /// Session ID → name; a name is on one ID at most.
+    names: std::collections::HashMap<u32, String>,
+    /// IDs in view without a name → embeddings compared so far.
+    tries: std::collections::HashMap<u32, u8>,
+}
+
+/// Embeddings of a new ID compared with the named people before it stays a stranger (its first
+/// one when confirmed, then the session's re-ID checks every 0.5 s: about a second).
+pub const RECOGNITION_TRIES: u8 = 3;
+
+impl Recogniser {
+    pub fn new(store: SharedKnownPeople, path: Option<PathBuf>) -> Recogniser {
+        Recogniser {
+            store,
+            path,
+            rules: NAME_RULES,
+            names: Default::default(),
+            tries: Default::default(),
+        }
+    }
+
+    /// The store at `path` (empty when there is none). A file that cannot be read is reported
+    /// and left alone: the session goes on with nobody known and never overwrites it.
+    pub fn open(path: Option<PathBuf>) -> (Recogniser, Option<String>) {
+        let (store, problem, path) = match path.as_deref().map(KnownPeople::load) {
+            None => (KnownPeople::default(), None, None),
+            Some(Ok(store)) => (store, None, path),
+            Some(Err(e)) => (
+                KnownPeople::default(),
+                Some(format!("people you named are not recognised: {e:#}")),
+                None,
+            ),
+        };
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
+        (Recogniser::new(shared, path), problem)
+    }
+
+    pub fn name_of(&self, id: u32) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
+    /// Follows the session's ID changes `(from, to)`: a person who gets an older ID without a
+    /// name keeps the name they had.
+    pub fn relabel(&mut self, pairs: &[(u32, u32)]) {
+        for &(from, to) in pairs {
+            let from_is_target = pairs.iter().any(|&(_, t)| t == from);
+            if !self.names.contains_key(&to) && !from_is_target {
+                if let Some(name) = self.names.remove(&from) {
+                    self.names.insert(to, name);
+                }
+            }
+        }
+    }
+
+    /// Compares the embeddings of IDs in view that have no name yet (at most
+    /// [`RECOGNITION_TRIES`] each) with the named people; `in_view` are all IDs tracked now.
+    /// Returns the names given now.
+    pub fn recognise(&mut self, faces: &[(u32, &[f32])], in_view: &[u32]) -> Vec<(u32, String)> {
+        self.tries.retain(|id, _| in_view.contains(id));
+        let asking: Vec<(u32, &[f32])> = faces
+            .iter()
+            .copied()
+            .filter(|(id, _)| {
+                !self.names.contains_key(id)
+                    && self.tries.get(id).is_none_or(|&t| t < RECOGNITION_TRIES)
+            })
+            .collect();
+        if asking.is_empty() {
+            return Vec::new();
+        }
+        for (id, _) in &asking {
+            *self.tries.entry(*id).or_default() += 1;
+        }
+        let store = match self.store.lock() {
+            Ok(store) => store,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if store.people.is_empty() {
+            return Vec::new();
+        }
+        let taken: Vec<&str> = in_view
+            .iter()
+            .filter_map(|id| self.names.get(id).map(String::as_str))
+            .collect();
+        let embeddings: Vec<&[f32]> = asking.iter().map(|(_, e)| *e).collect();
+        let verdicts = store.recognise(&embeddings, &taken, self.rules);
+        let mut given = Vec::new();
+        for ((id, _), verdict) in asking.iter().zip(verdicts) {
+            if let Some((j, similarity)) = verdict {
+                let name = store.people[j].name.clone();
+                log::info!("person #{id} is {name} (similarity {similarity:.2})");
+                given.push((*id, name));
+            }
+        }
+        drop(store);
+        for (id, name) in &given {
+            // the name leaves the (out-of-view) ID it was on
+            self.names.retain(|_, n| n != name);
+            self.names.insert(*id, name.clone());
+        }
+        given
+    }
+
+    /// Names session ID `id` `name` from its `embeddings` and the chosen settings, and saves
+    /// the store. Somebody else holding the name loses it.
+    pub fn name(
+        &mut self,
+        id: u32,
+        name: &str,
+        embeddings: &[Vec<f32>],
+        avatar: Option<PathBuf>,
+        neutral: Option<Vec<f32>>,
+    ) -> Result<()> {
+        let name = name.trim().to_string();
+        {
+            let mut store = match self.store.lock() {
+                Ok(store) => store,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let previous = self.names.get(&id).cloned();
+            let person = store.enrol(&name, embeddings)?;
+            person.avatar = avatar;
+            person.neutral = neutral;
+            // a renamed person: the old name goes (one person, one entry)
+            if let Some(previous) = previous.filter(|p| *p != name) {
+                store.forget(&previous);
+            }
+            if let Some(path) = &self.path {
+                store.save(path)?;
+            }
+        }
+        self.names.retain(|_, n| *n != name);
+        self.names.insert(id, name);
+        Ok(())
+    }
+
+    /// Drops `name` from this session's IDs (the store was changed by whoever forgot it).
+    pub fn forgotten(&mut self, name: Option<&str>) {
+        match name {
+            Some(name) => self.names.retain(|_, n| n != name),
+            None => self.names.clear(),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.names.clear();
+        self.tries.clear();
+    }
+}
+
+/// A name as part of a file name: letters, digits, `-`, `_` and `.` kept, anything else `_`.
+pub fn file_stem(name: &str) -> String {
+    let stem: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let stem = stem.trim_start_matches('.').to_string();
+    if stem.is_empty() {
+        "_".into()
+    } else {
+        stem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unit vector along axis `k` of 16, tilted by `t` towards axis 15.
+    fn face(k: usize, t: f32) -> Vec<f32> {
+        let mut v = vec![0.0f32; 16];
+        v[k] = 1.0;
+        v[15] += t;
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    fn store(names: &[(&str, usize)]) -> KnownPeople {
+        let mut s = KnownPeople::default();
+        for &(name, k) in names {
+            s.enrol(name, &[face(k, 0.0)]).unwrap();
+        }
+        s
+    }
+
+    const RULES: NameRules = NameRules {
+        threshold: 0.7,
+        margin: 0.05,
+    };
+
+    #[test]
+    fn known_faces_get_their_names_strangers_none() {
+        let s = store(&[("Ana", 0), ("Ben", 1)]);
+        let (ana, ben, stranger) = (face(0, 0.3), face(1, 0.3), face(5, 0.3));
+        let out = s.recognise(&[&ben, &stranger, &ana], &[], RULES);
+        assert_eq!(out[0].map(|o| o.0), Some(1));
+        assert_eq!(out[1], None);
+        assert_eq!(out[2].map(|o| o.0), Some(0));
+    }
+
+    #[test]
+    fn two_faces_never_share_a_name_and_taken_names_are_not_given() {
+        let s = store(&[("Ana", 0)]);
+        let (close, closer) = (face(0, 0.4), face(0, 0.1));
+        let out = s.recognise(&[&close, &closer], &[], RULES);
+        assert_eq!(out[0], None, "the more similar face gets the name");
+        assert_eq!(out[1].map(|o| o.0), Some(0));
+        assert_eq!(s.recognise(&[&closer], &["Ana"], RULES), vec![None]);
+    }
+
+    #[test]
+    fn a_face_between_two_known_people_gets_neither_name() {
+        let s = store(&[("Ana", 0), ("Ben", 1)]);
+        let both: Vec<f32> = face(0, 0.0)
+            .iter()
+            .zip(face(1, 0.0))
+            .map(|(a, b)| (a + b) / 2f32.sqrt())
+            .collect();
+        // cosine 0.707 with both: above the threshold, but no margin
+        assert_eq!(s.recognise(&[&both], &[], RULES), vec![None]);
+    }
+
+    #[test]
+    fn a_set_keeps_at_most_eight_different_looks() {
+        let mut p = KnownPerson {
+            name: "Ana".into(),
+            embeddings: vec![face(0, 0.0)],
+            avatar: None,
+            neutral: None,
+        };
+        assert!(!p.remember(&face(0, 0.01)), "the same look is not added");
+        for k in 1..15 {
+            p.remember(&face(k, 0.0));
+            assert!(p.embeddings.len() <= MAX_EMBEDDINGS);
+        }
+        assert_eq!(p.embeddings.len(), MAX_EMBEDDINGS);
+        for (i, a) in p.embeddings.iter().enumerate() {
+            for b in &p.embeddings[i + 1..] {
+                assert!(cosine(a, b) < SAME_LOOK);
+            }
+        }
+    }
+
+    #[test]
+    fn the_store_round_trips_forgets_and_names_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/people.json");
+        assert_eq!(KnownPeople::load(&path).unwrap(), KnownPeople::default());
+        let mut s = store(&[("Ana", 0), ("Ben", 1)]);
+        s.get_mut("Ana").unwrap().avatar = Some("mika.glb".into());
+        s.get_mut("Ben").unwrap().neutral = Some(vec![0.1; 52]);
+        s.save(&path).unwrap();
+        assert_eq!(KnownPeople::load(&path).unwrap(), s);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "only the user reads it");
+        }
+        assert!(s.forget("Ana") && !s.forget("Ana"));
+        s.save(&path).unwrap();
+        assert_eq!(KnownPeople::load(&path).unwrap().people.len(), 1);
+        assert!(s.forget("Ben"));
+        s.save(&path).unwrap();
+        assert!(!path.exists(), "nobody named: no file");
+        std::fs::write(&path, "{ torn").unwrap();
+        let e = format!("{:#}", KnownPeople::load(&path).unwrap_err());
+        assert!(
+            e.contains("people.json") && e.contains("forget --all"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_become_safe_file_stems() {
+        assert_eq!(file_stem("Ana"), "Ana");
+        assert_eq!(file_stem("../x y"), "_x_y");
+        assert_eq!(file_stem("José"), "José");
+        assert_eq!(file_stem(" "), "_");
+    }
+}
