@@ -465,7 +465,7 @@ mod tests {
 
     /// Unit vector along axis `k` of 16, tilted by `t` towards axis 15.
     fn face(k: usize, t: f32) -> Vec<f32> {
-        let mut v = vec![0.0f32; 16];
+        let mut v = [0.0f32; 16];
         v[k] = 1.0;
         v[15] += t;
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
