@@ -29,6 +29,15 @@ enum Command {
     StopRecording,
     StartStreaming(Box<VmcStreamer>),
     StopStreaming,
+    /// Name person `id` (store their embeddings with these settings).
+    Name {
+        id: u32,
+        name: String,
+        avatar: Option<PathBuf>,
+        neutral: Option<Vec<f32>>,
+    },
+    /// A name was forgotten (`None`: every name); the store was changed by the UI.
+    Forgotten(Option<String>),
 }
 
 #[derive(Default)]
@@ -72,6 +81,22 @@ impl Shared {
                 Command::StopStreaming => {
                     if processor.stop_streaming() {
                         self.notice("VMC stream stopped".into());
+                    }
+                }
+                Command::Name {
+                    id,
+                    name,
+                    avatar,
+                    neutral,
+                } => self.notice(
+                    match processor.people.name_person(id, &name, avatar, neutral) {
+                        Ok(()) => format!("person #{id} is {name}: remembered"),
+                        Err(e) => format!("cannot name person #{id}: {e:#}"),
+                    },
+                ),
+                Command::Forgotten(name) => {
+                    if let Some(known) = processor.people.known.as_mut() {
+                        known.forgotten(name.as_deref());
                     }
                 }
             }
@@ -205,6 +230,27 @@ impl InferenceWorker {
 
     pub fn start_streaming(&self, streamer: VmcStreamer) {
         self.send(Command::StartStreaming(Box::new(streamer)));
+    }
+
+    /// Names person `id` (their embeddings and these settings are stored).
+    pub fn name_person(
+        &self,
+        id: u32,
+        name: String,
+        avatar: Option<PathBuf>,
+        neutral: Option<Vec<f32>>,
+    ) {
+        self.send(Command::Name {
+            id,
+            name,
+            avatar,
+            neutral,
+        });
+    }
+
+    /// `name` (or everyone) was forgotten: nobody in view carries it any more.
+    pub fn forgotten(&self, name: Option<String>) {
+        self.send(Command::Forgotten(name));
     }
 
     pub fn stop_streaming(&self) {

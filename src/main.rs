@@ -43,15 +43,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 PipelineOrNone(None) => None,
             };
-            let mut people = polyface::track::People::default().with_reid_from(&models, &device);
+            // people the user named are recognised (read only: `track` never names anybody)
+            let (recogniser, problem) =
+                polyface::known::Recogniser::open(polyface::known::KnownPeople::default_path());
+            if let Some(problem) = problem {
+                log::warn!("{problem}");
+            }
+            let mut people = polyface::track::People::default()
+                .with_reid_from(&models, &device)
+                .with_known(recogniser);
             people.tracker.config.smoothing.landmarks.min_cutoff = args.min_cutoff;
             people.tracker.config.smoothing.landmarks.beta = args.beta;
             let mut processor = polyface::processor::FrameProcessor::new(pipeline, people);
             if let Some(target) = &args.stream {
-                processor.start_streaming(polyface::stream::VmcStreamer::new(
-                    target,
-                    args.stream_names,
-                )?);
+                let routes = polyface::settings::Settings::default_path()
+                    .map(|p| polyface::settings::Settings::load(&p).vmc_routes)
+                    .unwrap_or_default();
+                processor.start_streaming(
+                    polyface::stream::VmcStreamer::new(target, args.stream_names)?
+                        .with_routes(&routes)?,
+                );
             }
             if let Some(dir) = &args.record {
                 processor.start_recording(dir)?;

@@ -335,6 +335,11 @@ impl Retargeter {
         self.neutral = Some(*current);
     }
 
+    /// The calibrated neutral face, if any.
+    pub fn neutral(&self) -> Option<[f32; 52]> {
+        self.neutral
+    }
+
     pub fn clear_calibration(&mut self) {
         self.neutral = None;
     }

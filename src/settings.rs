@@ -60,6 +60,9 @@ pub struct Settings {
     pub avatars: Vec<Option<PathBuf>>,
     /// Mirror the puppets (head turns and left/right expressions), like a mirror image.
     pub mirror: bool,
+    /// VMC receivers by person name ("Ana" → "192.168.1.20:39540"): a named person listed here
+    /// is always streamed there; everyone else gets the base port + n rule.
+    pub vmc_routes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -76,6 +79,7 @@ impl Default for Settings {
             view: ViewMode::default(),
             avatars: Vec::new(),
             mirror: true,
+            vmc_routes: Default::default(),
         }
     }
 }

@@ -161,13 +161,19 @@ fn control_panel(
     });
     ui.separator();
     egui::ScrollArea::vertical().show(ui, |ui| {
-        state.people_panel.ui(ui, &state.people);
-        let confirmed: Vec<u32> = state.confirmed().map(|p| p.id).collect();
+        for request in state.people_panel.ui(ui, &state.people) {
+            actions.push(Action::People(request));
+        }
+        let confirmed: Vec<(u32, Option<String>)> =
+            state.confirmed().map(|p| (p.id, p.name.clone())).collect();
         if !confirmed.is_empty() {
             ui.separator();
             ui.label("avatars (or drop a .glb / .vrm on the window):");
-            for id in confirmed {
-                ui.label(format!("person #{id}"));
+            for (id, name) in confirmed {
+                ui.label(match name {
+                    Some(name) => format!("{name} (#{id})"),
+                    None => format!("person #{id}"),
+                });
                 let text = state.avatar_path_text.entry(id).or_default();
                 state.avatar_slots.picker(ui, id, text);
             }

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use crate::capture::{self, LatestFrame, SourceOptions, SourceSpec};
 use crate::cli::RunArgs;
 use crate::inference::{InferenceWorker, Processed};
+use crate::known::{KnownPeople, Recogniser, SharedKnownPeople};
 use crate::processor::FrameProcessor;
 use crate::record::playback::PlaybackClock;
 use crate::settings::{Settings, ViewMode};
 use crate::soak::metrics::{AppHealth, MetricsLog};
 use crate::timing::{FrameTimings, Stage, TimingRing};
 use crate::track::{Person, TrackState};
-use crate::ui::{AvatarSlots, PeoplePanel, RecentLines, SourceAction, SourcePanel, TimingsPanel};
+use crate::ui::{
+    AvatarSlots, PeoplePanel, PeopleRequest, RecentLines, SourceAction, SourcePanel, TimingsPanel,
+};
 use crate::vision::{FacePipeline, PipelineKind};
 
 /// Warning lines shown under the views (the newest).
@@ -42,6 +45,8 @@ pub enum Action {
     ToggleAxes,
     /// Everyone's current face becomes their neutral one.
     CalibrateEveryone,
+    /// Name or forget a person (the people panel).
+    People(PeopleRequest),
 }
 
 /// Keyboard shortcuts, as the help window lists them.
@@ -92,6 +97,12 @@ pub struct OverlayOptions {
 /// Where the networks come from and run: `--models` and `--device`, resolved once at start.
 pub struct Networks {
     models: PathBuf,
+    /// The people the user named, shared by every worker (and the UI) of this run.
+    known: SharedKnownPeople,
+    /// Where they are stored (none: the file could not be read, so it is never overwritten).
+    known_path: Option<PathBuf>,
+    /// Why named people are not recognised (an unreadable people file).
+    known_problem: Option<String>,
     device: candle_core::Device,
     /// Which device that is, for the overlay ("CPU (auto: ...)", "CUDA 0").
     pub device_line: String,
@@ -100,11 +111,16 @@ pub struct Networks {
 impl Networks {
     fn open(args: &crate::cli::ModelArgs) -> (Networks, Option<String>) {
         let models = crate::vision::models_dir(args.models.as_deref());
+        let (recogniser, known_problem) = Recogniser::open(KnownPeople::default_path());
+        let (known, known_path) = (recogniser.store, recogniser.path);
         match crate::vision::open_device(args.device) {
             Ok((device, device_line)) => {
                 log::info!("networks on {device_line}");
                 let networks = Networks {
                     models,
+                    known,
+                    known_path,
+                    known_problem,
                     device,
                     device_line,
                 };
@@ -115,6 +131,9 @@ impl Networks {
                 log::warn!("{problem}");
                 let networks = Networks {
                     models,
+                    known,
+                    known_path,
+                    known_problem,
                     device: candle_core::Device::Cpu,
                     device_line: "CPU".into(),
                 };
@@ -125,7 +144,13 @@ impl Networks {
 
     /// Tracking with the app's smoothing, and re-identification when its model loads.
     fn people(&self, settings: &Settings) -> crate::track::People {
-        let mut people = crate::track::People::default().with_reid_from(&self.models, &self.device);
+        let mut recogniser = Recogniser::new(self.known.clone(), self.known_path.clone());
+        if let Some(problem) = &self.known_problem {
+            recogniser = Recogniser::blocked(recogniser, problem.clone());
+        }
+        let mut people = crate::track::People::default()
+            .with_reid_from(&self.models, &self.device)
+            .with_known(recogniser);
         people.tracker.config.smoothing = settings.smoothing;
         people
     }
@@ -209,6 +234,8 @@ pub struct AppState {
     pub avatar_slots: AvatarSlots,
     /// The avatar path typed for each person in view.
     pub avatar_path_text: std::collections::HashMap<u32, String>,
+    /// Person ID → the name whose stored settings (avatar, neutral face) they were given.
+    applied_names: std::collections::HashMap<u32, String>,
     pub view: ViewMode,
     /// The pipeline asked for; the worker reports the one running.
     pub pipeline_choice: PipelineKind,
@@ -240,6 +267,7 @@ impl AppState {
         let (networks, device_problem) = Networks::open(&args.model);
         let mut warnings = RecentLines::new(WARNINGS_SHOWN);
         warnings.extend(device_problem);
+        warnings.extend(networks.known_problem.clone());
         // With nothing asked for and no camera on this machine, the bundled sample plays, so the
         // first screen shows tracking rather than an empty window.
         if args.input.input.is_none() && args.input.camera.is_none() && args.play.is_none() {
@@ -318,6 +346,7 @@ impl AppState {
             people_panel: PeoplePanel::default(),
             avatar_slots,
             avatar_path_text: Default::default(),
+            applied_names: Default::default(),
             playback,
             stream_target: "127.0.0.1:39539".into(),
             record_status: String::new(),
@@ -361,6 +390,7 @@ impl AppState {
         let people = &self.people;
         self.avatar_path_text
             .retain(|id, _| people.iter().any(|p| p.id == *id));
+        self.apply_known_settings();
         Some(processed)
     }
 
@@ -459,6 +489,100 @@ impl AppState {
                     self.people_panel.calibrate(person);
                 }
             }
+            Action::People(PeopleRequest::Name { id, name }) => {
+                let avatar = self.avatar_slots.chosen.get(&id).cloned();
+                let neutral = self.people_panel.neutral(id).map(|n| n.to_vec());
+                self.applied_names.insert(id, name.clone());
+                self.worker.name_person(id, name, avatar, neutral);
+            }
+            Action::People(PeopleRequest::Forget(name)) => self.forget(name),
+        }
+    }
+
+    /// A recognised person gets what they chose last time (avatar, neutral face), once per ID
+    /// and name: no store access per frame.
+    fn apply_known_settings(&mut self) {
+        let people = &self.people;
+        self.applied_names
+            .retain(|id, _| people.iter().any(|p| p.id == *id));
+        let new: Vec<(u32, String)> = self
+            .people
+            .iter()
+            .filter_map(|p| Some((p.id, p.name.clone()?)))
+            .filter(|(id, name)| self.applied_names.get(id) != Some(name))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let store = self
+            .networks
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (id, name) in new {
+            if let Some(known) = store.get(&name) {
+                if let Some(avatar) = &known.avatar {
+                    self.avatar_slots.choose(id, avatar.clone());
+                }
+                if let Some(neutral) = known.neutral.as_deref() {
+                    if let Ok(neutral) = <[f32; 52]>::try_from(neutral) {
+                        self.people_panel.set_neutral(id, &neutral);
+                    }
+                }
+            }
+            self.applied_names.insert(id, name);
+        }
+    }
+
+    /// Deletes what is stored about `name`; whoever carries it in view becomes unnamed.
+    fn forget(&mut self, name: String) {
+        let saved = {
+            let mut store = self
+                .networks
+                .known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            store.forget(&name);
+            match &self.networks.known_path {
+                Some(path) => store.save(path),
+                None => Ok(()),
+            }
+        };
+        self.record_status = match saved {
+            Ok(()) => format!("forgot {name}"),
+            Err(e) => format!("cannot forget {name}: {e:#}"),
+        };
+        self.applied_names.retain(|_, n| *n != name);
+        self.worker.forgotten(Some(name));
+    }
+
+    /// The named people in view keep the avatar and neutral face they have now (saved when the
+    /// app closes).
+    fn save_known_settings(&mut self) {
+        let Some(path) = self.networks.known_path.clone() else {
+            return;
+        };
+        let mut store = self
+            .networks
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        for (id, name) in &self.applied_names {
+            if let Some(known) = store.get_mut(name) {
+                let avatar = self.avatar_slots.chosen.get(id).cloned();
+                let neutral = self.people_panel.neutral(*id).map(|n| n.to_vec());
+                if known.avatar != avatar || known.neutral != neutral {
+                    known.avatar = avatar;
+                    known.neutral = neutral;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = store.save(&path) {
+                log::warn!("{e:#}");
+            }
         }
     }
 
@@ -517,7 +641,10 @@ impl AppState {
             self.worker.stop_streaming();
             return;
         }
-        match crate::stream::VmcStreamer::new(&self.stream_target, crate::stream::BlendNames::Vrm) {
+        let streamer =
+            crate::stream::VmcStreamer::new(&self.stream_target, crate::stream::BlendNames::Vrm)
+                .and_then(|s| s.with_routes(&self.settings.vmc_routes));
+        match streamer {
             Ok(s) => {
                 self.record_status = format!(
                     "streaming VMC to {} (+1 port per person)",
@@ -557,6 +684,7 @@ impl AppState {
     /// the state joins it); the settings are written.
     pub fn exiting(&mut self) {
         self.worker.stop_recording();
+        self.save_known_settings();
         self.save_settings();
     }
 

@@ -288,6 +288,8 @@ pub struct Recogniser {
     /// Where the store is saved when somebody is named (none: kept in memory only).
     pub path: Option<PathBuf>,
     pub rules: NameRules,
+    /// Why the store cannot be written (it could not be read): naming fails with this.
+    blocked: Option<String>,
     /// Session ID → name; a name is on one ID at most.
     names: std::collections::HashMap<u32, String>,
     /// IDs in view without a name → embeddings compared so far.
@@ -304,6 +306,7 @@ impl Recogniser {
             store,
             path,
             rules: NAME_RULES,
+            blocked: None,
             names: Default::default(),
             tries: Default::default(),
         }
@@ -322,7 +325,15 @@ impl Recogniser {
             ),
         };
         let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
-        (Recogniser::new(shared, path), problem)
+        let mut recogniser = Recogniser::new(shared, path);
+        recogniser.blocked = problem.clone();
+        (recogniser, problem)
+    }
+
+    /// The same, but naming fails with `problem` (the store could not be read).
+    pub fn blocked(mut self, problem: String) -> Recogniser {
+        self.blocked = Some(problem);
+        self
     }
 
     pub fn name_of(&self, id: u32) -> Option<&str> {
@@ -402,6 +413,9 @@ impl Recogniser {
         neutral: Option<Vec<f32>>,
     ) -> Result<()> {
         let name = name.trim().to_string();
+        if let Some(problem) = &self.blocked {
+            anyhow::bail!("{problem}");
+        }
         {
             let mut store = match self.store.lock() {
                 Ok(store) => store,
@@ -574,5 +588,70 @@ mod tests {
         assert_eq!(file_stem("../x y"), "_x_y");
         assert_eq!(file_stem("José"), "José");
         assert_eq!(file_stem(" "), "_");
+    }
+
+    fn recogniser(names: &[(&str, usize)]) -> Recogniser {
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(store(names)));
+        let mut r = Recogniser::new(shared, None);
+        r.rules = RULES;
+        r
+    }
+
+    #[test]
+    fn a_new_id_is_compared_a_few_times_then_stays_a_stranger() {
+        let mut r = recogniser(&[("Ana", 0)]);
+        let stranger = face(4, 0.2);
+        for _ in 0..10 {
+            r.recognise(&[(7, &stranger)], &[7]);
+        }
+        assert_eq!(r.tries.get(&7), Some(&RECOGNITION_TRIES));
+        // Ana's face under ID 7 now: 7 was given up on, so only a new ID is asked again
+        assert!(r.recognise(&[(7, &face(0, 0.1))], &[7]).is_empty());
+        let given = r.recognise(&[(9, &face(0, 0.1))], &[9]);
+        assert_eq!(given, vec![(9, "Ana".to_string())]);
+        // named: never compared again
+        assert!(r.recognise(&[(9, &face(0, 0.1))], &[9]).is_empty());
+        assert_eq!(r.name_of(9), Some("Ana"));
+        // Ana back under another ID while 9 is gone: the name moves
+        assert_eq!(r.recognise(&[(12, &face(0, 0.1))], &[12]).len(), 1);
+        assert_eq!((r.name_of(9), r.name_of(12)), (None, Some("Ana")));
+    }
+
+    #[test]
+    fn two_ids_in_view_never_carry_one_name() {
+        let mut r = recogniser(&[("Ana", 0)]);
+        let given = r.recognise(&[(1, &face(0, 0.3)), (2, &face(0, 0.1))], &[1, 2]);
+        assert_eq!(given, vec![(2, "Ana".to_string())]);
+        // ID 1 shows Ana's look again, but Ana is in view as 2
+        assert!(r.recognise(&[(1, &face(0, 0.0))], &[1, 2]).is_empty());
+        assert_eq!(r.name_of(1), None);
+    }
+
+    #[test]
+    fn naming_stores_the_person_and_a_session_id_change_keeps_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("people.json");
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(KnownPeople::default()));
+        let mut r = Recogniser::new(shared, Some(path.clone()));
+        r.name(4, " Ana ", &[face(0, 0.0)], Some("a.vrm".into()), None)
+            .unwrap();
+        let stored = KnownPeople::load(&path).unwrap();
+        assert_eq!(stored.people[0].name, "Ana");
+        assert_eq!(stored.people[0].avatar, Some(PathBuf::from("a.vrm")));
+        r.relabel(&[(4, 2)]);
+        assert_eq!((r.name_of(4), r.name_of(2)), (None, Some("Ana")));
+        // renamed: the old name is gone from the store
+        r.name(2, "Anna", &[face(0, 0.0)], None, None).unwrap();
+        let names: Vec<String> = KnownPeople::load(&path)
+            .unwrap()
+            .people
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["Anna".to_string()]);
+        assert!(r.name(3, "Ben", &[], None, None).is_err(), "no embeddings");
+        let blocked = Recogniser::new(r.store.clone(), None).blocked("unreadable".into());
+        let mut blocked = blocked;
+        assert!(blocked.name(5, "Cy", &[face(1, 0.0)], None, None).is_err());
     }
 }

@@ -54,8 +54,10 @@ pub struct VmcStreamer {
     base: SocketAddr,
     names: BlendNames,
     retargeter: Retargeter,
-    /// Person ID → port offset, for the people tracked now.
+    /// Person ID → port offset, for the people tracked now (not those routed by name).
     slots: BTreeMap<u32, u16>,
+    /// Receivers by person name: a named person listed here always goes there.
+    routes: BTreeMap<String, SocketAddr>,
     /// Mirror the head like a mirror image (what people expect when watching themselves).
     pub mirror: bool,
 }
@@ -85,8 +87,31 @@ impl VmcStreamer {
             names,
             retargeter,
             slots: BTreeMap::new(),
+            routes: BTreeMap::new(),
             mirror: true,
         })
+    }
+
+    /// Streams the people named in `routes` to their own receivers (name → "host:port");
+    /// an address that does not resolve is an error naming the person.
+    pub fn with_routes(mut self, routes: &BTreeMap<String, String>) -> Result<VmcStreamer> {
+        for (name, target) in routes {
+            let address = target
+                .to_socket_addrs()
+                .with_context(|| format!("VMC route of {name}: {target:?} is not HOST:PORT"))?
+                .next()
+                .with_context(|| format!("VMC route of {name}: {target:?} resolves to nothing"))?;
+            self.routes.insert(name.clone(), address);
+        }
+        Ok(self)
+    }
+
+    /// Where `person` is streamed to: their name's receiver, else their port.
+    fn destination(&mut self, person: &Person) -> Option<SocketAddr> {
+        match person.name.as_ref().and_then(|n| self.routes.get(n)) {
+            Some(&address) => Some(address),
+            None => self.address_of(person.id),
+        }
     }
 
     pub fn names(&self) -> BlendNames {
@@ -194,11 +219,15 @@ impl VmcStreamer {
     /// does not stop tracking. `persons` is everyone tracked: whoever is no longer in it frees
     /// their port.
     pub fn send(&mut self, persons: &[Person], time_s: f64) -> Result<usize> {
-        self.slots
-            .retain(|id, _| persons.iter().any(|p| p.id == *id));
+        let routes = &self.routes;
+        self.slots.retain(|id, _| {
+            persons
+                .iter()
+                .any(|p| p.id == *id && p.name.as_ref().is_none_or(|n| !routes.contains_key(n)))
+        });
         let mut sent = 0;
         for person in persons.iter().filter(|p| p.state == TrackState::Confirmed) {
-            let Some(address) = self.address_of(person.id) else {
+            let Some(address) = self.destination(person) else {
                 continue;
             };
             let bytes = rosc::encoder::encode(&self.bundle(person, time_s))
@@ -354,5 +383,52 @@ mod tests {
             .collect();
         assert_eq!(streamer.send(&crowd, 100.0).unwrap(), MAX_PORTS as usize);
         assert_eq!(streamer.ports_in_use(), MAX_PORTS as usize);
+    }
+
+    #[test]
+    fn a_named_person_always_goes_to_their_receiver_and_others_keep_the_port_rule() {
+        let base = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ana_rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&base, &ana_rx] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let port = base.local_addr().unwrap().port();
+        let routes =
+            BTreeMap::from([("Ana".to_string(), ana_rx.local_addr().unwrap().to_string())]);
+        let mut streamer = VmcStreamer::new(&format!("127.0.0.1:{port}"), BlendNames::Vrm)
+            .unwrap()
+            .with_routes(&routes)
+            .unwrap();
+        // Ana has the lowest ID, yet the unnamed person gets the base port
+        let mut ana = person(3, 0.9);
+        ana.name = Some("Ana".into());
+        let ben = person(8, 0.1);
+        assert_eq!(streamer.send(&[ana, ben], 0.0).unwrap(), 2);
+        let jaw = |messages: Vec<OscMessage>| {
+            messages
+                .into_iter()
+                .find(|m| {
+                    m.addr == "/VMC/Ext/Blend/Val" && m.args[0] == OscType::String("A".into())
+                })
+                .map(|m| m.args[1].clone())
+        };
+        assert!(jaw(receive(&ana_rx)).is_some(), "Ana's receiver hears Ana");
+        assert!(
+            jaw(receive(&base)).is_some(),
+            "the base port hears the other person"
+        );
+        assert_eq!(
+            streamer.ports_in_use(),
+            1,
+            "a routed person takes no port slot"
+        );
+        assert_eq!(streamer.address_of(8).unwrap().port(), port);
+        let bad = BTreeMap::from([("Ana".to_string(), "not an address".to_string())]);
+        let e = VmcStreamer::new("127.0.0.1:39539", BlendNames::Vrm)
+            .unwrap()
+            .with_routes(&bad)
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("Ana"));
     }
 }

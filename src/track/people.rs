@@ -159,6 +159,15 @@ impl People {
         self
     }
 
+    /// Recognises the people the user named (with re-identification only: recognition needs
+    /// its embeddings).
+    pub fn with_known(mut self, recogniser: Recogniser) -> People {
+        if self.reid.is_some() {
+            self.known = Some(recogniser);
+        }
+        self
+    }
+
     /// Keeps IDs with their people: embeds the confirmed people in view when one of them is new
     /// or due for a check, and applies what the gallery decides (a returning person gets their
     /// old ID back, two people who traded places get theirs back). Lost people the returning

@@ -7,7 +7,7 @@ mod source_panel;
 mod timings_panel;
 
 pub use avatar_slots::{mirror_sides, AvatarSlots};
-pub use people_panel::PeoplePanel;
+pub use people_panel::{PeoplePanel, PeopleRequest};
 pub use recent_lines::RecentLines;
 pub use source_panel::{SourceAction, SourcePanel};
 pub use timings_panel::TimingsPanel;

@@ -1,4 +1,5 @@
-//! One card per person: ID, head angles, live expression bars, neutral calibration.
+//! One card per person: ID or name, head angles, live expression bars, neutral calibration,
+//! and naming (remember this person between sessions) or forgetting them.
 
 use std::collections::HashMap;
 
@@ -22,8 +23,19 @@ const SHOWN: [&str; 10] = [
 /// Neutral calibrations kept; the oldest is forgotten past this.
 pub const MAX_CALIBRATIONS: usize = 64;
 
+/// What a card asks for besides calibration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeopleRequest {
+    /// Remember person `id` as `name` (their embeddings and settings are stored).
+    Name { id: u32, name: String },
+    /// Delete what is stored about `name`.
+    Forget(String),
+}
+
 #[derive(Default)]
 pub struct PeoplePanel {
+    /// The name typed on each card in view.
+    pub typed_names: HashMap<u32, String>,
     /// Per person: the retargeter holding their neutral calibration, and when it was made
     /// (a count of calibrations).
     calibration: HashMap<u32, (Retargeter, u64)>,
@@ -42,12 +54,23 @@ impl PeoplePanel {
 
     /// Makes `person`'s current face their neutral.
     pub fn calibrate(&mut self, person: &Person) {
+        self.set_neutral(person.id, &arkit_weights(&person.smoothed.blendshapes));
+    }
+
+    /// Person `id`'s neutral face (ARKit-52 weights), if calibrated.
+    pub fn neutral(&self, id: u32) -> Option<[f32; 52]> {
+        self.calibration.get(&id).and_then(|(r, _)| r.neutral())
+    }
+
+    /// Gives person `id` a stored neutral face.
+    pub fn set_neutral(&mut self, id: u32, neutral: &[f32; 52]) {
         let names: Vec<String> = ARKIT_52.iter().map(|n| n.to_string()).collect();
         let (mut retargeter, _) = Retargeter::by_name(&names);
-        retargeter.calibrate_neutral(&arkit_weights(&person.smoothed.blendshapes));
+        retargeter.calibrate_neutral(neutral);
+        let person_id = id;
         self.calibrations_made += 1;
         self.calibration
-            .insert(person.id, (retargeter, self.calibrations_made));
+            .insert(person_id, (retargeter, self.calibrations_made));
         if self.calibration.len() > MAX_CALIBRATIONS {
             let oldest = self
                 .calibration
@@ -65,18 +88,27 @@ impl PeoplePanel {
         self.calibration.len()
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, people: &[Person]) {
+    /// The cards; returns what the user asked for (naming, forgetting).
+    pub fn ui(&mut self, ui: &mut egui::Ui, people: &[Person]) -> Vec<PeopleRequest> {
+        let mut requests = Vec::new();
+        self.typed_names
+            .retain(|id, _| people.iter().any(|p| p.id == *id));
         let confirmed: Vec<&Person> = people
             .iter()
             .filter(|p| p.state == TrackState::Confirmed)
             .collect();
         if confirmed.is_empty() {
             ui.label("no people yet");
-            return;
+            return requests;
         }
         for person in confirmed {
             let (yaw, pitch, roll) = person.smoothed.yaw_pitch_roll();
-            egui::CollapsingHeader::new(format!("person #{}", person.id))
+            let title = match &person.name {
+                Some(name) => format!("{name} (#{})", person.id),
+                None => format!("person #{}", person.id),
+            };
+            egui::CollapsingHeader::new(title)
+                .id_salt(person.id)
                 .default_open(true)
                 .show(ui, |ui| {
                     ui.label(format!(
@@ -100,8 +132,44 @@ impl PeoplePanel {
                             self.calibration.remove(&person.id);
                         }
                     });
+                    ui.horizontal(|ui| {
+                        let typed = self.typed_names.entry(person.id).or_default();
+                        ui.add(
+                            egui::TextEdit::singleline(typed)
+                                .hint_text(person.name.as_deref().unwrap_or("name"))
+                                .desired_width(90.0),
+                        );
+                        let label = if person.name.is_some() {
+                            "rename"
+                        } else {
+                            "remember"
+                        };
+                        let button = ui
+                            .add_enabled(!typed.trim().is_empty(), egui::Button::new(label))
+                            .on_hover_text(
+                                "keeps this person's face embeddings (not images), avatar and \
+                                 neutral face on this computer, to recognise them next time",
+                            );
+                        if button.clicked() {
+                            requests.push(PeopleRequest::Name {
+                                id: person.id,
+                                name: typed.trim().to_string(),
+                            });
+                            typed.clear();
+                        }
+                        if let Some(name) = &person.name {
+                            if ui
+                                .button(format!("forget {name}"))
+                                .on_hover_text("deletes everything stored about them")
+                                .clicked()
+                            {
+                                requests.push(PeopleRequest::Forget(name.clone()));
+                            }
+                        }
+                    });
                 });
         }
+        requests
     }
 }
 
