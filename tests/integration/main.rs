@@ -8,6 +8,7 @@ mod capture_sources;
 mod cli_track;
 mod detector_model;
 mod gpu_rig;
+mod known_people;
 mod mfn_model;
 mod reid_model;
 mod sfn_model;

@@ -1,0 +1,265 @@
+//! People you know: enrolment from the shared identities (held out from the re-ID net's
+//! training), recognition of returning people and strangers, one name per person in view, the
+//! store's command line, a corrupt store, and names in `track`'s outputs and takes.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use polyface::known::eval::{embed_heldout, split, trial, Identity};
+use polyface::known::{KnownPeople, Recogniser, NAME_RULES};
+use polyface::vision::ReId;
+
+fn reid() -> Option<ReId> {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/reid.safetensors");
+    if !model.exists() {
+        eprintln!("skipped: no shipped re-ID model");
+        return None;
+    }
+    Some(ReId::load(&model, &Device::Cpu).unwrap())
+}
+
+/// The held-out test identities (>= 5 images) and the calibration ones (2-4), embedded.
+fn identities(reid: &ReId, data: &Path) -> (Vec<Identity>, Vec<Identity>) {
+    let (all, _) = embed_heldout(reid, data).unwrap();
+    split(all)
+}
+
+#[test]
+fn enrolled_people_get_their_names_and_strangers_none() {
+    let Some(reid) = reid() else { return };
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let (test, calibration) = identities(&reid, &data);
+    assert_eq!(test.len(), 50, "held-out identities with >= 5 images");
+    assert_eq!(calibration.len(), 184);
+    // The app's threshold is what the calibration identities give (never the test ones).
+    let calibrated = polyface::known::eval::calibrate(&calibration, 1, NAME_RULES.margin, 0.01);
+    assert!(
+        (calibrated - NAME_RULES.threshold).abs() < 0.015,
+        "calibration gives {calibrated}, the app uses {}",
+        NAME_RULES.threshold
+    );
+    // k = 3 images per enrolled person; every other identity is a stranger. Measured with the
+    // shipped net: 36.4 % recognised, 0 wrong names (the 95 % is out of this net's
+    // reach); the floor catches a regression, the ceiling is the promise.
+    let o = trial(&test, 3, NAME_RULES);
+    assert_eq!(o.known_people, 25);
+    assert!(o.returning > 100 && o.strangers > 200, "{o:?}");
+    assert!(o.wrong_name_rate() <= 0.01, "{o:?}");
+    assert!(o.recognition_rate() >= 0.30, "{o:?}");
+
+    // Person A from k images: no stranger's image is named A; the same face twice in one frame
+    // gets the name once.
+    let a = &test[0];
+    let mut store = KnownPeople::default();
+    store.enrol(&a.name, &a.embeddings[..3]).unwrap();
+    for stranger in test.iter().skip(1).step_by(2) {
+        for face in &stranger.embeddings {
+            assert_eq!(store.recognise(&[face], &[], NAME_RULES), vec![None]);
+        }
+    }
+    // an enrolled look, shown twice in one frame (two people who look alike): one gets the name
+    let twin = &a.embeddings[0];
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(store));
+    let mut recogniser = Recogniser::new(shared, None);
+    let given = recogniser.recognise(&[(1, twin), (2, twin)], &[1, 2]);
+    assert_eq!(given.len(), 1, "one name, one person: {given:?}");
+    assert_eq!(given[0].1, a.name);
+}
+
+#[test]
+fn people_list_forget_and_a_corrupt_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("people.json");
+    let unit = |k: usize| {
+        let mut v = vec![0.0f32; 128];
+        v[k] = 1.0;
+        v
+    };
+    let mut store = KnownPeople::default();
+    store.enrol("Ana", &[unit(0), unit(1)]).unwrap().avatar = Some("ana.vrm".into());
+    store.enrol("Ben Ott", &[unit(2)]).unwrap();
+    store.save(&path).unwrap();
+    let people = |args: &[&str]| {
+        crate::support::polyface()
+            .arg("people")
+            .args(args)
+            .arg("--store")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let list = people(&["list"]);
+    crate::support::assert_success(&list);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("Ana\t2 embeddings\tana.vrm") && text.contains("Ben Ott\t1 embeddings"),
+        "{text}"
+    );
+    crate::support::assert_success(&people(&["forget", "Ana"]));
+    let left = KnownPeople::load(&path).unwrap();
+    assert_eq!(left.people.len(), 1);
+    assert_eq!(left.people[0].name, "Ben Ott");
+    let missing = people(&["forget", "Ana"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nobody is named \"Ana\""));
+
+    // a corrupt file: a clear error naming it; forget --all still clears it
+    std::fs::write(&path, "{\"version\": 1, \"people\": [{\"name\": 3}]}").unwrap();
+    let bad = people(&["list"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("people.json") && err.contains("forget --all"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // ... and the app's headless twin goes on without names
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..3u8 {
+        crate::support::quadrants(64, 48, i)
+            .save(frames.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let track = crate::support::polyface()
+        .args(["track", "--pipeline", "none", "--input"])
+        .arg(&frames)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("POLYFACE_PEOPLE", &path)
+        .output()
+        .unwrap();
+    crate::support::assert_success(&track);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"version\": 1, \"people\": [{\"name\": 3}]}",
+        "an unreadable store is never overwritten"
+    );
+    crate::support::assert_success(&people(&["forget", "--all"]));
+    assert!(!path.exists());
+    let empty = people(&["list"]);
+    crate::support::assert_success(&empty);
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("nobody is named"));
+}
+
+/// A 640×480 frame with `face` (a shared-data crop) pasted at `x`, `size` pixels wide.
+fn frame_with(face: Option<&image::RgbImage>, x: u32, size: u32) -> image::RgbImage {
+    let mut frame = image::RgbImage::from_pixel(640, 480, image::Rgb([96, 100, 104]));
+    if let Some(face) = face {
+        let scaled =
+            image::imageops::resize(face, size, size, image::imageops::FilterType::Triangle);
+        image::imageops::replace(&mut frame, &scaled, x as i64, 120);
+    }
+    frame
+}
+
+/// The named person's records in `faces.jsonl` carry the name, a stranger's none, and the take
+/// has `NAME.csv` / `NAME.glb`. A is enrolled from one image of theirs and shown in that image
+/// (this checks the path from the store to the files; recognition rates are measured above).
+#[test]
+fn track_writes_the_name_in_faces_jsonl_and_names_the_take_files() {
+    let Some(reid) = reid() else { return };
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let wild = std::fs::read_to_string(data.join("wild.jsonl")).unwrap();
+    let heldout = polyface::known::eval::heldout_identities();
+    let records: Vec<serde_json::Value> = wild
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["identity"].as_str().is_some_and(|i| heldout.contains(i)))
+        .collect();
+    let (a, b) = (&records[0], &records[records.len() - 1]);
+    assert_ne!(a["identity"], b["identity"]);
+    let load = |r: &serde_json::Value| -> (image::RgbImage, Vec<glam::Vec2>) {
+        let image = image::open(data.join(r["image"].as_str().unwrap()))
+            .unwrap()
+            .into_rgb8();
+        let points = r["landmarks68"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| glam::Vec2::new(p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32))
+            .collect();
+        (image, points)
+    };
+    let ((face_a, points_a), (face_b, _)) = (load(a), load(b));
+    let embedding = reid
+        .embed_aligned(&[reid.align(&face_a, &points_a).unwrap()])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("people.json");
+    let mut store = KnownPeople::default();
+    store.enrol("Ana", &embedding).unwrap();
+    store.save(&store_path).unwrap();
+
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    // 10 fps: A (1 s), nobody (2 s), B (1 s)
+    let mut plan: Vec<image::RgbImage> = Vec::new();
+    plan.extend((0..10).map(|_| frame_with(Some(&face_a), 200, 240)));
+    plan.extend((0..20).map(|_| frame_with(None, 0, 0)));
+    plan.extend((0..10).map(|_| frame_with(Some(&face_b), 200, 240)));
+    for (i, f) in plan.iter().enumerate() {
+        f.save(frames.join(format!("{i:03}.png"))).unwrap();
+    }
+    let out = dir.path().join("out");
+    let take = dir.path().join("take");
+    let run = crate::support::polyface()
+        .args(["track", "--fps", "10", "--input"])
+        .arg(&frames)
+        .arg("--out")
+        .arg(&out)
+        .arg("--record")
+        .arg(&take)
+        .env("POLYFACE_PEOPLE", &store_path)
+        .output()
+        .unwrap();
+    crate::support::assert_success(&run);
+    let names = |range: std::ops::Range<usize>| -> Vec<Option<String>> {
+        std::fs::read_to_string(out.join("faces.jsonl"))
+            .unwrap()
+            .lines()
+            .skip(range.start)
+            .take(range.len())
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["people"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["state"] == "confirmed")
+                    .map(|p| p["name"].as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let a_names = names(0..10);
+    assert!(
+        a_names.iter().any(|n| n.as_deref() == Some("Ana")),
+        "A is named: {a_names:?}"
+    );
+    assert!(a_names
+        .iter()
+        .all(|n| n.is_none() || n.as_deref() == Some("Ana")));
+    let b_names = names(30..40);
+    assert!(
+        !b_names.is_empty() && b_names.iter().all(Option::is_none),
+        "{b_names:?}"
+    );
+    let files: Vec<PathBuf> = std::fs::read_dir(&take)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let has = |name: &str| files.iter().any(|p| p.file_name().unwrap() == name);
+    assert!(has("Ana.csv") && has("Ana.glb"), "{files:?}");
+    assert!(
+        files.iter().any(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("person") && n.ends_with(".glb")
+        }),
+        "the stranger keeps a personN file: {files:?}"
+    );
+}
