@@ -263,3 +263,122 @@ fn track_writes_the_name_in_faces_jsonl_and_names_the_take_files() {
         "the stranger keeps a personN file: {files:?}"
     );
 }
+
+/// The app's path, without the window: a person is named through the inference worker (as the
+/// card's "remember" button does), the store holds their embeddings and settings; in a new
+/// session they get their name back soon after appearing; forgetting removes the name.
+#[test]
+fn a_person_named_in_one_session_is_recognised_in_the_next() {
+    use polyface::capture::{self, LatestFrame, SourceOptions, SourceSpec};
+    use polyface::inference::InferenceWorker;
+    use polyface::processor::{FrameProcessor, Processed};
+    use std::time::{Duration, Instant};
+
+    let Some(_) = reid() else { return };
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let wild = std::fs::read_to_string(data.join("wild.jsonl")).unwrap();
+    let heldout = polyface::known::eval::heldout_identities();
+    let first = wild
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["identity"].as_str().is_some_and(|i| heldout.contains(i)))
+        .unwrap();
+    let face = image::open(data.join(first["image"].as_str().unwrap()))
+        .unwrap()
+        .into_rgb8();
+    let dir = tempfile::tempdir().unwrap();
+    let frame = dir.path().join("a.png");
+    frame_with(Some(&face), 200, 240).save(&frame).unwrap();
+    let store_path = dir.path().join("people.json");
+    let cpu = candle_core::Device::Cpu;
+    let session = |store: polyface::known::SharedKnownPeople| {
+        let options = SourceOptions {
+            fps: Some(10.0),
+            looped: true,
+            ..Default::default()
+        };
+        let capture = LatestFrame::spawn(
+            capture::opener(SourceSpec::Path(frame.clone()), options),
+            true,
+            true,
+        );
+        let pipeline =
+            polyface::vision::load_pipeline(polyface::vision::PipelineKind::Sfn, &models, &cpu)
+                .unwrap();
+        let people = polyface::track::People::default()
+            .with_reid_from(&models, &cpu)
+            .with_known(Recogniser::new(store, Some(store_path.clone())));
+        InferenceWorker::spawn(capture, FrameProcessor::new(Some(pipeline), people))
+    };
+    let wait = |worker: &InferenceWorker, what: &str, done: &dyn Fn(&Processed) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "{what}: not within 60 s");
+            if let Some(p) = worker.take() {
+                if done(&p) {
+                    return p;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let confirmed = |p: &Processed| {
+        p.people
+            .iter()
+            .find(|q| q.state == polyface::track::TrackState::Confirmed)
+            .cloned()
+    };
+
+    // session 1: nobody is known; the person is named with an avatar and a neutral face
+    let store = std::sync::Arc::new(std::sync::Mutex::new(KnownPeople::default()));
+    let worker = session(store.clone());
+    let seen = wait(&worker, "a confirmed person", &|p| confirmed(p).is_some());
+    let person = confirmed(&seen).unwrap();
+    assert_eq!(person.name, None, "a stranger at first");
+    worker.name_person(
+        person.id,
+        "Ana".into(),
+        Some("ana.vrm".into()),
+        Some(vec![0.1; 52]),
+    );
+    wait(&worker, "the name on the person", &|p| {
+        confirmed(p).is_some_and(|q| q.name.as_deref() == Some("Ana"))
+    });
+    drop(worker);
+    let stored = KnownPeople::load(&store_path).unwrap();
+    assert_eq!(stored.people.len(), 1);
+    let ana = &stored.people[0];
+    assert_eq!(ana.name, "Ana");
+    assert!((1..=polyface::known::MAX_EMBEDDINGS).contains(&ana.embeddings.len()));
+    assert_eq!(ana.avatar.as_deref(), Some(Path::new("ana.vrm")));
+    assert_eq!(ana.neutral.as_deref(), Some(&[0.1f32; 52][..]));
+    let text = std::fs::read_to_string(&store_path).unwrap();
+    assert!(!text.contains("png") && !text.contains("jpg"), "no images");
+
+    // session 2: the store read from disk; the name comes back within a second of frame time
+    let store = std::sync::Arc::new(std::sync::Mutex::new(stored));
+    let worker = session(store.clone());
+    let first_seen = wait(&worker, "a confirmed person", &|p| confirmed(p).is_some());
+    let named = wait(&worker, "Ana recognised", &|p| {
+        confirmed(p).is_some_and(|q| q.name.as_deref() == Some("Ana"))
+    });
+    let delay = named
+        .frame
+        .timestamp
+        .saturating_sub(first_seen.frame.timestamp);
+    assert!(delay <= Duration::from_secs(1), "named after {delay:?}");
+    // forgetting: the UI deletes the stored person and tells the worker
+    {
+        let mut s = store.lock().unwrap();
+        assert!(s.forget("Ana"));
+        s.save(&store_path).unwrap();
+    }
+    worker.forgotten(Some("Ana".into()));
+    wait(&worker, "the name gone", &|p| {
+        confirmed(p).is_some_and(|q| q.name.is_none())
+    });
+    assert!(!store_path.exists(), "nobody named: no file");
+}
