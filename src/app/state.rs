@@ -503,8 +503,17 @@ impl AppState {
     /// and name: no store access per frame.
     fn apply_known_settings(&mut self) {
         let people = &self.people;
-        self.applied_names
-            .retain(|id, _| people.iter().any(|p| p.id == *id));
+        let leaving: Vec<u32> = self
+            .applied_names
+            .keys()
+            .copied()
+            .filter(|id| !people.iter().any(|p| p.id == *id))
+            .collect();
+        if !leaving.is_empty() {
+            // what they chose this session stays with their name
+            self.save_known_settings(&leaving);
+            self.applied_names.retain(|id, _| !leaving.contains(id));
+        }
         let new: Vec<(u32, String)> = self
             .people
             .iter()
@@ -542,10 +551,15 @@ impl AppState {
                 .known
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            store.forget(&name);
             match &self.networks.known_path {
-                Some(path) => store.save(path),
-                None => Ok(()),
+                Some(path) => store.update_file(path, |s| {
+                    s.forget(&name);
+                    Ok(())
+                }),
+                None => {
+                    store.forget(&name);
+                    Ok(())
+                }
             }
         };
         self.record_status = match saved {
@@ -556,33 +570,45 @@ impl AppState {
         self.worker.forgotten(Some(name));
     }
 
-    /// The named people in view keep the avatar and neutral face they have now (saved when the
-    /// app closes).
-    fn save_known_settings(&mut self) {
+    /// Named people with IDs `ids` keep the avatar and neutral face they have now (when they
+    /// leave the view and when the app closes); the file is written only when that changed.
+    fn save_known_settings(&mut self, ids: &[u32]) {
         let Some(path) = self.networks.known_path.clone() else {
             return;
         };
+        let chosen: Vec<(String, Option<PathBuf>, Option<Vec<f32>>)> = ids
+            .iter()
+            .filter_map(|id| {
+                let name = self.applied_names.get(id)?.clone();
+                let avatar = self.avatar_slots.chosen.get(id).cloned();
+                let neutral = self.people_panel.neutral(*id).map(|n| n.to_vec());
+                Some((name, avatar, neutral))
+            })
+            .collect();
         let mut store = self
             .networks
             .known
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut changed = false;
-        for (id, name) in &self.applied_names {
-            if let Some(known) = store.get_mut(name) {
-                let avatar = self.avatar_slots.chosen.get(id).cloned();
-                let neutral = self.people_panel.neutral(*id).map(|n| n.to_vec());
-                if known.avatar != avatar || known.neutral != neutral {
+        let differs = chosen.iter().any(|(name, avatar, neutral)| {
+            store
+                .get(name)
+                .is_some_and(|k| k.avatar != *avatar || k.neutral != *neutral)
+        });
+        if !differs {
+            return;
+        }
+        let saved = store.update_file(&path, |s| {
+            for (name, avatar, neutral) in chosen {
+                if let Some(known) = s.get_mut(&name) {
                     known.avatar = avatar;
                     known.neutral = neutral;
-                    changed = true;
                 }
             }
-        }
-        if changed {
-            if let Err(e) = store.save(&path) {
-                log::warn!("{e:#}");
-            }
+            Ok(())
+        });
+        if let Err(e) = saved {
+            log::warn!("{e:#}");
         }
     }
 
@@ -684,7 +710,8 @@ impl AppState {
     /// the state joins it); the settings are written.
     pub fn exiting(&mut self) {
         self.worker.stop_recording();
-        self.save_known_settings();
+        let ids: Vec<u32> = self.applied_names.keys().copied().collect();
+        self.save_known_settings(&ids);
         self.save_settings();
     }
 

@@ -196,6 +196,21 @@ impl KnownPeople {
         write().with_context(|| format!("{}: cannot write", path.display()))
     }
 
+    /// Applies `change` to what the file holds now (`polyface people forget` may have changed
+    /// it while the app ran) and saves it; this store becomes the result. A file that cannot be
+    /// read is an error and stays as it is.
+    pub fn update_file(
+        &mut self,
+        path: &Path,
+        change: impl FnOnce(&mut KnownPeople) -> Result<()>,
+    ) -> Result<()> {
+        let mut fresh = KnownPeople::load(path)?;
+        change(&mut fresh)?;
+        fresh.save(path)?;
+        *self = fresh;
+        Ok(())
+    }
+
     pub fn get(&self, name: &str) -> Option<&KnownPerson> {
         self.people.iter().find(|p| p.name == name)
     }
@@ -422,15 +437,19 @@ impl Recogniser {
                 Err(poisoned) => poisoned.into_inner(),
             };
             let previous = self.names.get(&id).cloned();
-            let person = store.enrol(&name, embeddings)?;
-            person.avatar = avatar;
-            person.neutral = neutral;
-            // a renamed person: the old name goes (one person, one entry)
-            if let Some(previous) = previous.filter(|p| *p != name) {
-                store.forget(&previous);
-            }
-            if let Some(path) = &self.path {
-                store.save(path)?;
+            let change = |store: &mut KnownPeople| -> Result<()> {
+                let person = store.enrol(&name, embeddings)?;
+                person.avatar = avatar;
+                person.neutral = neutral;
+                // a renamed person: the old name goes (one person, one entry)
+                if let Some(previous) = previous.filter(|p| *p != name) {
+                    store.forget(&previous);
+                }
+                Ok(())
+            };
+            match &self.path {
+                Some(path) => store.update_file(path, change)?,
+                None => change(&mut store)?,
             }
         }
         self.names.retain(|_, n| *n != name);
@@ -571,7 +590,16 @@ mod tests {
         assert!(s.forget("Ana") && !s.forget("Ana"));
         s.save(&path).unwrap();
         assert_eq!(KnownPeople::load(&path).unwrap().people.len(), 1);
-        assert!(s.forget("Ben"));
+        // another process forgot Ben meanwhile: a change here starts from the file
+        let mut other = KnownPeople::load(&path).unwrap();
+        assert!(other.forget("Ben"));
+        other.save(&path).unwrap();
+        s.update_file(&path, |s| s.enrol("Cy", &[face(3, 0.0)]).map(|_| ()))
+            .unwrap();
+        let names: Vec<String> = s.people.iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, vec!["Cy".to_string()], "Ben stays forgotten");
+        assert_eq!(KnownPeople::load(&path).unwrap(), s);
+        assert!(s.forget("Cy"));
         s.save(&path).unwrap();
         assert!(!path.exists(), "nobody named: no file");
         std::fs::write(&path, "{ torn").unwrap();
