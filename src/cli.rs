@@ -455,6 +455,10 @@ pub enum PeopleAction {
         /// Margin over the second-best name (default: the app's).
         #[arg(long)]
         margin: Option<f32>,
+        /// Also enrol the known people in households of N (each alone with all strangers),
+        /// with the threshold the calibration identities give for that size.
+        #[arg(long, value_name = "N")]
+        household: Option<usize>,
         #[command(flatten)]
         model: ModelArgs,
     },

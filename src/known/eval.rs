@@ -137,18 +137,62 @@ impl Outcome {
 
 /// Enrols every other identity of `identities` from its first `k` images (the rest are
 /// strangers), then shows each face not used for enrolment on its own.
-pub fn trial(identities: &[Identity], k: usize, rules: NameRules) -> Outcome {
+/// `rules` none: each store's own ([`KnownPeople::rules`]).
+pub fn trial(identities: &[Identity], k: usize, rules: Option<NameRules>) -> Outcome {
+    trial_households(identities, k, rules, usize::MAX)
+}
+
+/// The same with the enrolled identities in households of `size` (the last one may be
+/// smaller): each household is enrolled alone and shown its own other faces and every stranger's.
+/// The counts add up over the households.
+pub fn trial_households(
+    identities: &[Identity],
+    k: usize,
+    rules: Option<NameRules>,
+    size: usize,
+) -> Outcome {
+    let known: Vec<&Identity> = identities
+        .iter()
+        .step_by(2)
+        .filter(|i| i.embeddings.len() > k)
+        .collect();
+    let mut total = Outcome::default();
+    for household in known.chunks(size.max(1)) {
+        let o = trial_one(identities, household, k, rules);
+        total.known_people += o.known_people;
+        total.returning += o.returning;
+        total.recognised += o.recognised;
+        total.misnamed += o.misnamed;
+        total.strangers += o.strangers;
+        total.strangers_named += o.strangers_named;
+    }
+    total
+}
+
+/// `household` enrolled from `k` images each; the other even-index identities are left out,
+/// the odd-index ones are the strangers.
+fn trial_one(
+    identities: &[Identity],
+    household: &[&Identity],
+    k: usize,
+    rules: Option<NameRules>,
+) -> Outcome {
     let mut store = KnownPeople::default();
     let mut outcome = Outcome::default();
-    for (n, identity) in identities.iter().enumerate() {
-        if n % 2 == 0 && identity.embeddings.len() > k {
-            store
-                .enrol(&identity.name, &identity.embeddings[..k])
-                .expect("k > 0 embeddings");
-        }
+    for identity in household {
+        store
+            .enrol(&identity.name, &identity.embeddings[..k])
+            .expect("k > 0 embeddings");
     }
     outcome.known_people = store.people.len();
-    for identity in identities {
+    let rules = rules.unwrap_or_else(|| store.rules());
+    let shown_identities: Vec<&Identity> = identities
+        .iter()
+        .enumerate()
+        .filter(|(n, i)| n % 2 == 1 || store.get(&i.name).is_some())
+        .map(|(_, i)| i)
+        .collect();
+    for identity in shown_identities {
         let known = store.get(&identity.name).is_some();
         let shown = if known {
             &identity.embeddings[k..]
@@ -176,10 +220,23 @@ pub fn trial(identities: &[Identity], k: usize, rules: NameRules) -> Outcome {
 /// The lowest threshold (in steps of 0.01) at which a `k`-image trial on `identities` gives at
 /// most `wrong_rate` wrong names, with the rules' margin.
 pub fn calibrate(identities: &[Identity], k: usize, margin: f32, wrong_rate: f64) -> f32 {
+    calibrate_households(identities, k, margin, wrong_rate, usize::MAX)
+}
+
+/// The same with households of `size` known people.
+pub fn calibrate_households(
+    identities: &[Identity],
+    k: usize,
+    margin: f32,
+    wrong_rate: f64,
+    size: usize,
+) -> f32 {
     (30..=99)
         .map(|t| t as f32 / 100.0)
         .find(|&threshold| {
-            trial(identities, k, NameRules { threshold, margin }).wrong_name_rate() <= wrong_rate
+            trial_households(identities, k, Some(NameRules { threshold, margin }), size)
+                .wrong_name_rate()
+                <= wrong_rate
         })
         .unwrap_or(1.0)
 }
@@ -204,4 +261,35 @@ pub fn matching_cost_us(store: &KnownPeople, faces: &[Vec<f32>], rules: NameRule
     }
     std::hint::black_box(named);
     1e6 * start.elapsed().as_secs_f64() / (rounds * faces.len().max(1)) as f64
+}
+
+/// Cosine thresholds at false-accept rates `fars` over every pair of faces of different
+/// identities in `identities` (the verification data): for each rate, the lowest threshold that
+/// at most that share of different-person pairs reaches.
+/// Also returns the number of pairs.
+pub fn impostor_thresholds(identities: &[Identity], fars: &[f64]) -> (Vec<(f64, f32)>, usize) {
+    let faces: Vec<(usize, &Vec<f32>)> = identities
+        .iter()
+        .enumerate()
+        .flat_map(|(n, i)| i.embeddings.iter().map(move |e| (n, e)))
+        .collect();
+    let mut cosines: Vec<f32> = Vec::new();
+    for (a, (ia, ea)) in faces.iter().enumerate() {
+        for (ib, eb) in &faces[a + 1..] {
+            if ia != ib {
+                cosines.push(crate::vision::reid::cosine(ea, eb));
+            }
+        }
+    }
+    cosines.sort_by(|a, b| b.total_cmp(a));
+    let table = fars
+        .iter()
+        .map(|&far| {
+            let allowed = (far * cosines.len() as f64).floor() as usize;
+            // the threshold just above the (allowed + 1)-th highest cosine
+            let t = cosines.get(allowed).map_or(-1.0, |c| c + 1e-4);
+            (far, t)
+        })
+        .collect();
+    (table, cosines.len())
 }

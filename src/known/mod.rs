@@ -4,8 +4,10 @@
 //! never images) with the settings they chose (avatar file, neutral calibration) in one JSON file
 //! in the user's data folder ([`KnownPeople::default_path`]). Nothing is stored for anybody never
 //! named. When a new ID appears in a later session, its first embeddings are compared with the
-//! named people ([`KnownPeople::recognise`]): the best name must reach [`NAME_RULES`]'s threshold
-//! and beat the second-best name by its margin, and one name goes to at most one person in view.
+//! named people ([`KnownPeople::recognise`]): the best name must reach the store's threshold
+//! ([`KnownPeople::rules`]: at most [`WRONG_NAME_RATE`] wrong names, read off the net's
+//! verification data) and beat the second-best name by [`NAME_MARGIN`], and one name goes to at
+//! most one person in view.
 //! People who are already tracked are not compared again, so recognition costs nothing per frame.
 
 pub mod command;
@@ -36,17 +38,49 @@ pub struct NameRules {
     pub margin: f32,
 }
 
-/// The rules the app uses. The threshold is chosen on the re-ID net's held-out verification
-/// identities that have 2-4 images (never the test identities): the lowest threshold at which,
-/// enrolling every other one from one image, at most 1 % of the faces shown (returning people and
-/// strangers) got a wrong name (`polyface people eval`, `calibrated` line: 0.62 with the shipped
-/// net). Per pair of faces that is a false-accept rate well under 1e-3 (the net's own
-/// `match_threshold`, 0.40, is the 1e-2 point): with several people and several embeddings each,
-/// a face meets many chances to be taken for somebody.
-pub const NAME_RULES: NameRules = NameRules {
-    threshold: 0.62,
-    margin: 0.05,
-};
+/// Wrong names allowed per face shown: the rate the threshold is chosen for. A stranger's face
+/// meets one chance per stored embedding to pass, so each pair may pass with at most this rate
+/// divided by the embeddings stored ([`threshold_for`]).
+pub const WRONG_NAME_RATE: f64 = 0.01;
+/// The best name must beat the second-best by this much (a stranger who resembles two known
+/// people gets neither name).
+pub const NAME_MARGIN: f32 = 0.05;
+
+/// Per-pair false-accept rates of the shipped re-ID net and the cosine each needs, over the
+/// 108,402 different-person pairs of its 184 held-out identities with 2-4 images (never the
+/// test identities; `polyface people eval`, "verification data" line). The net's own
+/// `match_threshold` (0.398) is the 1e-2 point.
+pub const FAR_TABLE: [(f64, f32); 7] = [
+    (1e-2, 0.401),
+    (3e-3, 0.468),
+    (1e-3, 0.524),
+    (3e-4, 0.576),
+    (1e-4, 0.610),
+    (3e-5, 0.660),
+    (1e-5, 0.700),
+];
+
+/// The threshold for a store of `embeddings` embeddings in all: a stranger's face meets that
+/// many chances to pass, so each pair may pass with at most `wrong_rate / embeddings` (read off
+/// [`FAR_TABLE`], log-linear between its rows, its ends beyond them).
+pub fn threshold_for(embeddings: usize, wrong_rate: f64) -> f32 {
+    let far = wrong_rate / embeddings.max(1) as f64;
+    let (first, last) = (FAR_TABLE[0], FAR_TABLE[FAR_TABLE.len() - 1]);
+    if far >= first.0 {
+        return first.1;
+    }
+    if far <= last.0 {
+        return last.1;
+    }
+    for w in FAR_TABLE.windows(2) {
+        let ((f0, t0), (f1, t1)) = (w[0], w[1]);
+        if far <= f0 && far >= f1 {
+            let x = (f0.ln() - far.ln()) / (f0.ln() - f1.ln());
+            return t0 + (t1 - t0) * x as f32;
+        }
+    }
+    last.1
+}
 
 /// A named person: how they look and what they chose.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +245,16 @@ impl KnownPeople {
         Ok(())
     }
 
+    /// The rules for this store: the threshold for [`WRONG_NAME_RATE`] with all its embeddings
+    /// (a household of 5 with 3 each: 0.54; 25 people with 8 each: 0.64), [`NAME_MARGIN`].
+    pub fn rules(&self) -> NameRules {
+        let embeddings = self.people.iter().map(|p| p.embeddings.len()).sum();
+        NameRules {
+            threshold: threshold_for(embeddings, WRONG_NAME_RATE),
+            margin: NAME_MARGIN,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&KnownPerson> {
         self.people.iter().find(|p| p.name == name)
     }
@@ -302,7 +346,8 @@ pub struct Recogniser {
     pub store: SharedKnownPeople,
     /// Where the store is saved when somebody is named (none: kept in memory only).
     pub path: Option<PathBuf>,
-    pub rules: NameRules,
+    /// Fixed rules (none: the store's own, [`KnownPeople::rules`]).
+    pub rules: Option<NameRules>,
     /// Why the store cannot be written (it could not be read): naming fails with this.
     blocked: Option<String>,
     /// Session ID → name; a name is on one ID at most.
@@ -320,7 +365,7 @@ impl Recogniser {
         Recogniser {
             store,
             path,
-            rules: NAME_RULES,
+            rules: None,
             blocked: None,
             names: Default::default(),
             tries: Default::default(),
@@ -399,7 +444,8 @@ impl Recogniser {
             .filter_map(|id| self.names.get(id).map(String::as_str))
             .collect();
         let embeddings: Vec<&[f32]> = asking.iter().map(|(_, e)| *e).collect();
-        let verdicts = store.recognise(&embeddings, &taken, self.rules);
+        let rules = self.rules.unwrap_or_else(|| store.rules());
+        let verdicts = store.recognise(&embeddings, &taken, rules);
         let mut given = Vec::new();
         for ((id, _), verdict) in asking.iter().zip(verdicts) {
             if let Some((j, similarity)) = verdict {
@@ -519,6 +565,19 @@ mod tests {
     };
 
     #[test]
+    fn the_threshold_grows_with_the_embeddings_stored() {
+        assert_eq!(threshold_for(1, 0.01), 0.401);
+        assert!((threshold_for(15, 0.01) - 0.5415).abs() < 1e-3);
+        assert!((threshold_for(200, 0.01) - 0.6388).abs() < 1e-3);
+        assert_eq!(threshold_for(100_000, 0.01), 0.700);
+        let mut s = store(&[("Ana", 0)]);
+        let one = s.rules().threshold;
+        s.enrol("Ben", &[face(1, 0.0), face(2, 0.0)]).unwrap();
+        assert!(s.rules().threshold > one);
+        assert_eq!(s.rules().margin, NAME_MARGIN);
+    }
+
+    #[test]
     fn known_faces_get_their_names_strangers_none() {
         let s = store(&[("Ana", 0), ("Ben", 1)]);
         let (ana, ben, stranger) = (face(0, 0.3), face(1, 0.3), face(5, 0.3));
@@ -621,7 +680,7 @@ mod tests {
     fn recogniser(names: &[(&str, usize)]) -> Recogniser {
         let shared = std::sync::Arc::new(std::sync::Mutex::new(store(names)));
         let mut r = Recogniser::new(shared, None);
-        r.rules = RULES;
+        r.rules = Some(RULES);
         r
     }
 

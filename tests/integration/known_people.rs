@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use polyface::known::eval::{embed_heldout, split, trial, Identity};
-use polyface::known::{KnownPeople, Recogniser, NAME_RULES};
+use polyface::known::eval::{embed_heldout, split, trial, trial_households, Identity};
+use polyface::known::{KnownPeople, Recogniser, FAR_TABLE};
 use polyface::vision::ReId;
 
 fn reid() -> Option<ReId> {
@@ -33,21 +33,27 @@ fn enrolled_people_get_their_names_and_strangers_none() {
     let (test, calibration) = identities(&reid, &data);
     assert_eq!(test.len(), 50, "held-out identities with >= 5 images");
     assert_eq!(calibration.len(), 184);
-    // The app's threshold is what the calibration identities give (never the test ones).
-    let calibrated = polyface::known::eval::calibrate(&calibration, 1, NAME_RULES.margin, 0.01);
-    assert!(
-        (calibrated - NAME_RULES.threshold).abs() < 0.015,
-        "calibration gives {calibrated}, the app uses {}",
-        NAME_RULES.threshold
-    );
-    // k = 3 images per enrolled person; every other identity is a stranger. Measured with the
-    // shipped net: 36.4 % recognised, 0 wrong names (the 95 % is out of this net's
-    // reach); the floor catches a regression, the ceiling is the promise.
-    let o = trial(&test, 3, NAME_RULES);
+    // The app's false-accept table is what the calibration identities give (never the test ones).
+    let fars: Vec<f64> = FAR_TABLE.iter().map(|r| r.0).collect();
+    let (table, _) = polyface::known::eval::impostor_thresholds(&calibration, &fars);
+    for (measured, shipped) in table.iter().zip(FAR_TABLE) {
+        assert!(
+            (measured.1 - shipped.1).abs() < 0.002,
+            "{measured:?} vs {shipped:?}"
+        );
+    }
+    // k = 3 images per enrolled person; every other identity is a stranger; each store's own
+    // threshold. Measured with the shipped net: 25 people enrolled together 40.9 % recognised,
+    // 0 wrong names; households of 5, 55.2 % at 0.61 % (the 95 % is out of this net's
+    // reach); the floors catch a regression, the 1 % ceiling is the promise.
+    let o = trial(&test, 3, None);
     assert_eq!(o.known_people, 25);
     assert!(o.returning > 100 && o.strangers > 200, "{o:?}");
     assert!(o.wrong_name_rate() <= 0.01, "{o:?}");
-    assert!(o.recognition_rate() >= 0.30, "{o:?}");
+    assert!(o.recognition_rate() >= 0.35, "{o:?}");
+    let o = trial_households(&test, 3, None, 5);
+    assert!(o.wrong_name_rate() <= 0.01, "{o:?}");
+    assert!(o.recognition_rate() >= 0.5, "{o:?}");
 
     // Person A from k images: no stranger's image is named A; the same face twice in one frame
     // gets the name once.
@@ -56,7 +62,7 @@ fn enrolled_people_get_their_names_and_strangers_none() {
     store.enrol(&a.name, &a.embeddings[..3]).unwrap();
     for stranger in test.iter().skip(1).step_by(2) {
         for face in &stranger.embeddings {
-            assert_eq!(store.recognise(&[face], &[], NAME_RULES), vec![None]);
+            assert_eq!(store.recognise(&[face], &[], store.rules()), vec![None]);
         }
     }
     // an enrolled look, shown twice in one frame (two people who look alike): one gets the name
