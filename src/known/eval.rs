@@ -2,9 +2,10 @@
 //! re-ID net never trained on ([`HELDOUT`]): enrol people from `k` images each, show the other
 //! images of them and images of strangers one at a time, and count right and wrong names.
 //!
-//! Identities with at least 5 images are the test; those with 2-4 images choose the threshold
-//! ([`calibrate`]), so the figures are not tuned on the faces they report. In each set the
-//! identities (sorted) alternate between known (enrolled) and stranger (never enrolled).
+//! Identities with at least 5 images are the test; those with 2-4 images are the verification
+//! data the app's false-accept table comes from ([`impostor_thresholds`], `FAR_TABLE`), so the
+//! figures are not tuned on the faces they report. In each set the identities (sorted) alternate
+//! between known (enrolled) and stranger (never enrolled).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
