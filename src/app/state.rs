@@ -302,8 +302,10 @@ impl AppState {
                         )) as Box<dyn capture::FrameSource>)
                     });
                     let pipeline = crate::record::playback::PlaybackPipeline::new(recording, clock);
-                    let processor =
-                        FrameProcessor::new(Some(Box::new(pipeline)), networks.people(&settings));
+                    // a take's faces are not recognised again (its frames are not the camera's)
+                    let mut people = networks.people(&settings);
+                    people.known = None;
+                    let processor = FrameProcessor::new(Some(Box::new(pipeline)), people);
                     let worker =
                         InferenceWorker::spawn(LatestFrame::spawn(opener, false, false), processor);
                     (worker, None)
