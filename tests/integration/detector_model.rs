@@ -38,10 +38,11 @@ fn shipped_detector_matches_pytorch_within_1e_3() {
     assert!(diff < 1e-3, "max |candle - pytorch| = {diff}");
 
     // Decoding agrees with the training code's (input pixels: letterbox scale 1).
+    let (input_width, input_height) = detector.input_size();
     let identity = Letterbox {
         scale: 1.0,
-        input_width: 320,
-        input_height: 240,
+        input_width,
+        input_height,
     };
     let ours = detector.decode(&output, &identity).unwrap();
     let boxes: Vec<Vec<f32>> = fixture["boxes"].to_vec2().unwrap();
@@ -63,9 +64,10 @@ fn shipped_detector_matches_pytorch_within_1e_3() {
 
 #[test]
 fn letterbox_matches_the_training_code_on_the_fixture_scene() {
-    let Some((_, fixture)) = shipped() else {
+    let Some((detector, fixture)) = shipped() else {
         return;
     };
+    let (width, height) = detector.input_size();
     let Some(data) = crate::support::shared_data() else {
         return;
     };
@@ -87,8 +89,8 @@ fn letterbox_matches_the_training_code_on_the_fixture_scene() {
         let frame = image::open(data.join(record["image"].as_str().unwrap()))
             .unwrap()
             .into_rgb8();
-        let letterbox = Letterbox::for_frame(frame.width(), frame.height(), 320, 240);
-        let mut ours = vec![0f32; 3 * 320 * 240];
+        let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height);
+        let mut ours = vec![0f32; 3 * width * height];
         letterbox.fill_resized(&frame, &mut ours);
         let mean_diff = ours
             .iter()

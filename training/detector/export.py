@@ -116,9 +116,10 @@ def build_metadata(model, metrics=None, extra=None):
     return md
 
 
-def fixture_input(cache_dir, size=(320, 240)):
-    """uint8 [H,W,3]: the letterboxed HELEN-test scene with the most faces (synthetic if no cache); the cache holds
-    it at 320x240, enlarged (bilinear) for a larger input."""
+def fixture_input(cache_dir, size=(320, 240), data_dir="../shared/data"):
+    """uint8 [H,W,3]: the letterboxed HELEN-test scene with the most faces (synthetic if no cache). The cache holds it
+    letterboxed at 320x240; for another input size the scene's photo is letterboxed again at that size (as the app
+    does: never enlarged), so the Rust letterbox of the same photo must give the same pixels."""
     from detector import data as D
     p = os.path.join(cache_dir or "", "scenes_test.npz")
     if cache_dir and os.path.exists(p):
@@ -128,8 +129,12 @@ def fixture_input(cache_dir, size=(320, 240)):
         img, scale = D.dec_jpeg(c.test_jpeg[i]), float(c.test_scale[i])
         if img.shape[1] != size[0]:
             import cv2
-            scale *= size[0] / img.shape[1]
-            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+            photo = cv2.cvtColor(cv2.imread(os.path.join(data_dir, c.test_names[i])), cv2.COLOR_BGR2RGB)
+            h, w = photo.shape[:2]
+            scale = min(1.0, size[0] / w, size[1] / h)
+            nw, nh = min(size[0], int(np.floor(w * scale + 0.5))), min(size[1], int(np.floor(h * scale + 0.5)))
+            img = np.zeros((size[1], size[0], 3), np.uint8)
+            img[:nh, :nw] = cv2.resize(photo, (nw, nh), interpolation=cv2.INTER_LINEAR)
         return img, scale, c.test_names[i]
     rng = np.random.default_rng(1234)
     return D.random_texture(rng), 1.0, "synthetic"
