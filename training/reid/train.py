@@ -22,7 +22,6 @@ import math
 import os
 import random
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -35,6 +34,7 @@ from reid import model as RM  # noqa: E402
 from reid.model import ReidNet  # noqa: E402
 from detector.model import folded_tensors, folded_forward, count_macs, count_params  # noqa: E402
 from reid import prepare as RP  # noqa: E402
+from common.trainer import fit  # noqa: E402
 
 PAIR_SEED = 1234
 N_PAIRS = 3000
@@ -436,21 +436,9 @@ def main():
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     os.makedirs(args.out, exist_ok=True)
-    start, best = 0, -1.0
     last = os.path.join(args.out, "last.pt")
-    if args.resume and os.path.exists(last):
-        ck = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, best = ck["epoch"] + 1, ck["best"]
-        random.setstate(ck["rng"]["python"])
-        np.random.set_state(ck["rng"]["numpy"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        print(f"resumed from {last}: next epoch {start}, best acc {best:.4f}", flush=True)
+    fresh = not (args.resume and os.path.exists(last))
 
     print(f"train images {len(data.train_idx)}, classes {data.n_classes}, held-out images {len(data.held_idx)}, "
           f"pairs {len(data.pairs)} ({int(data.pairs[:, 2].sum())} same); MACs {count_macs(model.program) / 1e6:.2f} M, "
@@ -458,71 +446,71 @@ def main():
     log_path = os.path.join(args.out, "log.csv")
     fields = ["epoch", "lr", "margin", "loss", "train_acc", "ver_acc", "ver_std", "thr", "acc_all", "tar1e-2",
               "tar1e-3", "same_mean", "diff_mean", "epoch_s", "exported", "time"]
-    if not os.path.exists(log_path) or start == 0:
+    if not os.path.exists(log_path) or fresh:
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
 
-    for epoch in range(start, args.epochs):
-        t0 = time.time()
+    now = {"epoch": 0, "margin": 0.0}
+
+    def on_epoch_start(epoch):
+        now["epoch"], now["margin"] = epoch, margin_at(epoch, args.m, args.m_start, args.m_warmup)
+
+    def batches(epoch):
         rng = np.random.default_rng([args.seed, epoch])
         order = rng.permutation(len(data.train_idx))
-        margin = margin_at(epoch, args.m, args.m_start, args.m_warmup)
-        model.train()
-        tot_loss, tot_acc, n = 0.0, 0.0, 0
         for step in range(steps_per_epoch):
             b = order[step * args.batch:(step + 1) * args.batch]
             if len(b) < 2:
                 continue
             gi = data.train_idx[b]
             imgs = np.stack([augment(data.faces[i], data.valid[i], rng, args.aug_scale) for i in gi])
-            x = to_input(imgs)
-            y = torch.from_numpy(data.train_label[b])
-            emb = model(x).flatten(1)
-            loss, cos = head(emb, y, margin)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + [head.weight], 5.0)
-            opt.step()
-            sched.step()
-            tot_loss += loss.item() * len(b)
-            tot_acc += (cos.argmax(1) == y).float().sum().item()
-            n += len(b)
-            if not math.isfinite(loss.item()):
-                raise SystemExit("loss is not finite")
+            yield to_input(imgs), {"y": torch.from_numpy(data.train_label[b])}
+
+    def losses(net, x, t):
+        emb = net(x).flatten(1)
+        loss, cos = head(emb, t["y"], now["margin"])
+        if not math.isfinite(loss.item()):
+            raise SystemExit("loss is not finite")
+        return loss, [(cos.argmax(1) == t["y"]).float().mean().detach()]
+
+    def validate(net):
         # verification costs ~a fifth of an epoch: skip it early on with --verify-every (the best net is
         # near the end of the cosine schedule anyway)
-        if (epoch + 1) % args.verify_every and epoch < args.epochs - args.verify_last:
-            met = {k: float("nan") for k in ("acc", "std", "thr", "acc_all", "tar1e-2", "tar1e-3", "same_mean",
-                                             "diff_mean")}
-        else:
-            met = verify(model, data)
-        exported = False
-        if met["acc"] > best:
-            best = met["acc"]
-            ck = {"model": model.state_dict(), "config": model.config, "epoch": epoch, "metrics": met}
-            torch.save(ck, os.path.join(args.out, "best.pt.tmp"))
-            os.replace(os.path.join(args.out, "best.pt.tmp"), os.path.join(args.out, "best.pt"))
-            if not args.no_export:
-                export(model, args.export, args.fixture or None, met, data,
-                       {"epoch": epoch, "arcface": json.dumps({"s": args.s, "m": args.m}),
-                        "training_args": json.dumps(vars(args))})
-                exported = True
-        dt = time.time() - t0
-        ck = {"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "epoch": epoch, "best": best, "config": model.config,
-              "args": vars(args), "metrics": met,
-              "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}}
-        torch.save(ck, last + ".tmp")
-        os.replace(last + ".tmp", last)
-        row = [epoch, f"{sched.get_last_lr()[0]:.6g}", f"{margin:.3f}", f"{tot_loss / max(n, 1):.4f}",
-               f"{tot_acc / max(n, 1):.4f}", f"{met['acc']:.4f}", f"{met['std']:.4f}", f"{met['thr']:.4f}",
+        if (now["epoch"] + 1) % args.verify_every and now["epoch"] < args.epochs - args.verify_last:
+            return {k: float("nan") for k in ("acc", "std", "thr", "acc_all", "tar1e-2", "tar1e-3", "same_mean",
+                                              "diff_mean")}
+        return verify(net, data)
+
+    def on_improve(net, met, epoch):
+        if args.no_export:
+            return False
+        export(net, args.export, args.fixture or None, met, data,
+               {"epoch": epoch, "arcface": json.dumps({"s": args.s, "m": args.m}),
+                "training_args": json.dumps(vars(args))})
+        return True
+
+    def log(info):
+        met = info["metrics"]
+        row = [info["epoch"], f"{info['lr']:.6g}", f"{now['margin']:.3f}", f"{info['loss']:.4f}",
+               f"{info['train_acc']:.4f}", f"{met['acc']:.4f}", f"{met['std']:.4f}", f"{met['thr']:.4f}",
                f"{met['acc_all']:.4f}", f"{met['tar1e-2']:.4f}", f"{met['tar1e-3']:.4f}", f"{met['same_mean']:.4f}",
-               f"{met['diff_mean']:.4f}", f"{dt:.1f}", int(exported),
+               f"{met['diff_mean']:.4f}", f"{info['time_s']:.1f}", int(bool(info["exported"])),
                datetime.datetime.now().isoformat(timespec="seconds")]
         with open(log_path, "a", newline="") as f:
             csv.writer(f).writerow(row)
         print(" ".join(f"{k}={v}" for k, v in zip(fields, row)), flush=True)
 
+    def on_resume(ck):
+        head.load_state_dict(ck["head"])  # best: the checkpoint's own `best`, old checkpoints included
+
+    # no EMA (the trained net is verified, saved and exported); the ArcFace head rides in the checkpoints as
+    # `head`; best.pt is a full checkpoint (model, config, epoch, metrics as before, and the rest)
+    fit(model, None, losses, validate, args, parts=["train_acc"], select=lambda met: met["acc"],
+        on_improve=on_improve, optimizer=opt, device=torch.device("cpu"), batches=batches,
+        steps_per_epoch=steps_per_epoch, lr_lambda=lr_lambda, clip=5.0,
+        clip_params=list(model.parameters()) + [head.weight], ema_decay=None, on_epoch_start=on_epoch_start,
+        metric_digits=None, log=log, save_extra=lambda: {"head": head.state_dict()},
+        on_resume=on_resume)
 
 if __name__ == "__main__":
     main()

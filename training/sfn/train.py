@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +30,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # training/: the packages
 from sfn.model import SFN, DEFAULT_CONFIG, rot6d_to_matrix, count_macs  # noqa: E402
 from sfn import data as sfn_data  # noqa: E402
-from common import EMA, atomic_torch_save, worker_init  # noqa: E402
+from common import worker_init  # noqa: E402
+from common.trainer import fit  # noqa: E402
 from sfn.data import FaceCache, SFNTrainSet, make_plan, make_val, normalize  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -98,7 +98,10 @@ def compute_loss(y, lmk, r6, blend, w, args):
     l_blend = ((torch.sigmoid(p_blend) - blend).abs().mean(1) * w_blend).sum() / w_blend.sum().clamp(min=1) * 20
     l_conf = F.binary_cross_entropy_with_logits(p_conf, conf)
     total = l_lmk + args.w_pose * l_pose + args.w_blend * l_blend + args.w_conf * l_conf
-    return total, {"lmk": l_lmk.item(), "pose": l_pose.item(), "blend": l_blend.item(), "conf": l_conf.item()}
+    return total, {"lmk": l_lmk.detach(), "pose": l_pose.detach(), "blend": l_blend.detach(), "conf": l_conf.detach()}
+
+
+PARTS = ["lmk", "pose", "blend", "conf"]
 
 
 @torch.no_grad()
@@ -126,16 +129,6 @@ def evaluate(model, val, bs=110):
         "conf_pos_mean": pp.mean().item(), "conf_neg_mean": pn.mean().item(),
         "conf_acc": ((pp > 0.5).float().sum() + (pn < 0.5).float().sum()).item() / (len(pp) + len(pn)) * 100,
     }
-
-
-def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(s):
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
 
 
 def main():
@@ -203,29 +196,42 @@ def main():
                             lr=args.lr)
     plan0 = make_plan(cache, args.seed, 0, subset=args.subset)
     steps_per_epoch = len(plan0) // args.batch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, t0=args.t0,
-                                                                          anneal_by=args.anneal_by,
-                                                                          restart_at=args.restart_at))
-    ema = EMA(model, args.ema)
-    start_epoch, best = 0, float("inf")
-    last_path, best_path = os.path.join(args.out, "last.pt"), os.path.join(args.out, "best.pt")
-    if args.resume and os.path.exists(last_path):
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        ema.model.load_state_dict(ck["ema"])
-        ema.updates = ck.get("ema_updates", sched.last_epoch)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best = ck["epoch"] + 1, ck["best_nme"]
-        set_rng_state(ck["rng"])
-        print(f"resumed from {last_path}: next epoch {start_epoch}, best NME {best:.3f}", flush=True)
-    elif args.resume:
+    last_path = os.path.join(args.out, "last.pt")
+    if args.resume and not os.path.exists(last_path):
         print("no checkpoint to resume from; starting fresh", flush=True)
     if args.init and not (args.resume and os.path.exists(last_path)):
         ck = torch.load(args.init, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["ema"])
-        ema.model.load_state_dict(ck["ema"])
+        model.load_state_dict(ck["ema"])  # the EMA fit builds starts from these weights too
         print(f"initialised from {args.init} (epoch {ck.get('epoch')})", flush=True)
+
+    def batches(epoch):
+        plan = make_plan(cache, args.seed, epoch, subset=args.subset)
+        ds = SFNTrainSet(cache, plan, args.seed, epoch, wide_rotation_prob=args.wide_rotation_prob,
+                          occlusion_prob=args.occlusion_prob, small_face_prob=args.small_face_prob)
+        g = torch.Generator()
+        g.manual_seed(args.seed * 1000 + epoch)
+        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, drop_last=True,
+                                         num_workers=args.workers, worker_init_fn=worker_init, generator=g,
+                                         prefetch_factor=4 if args.workers else None)
+        for img, lmk, r6, blend, w in dl:
+            yield (normalize(img).contiguous(memory_format=torch.channels_last),
+                   {"lmk": lmk, "r6": r6, "blend": blend, "w": w})
+
+    def losses(net, x, t):
+        loss, parts = compute_loss(net(x), t["lmk"], t["r6"], t["blend"], t["w"], args)
+        return loss, [parts[k] for k in PARTS]
+
+    def on_improve(ema_model, metrics, epoch):
+        if args.no_export or not args.export:
+            return False
+        from sfn import export as export_sfn
+        exp = SFN(model.config)
+        exp.load_state_dict(ema_model.state_dict())
+        export_sfn.export(exp, os.path.join(REPO, args.export) if not os.path.isabs(args.export) else args.export,
+                          (os.path.join(REPO, args.fixture) if not os.path.isabs(args.fixture) else
+                           args.fixture) if args.fixture else None,
+                          {**metrics, "epoch": epoch}, data, {"epoch": epoch})
+        return True
 
     fields = ["epoch", "lr", "train_loss", "train_lmk", "train_pose", "train_blend", "train_conf", "nme",
               "nme_median", "fail10", "pose_deg", "pose_deg_median", "blend_mae", "conf_pos_mean", "conf_neg_mean",
@@ -235,62 +241,11 @@ def main():
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
 
-    for epoch in range(start_epoch, args.epochs):
-        te = time.time()
-        plan = make_plan(cache, args.seed, epoch, subset=args.subset)
-        ds = SFNTrainSet(cache, plan, args.seed, epoch, wide_rotation_prob=args.wide_rotation_prob,
-                          occlusion_prob=args.occlusion_prob, small_face_prob=args.small_face_prob)
-        g = torch.Generator()
-        g.manual_seed(args.seed * 1000 + epoch)
-        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=False, drop_last=True,
-                                         num_workers=args.workers, worker_init_fn=worker_init, generator=g,
-                                         prefetch_factor=4 if args.workers else None)
-        model.train()
-        sums, n = {}, 0
-        for it, (img, lmk, r6, blend, w) in enumerate(dl):
-            x = normalize(img).contiguous(memory_format=torch.channels_last)
-            y = model(x)
-            loss, parts = compute_loss(y, lmk, r6, blend, w, args)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            ema.update(model)
-            parts["loss"] = loss.item()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-            if it % 50 == 0:
-                print(f"ep {epoch} it {it}/{len(dl)} loss {loss.item():.3f} " +
-                      " ".join(f"{k} {v:.3f}" for k, v in parts.items() if k != "loss") +
-                      f" lr {opt.param_groups[0]['lr']:.2e} {time.time() - te:.0f}s", flush=True)
-        metrics = evaluate(ema.model, val)
-        improved = metrics["nme"] < best
-        if improved:
-            best = metrics["nme"]
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "samples": n * args.batch,
-               **{"train_" + k: v / max(n, 1) for k, v in sums.items() if k != "loss"},
-               "train_loss": sums.get("loss", 0) / max(n, 1), **metrics, "best_nme": best,
-               "epoch_s": round(time.time() - te, 1), "exported": False}
-        ck = {"model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.updates,
-              "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "epoch": epoch, "best_nme": best, "rng": rng_state(),
-              "config": model.config, "metrics": metrics, "args": vars(args)}
-        atomic_torch_save(ck, last_path)
-        if improved:
-            shutil.copyfile(last_path, best_path + ".tmp")
-            os.replace(best_path + ".tmp", best_path)
-            if not args.no_export and args.export:
-                from sfn import export as export_sfn
-                exp = SFN(model.config)
-                exp.load_state_dict(ema.model.state_dict())
-                export_sfn.export(exp, os.path.join(REPO, args.export) if not os.path.isabs(args.export) else
-                                  args.export,
-                                  (os.path.join(REPO, args.fixture) if not os.path.isabs(args.fixture) else
-                                   args.fixture) if args.fixture else None,
-                                  {**metrics, "epoch": epoch}, data, {"epoch": epoch})
-                row["exported"] = True
+    def log(info):
+        """metrics.csv and metrics.jsonl, one row per epoch (the columns the SFN's logs have always had)."""
+        row = {"epoch": info["epoch"], "lr": opt.param_groups[0]["lr"], "samples": info["samples"],
+               **{"train_" + k: info[k] for k in PARTS}, "train_loss": info["loss"], **info["metrics"],
+               "best_nme": -info["best"], "epoch_s": round(info["time_s"], 1), "exported": bool(info["exported"])}
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(csv_path, "a", newline="") as f:
@@ -298,6 +253,28 @@ def main():
         print("EPOCH " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
               flush=True)
 
+    # the selection score is -NME (fit keeps the highest); checkpoints also carry best_nme, the SFN's own key,
+    # and the SFN's checkpoints from before fit (no step / best) resume from it
+    best_nme = {"v": float("inf")}
+
+    def save_extra():
+        return {"best_nme": best_nme["v"]}
+
+    def on_resume(ck):
+        best_nme["v"] = ck["best_nme"]
+        return -ck["best_nme"]
+
+    def select(metrics):
+        best_nme["v"] = min(best_nme["v"], metrics["nme"])
+        return -metrics["nme"]
+
+    fit(model, None, losses, lambda ema_model: evaluate(ema_model, val), args, parts=PARTS, select=select,
+        on_improve=on_improve, log_every=50, optimizer=opt, device=torch.device("cpu"), batches=batches,
+        steps_per_epoch=steps_per_epoch,
+        lr_lambda=lambda s: lr_factor(s, steps_per_epoch, t0=args.t0, anneal_by=args.anneal_by,
+                                      restart_at=args.restart_at),
+        clip=5.0, ema_decay=args.ema, ema_own_count=True, metric_digits=None, log=log, save_extra=save_extra,
+        on_resume=on_resume)
 
 if __name__ == "__main__":
     main()
