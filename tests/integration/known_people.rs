@@ -150,17 +150,6 @@ fn people_list_forget_and_a_corrupt_store() {
     assert!(String::from_utf8_lossy(&empty.stdout).contains("nobody is named"));
 }
 
-/// A 640×480 frame with `face` (a shared-data crop) pasted at `x`, `size` pixels wide.
-fn frame_with(face: Option<&image::RgbImage>, x: u32, size: u32) -> image::RgbImage {
-    let mut frame = image::RgbImage::from_pixel(640, 480, image::Rgb([96, 100, 104]));
-    if let Some(face) = face {
-        let scaled =
-            image::imageops::resize(face, size, size, image::imageops::FilterType::Triangle);
-        image::imageops::replace(&mut frame, &scaled, x as i64, 120);
-    }
-    frame
-}
-
 /// The named person's records in `faces.jsonl` carry the name, a stranger's none, and the take
 /// has `NAME.csv` / `NAME.glb`. A is enrolled from one image of theirs and shown in that image
 /// (this checks the path from the store to the files; recognition rates are measured above).
@@ -205,9 +194,9 @@ fn track_writes_the_name_in_faces_jsonl_and_names_the_take_files() {
     std::fs::create_dir_all(&frames).unwrap();
     // 10 fps: A (1 s), nobody (2 s), B (1 s)
     let mut plan: Vec<image::RgbImage> = Vec::new();
-    plan.extend((0..10).map(|_| frame_with(Some(&face_a), 200, 240)));
-    plan.extend((0..20).map(|_| frame_with(None, 0, 0)));
-    plan.extend((0..10).map(|_| frame_with(Some(&face_b), 200, 240)));
+    plan.extend((0..10).map(|_| crate::support::frame_with(Some(&face_a), 200, 240)));
+    plan.extend((0..20).map(|_| crate::support::frame_with(None, 0, 0)));
+    plan.extend((0..10).map(|_| crate::support::frame_with(Some(&face_b), 200, 240)));
     for (i, f) in plan.iter().enumerate() {
         f.save(frames.join(format!("{i:03}.png"))).unwrap();
     }
@@ -297,7 +286,9 @@ fn a_person_named_in_one_session_is_recognised_in_the_next() {
         .into_rgb8();
     let dir = tempfile::tempdir().unwrap();
     let frame = dir.path().join("a.png");
-    frame_with(Some(&face), 200, 240).save(&frame).unwrap();
+    crate::support::frame_with(Some(&face), 200, 240)
+        .save(&frame)
+        .unwrap();
     let store_path = dir.path().join("people.json");
     let cpu = candle_core::Device::Cpu;
     let session = |store: polyface::known::SharedKnownPeople| {

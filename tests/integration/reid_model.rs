@@ -98,17 +98,6 @@ fn track_at_10_fps(frames: &Path, out: &Path) -> String {
     std::fs::read_to_string(out.join("faces.jsonl")).unwrap()
 }
 
-/// A 640×480 frame with `face` (a shared-data crop) pasted at `x`, `size` pixels wide.
-fn frame_with(face: Option<&image::RgbImage>, x: u32, size: u32) -> image::RgbImage {
-    let mut frame = image::RgbImage::from_pixel(640, 480, image::Rgb([96, 100, 104]));
-    if let Some(face) = face {
-        let scaled =
-            image::imageops::resize(face, size, size, image::imageops::FilterType::Triangle);
-        image::imageops::replace(&mut frame, &scaled, x as i64, 120);
-    }
-    frame
-}
-
 #[test]
 fn a_person_who_leaves_and_comes_back_gets_their_old_id() {
     let Some(_) = shipped() else {
@@ -146,11 +135,11 @@ fn a_person_who_leaves_and_comes_back_gets_their_old_id() {
     // 10 fps: A on the left (0.5 s), nobody (2 s: A's track is dropped), A again on the right,
     // mirrored and smaller (0.5 s), nobody (2 s), B on the right (0.5 s)
     let mut plan: Vec<image::RgbImage> = Vec::new();
-    plan.extend((0..5).map(|_| frame_with(Some(&face_a), 40, 240)));
-    plan.extend((0..20).map(|_| frame_with(None, 0, 0)));
-    plan.extend((0..5).map(|_| frame_with(Some(&mirrored_a), 380, 200)));
-    plan.extend((0..20).map(|_| frame_with(None, 0, 0)));
-    plan.extend((0..5).map(|_| frame_with(Some(&face_b), 380, 220)));
+    plan.extend((0..5).map(|_| crate::support::frame_with(Some(&face_a), 40, 240)));
+    plan.extend((0..20).map(|_| crate::support::frame_with(None, 0, 0)));
+    plan.extend((0..5).map(|_| crate::support::frame_with(Some(&mirrored_a), 380, 200)));
+    plan.extend((0..20).map(|_| crate::support::frame_with(None, 0, 0)));
+    plan.extend((0..5).map(|_| crate::support::frame_with(Some(&face_b), 380, 220)));
     for (i, f) in plan.iter().enumerate() {
         f.save(frames.join(format!("{i:03}.png"))).unwrap();
     }

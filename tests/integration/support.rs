@@ -144,3 +144,14 @@ pub fn draw_offscreen<T>(
     gpu.queue.submit([encoder.finish()]);
     result
 }
+
+/// A 640×480 frame with `face` (a shared-data crop) pasted at `x`, `size` pixels wide.
+pub fn frame_with(face: Option<&image::RgbImage>, x: u32, size: u32) -> image::RgbImage {
+    let mut frame = image::RgbImage::from_pixel(640, 480, image::Rgb([96, 100, 104]));
+    if let Some(face) = face {
+        let scaled =
+            image::imageops::resize(face, size, size, image::imageops::FilterType::Triangle);
+        image::imageops::replace(&mut frame, &scaled, x as i64, 120);
+    }
+    frame
+}
