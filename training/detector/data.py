@@ -41,13 +41,14 @@ def box_of(lmk):
     return np.array([lmk[:, 0].min(), lmk[:, 1].min(), lmk[:, 0].max(), lmk[:, 1].max()], np.float32)
 
 
-def letterbox(img):
-    """img HxWx3 uint8 (any size) -> (IN_H x IN_W x 3 uint8, s). Scale s = min(1, IN_W/W, IN_H/H) (never enlarged),
-    bilinear, top-left, black."""
+def letterbox(img, size=(IN_W, IN_H)):
+    """img HxWx3 uint8 (any size) -> (H x W x 3 uint8 for size (W, H), s). Scale s = min(1, W/w, H/h) (never
+    enlarged), bilinear, top-left, black."""
+    in_w, in_h = size
     h, w = img.shape[:2]
-    s = min(1.0, IN_W / w, IN_H / h)
-    nw, nh = min(IN_W, int(math.floor(w * s + 0.5))), min(IN_H, int(math.floor(h * s + 0.5)))
-    out = np.zeros((IN_H, IN_W, 3), np.uint8)
+    s = min(1.0, in_w / w, in_h / h)
+    nw, nh = min(in_w, int(math.floor(w * s + 0.5))), min(in_h, int(math.floor(h * s + 0.5)))
+    out = np.zeros((in_h, in_w, 3), np.uint8)
     out[:nh, :nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return out, s
 

@@ -128,13 +128,8 @@ def fixture_input(cache_dir, size=(320, 240), data_dir="../shared/data"):
         i = int(np.argmax(n))
         img, scale = D.dec_jpeg(c.test_jpeg[i]), float(c.test_scale[i])
         if img.shape[1] != size[0]:
-            import cv2
-            photo = cv2.cvtColor(cv2.imread(os.path.join(data_dir, c.test_names[i])), cv2.COLOR_BGR2RGB)
-            h, w = photo.shape[:2]
-            scale = min(1.0, size[0] / w, size[1] / h)
-            nw, nh = min(size[0], int(np.floor(w * scale + 0.5))), min(size[1], int(np.floor(h * scale + 0.5)))
-            img = np.zeros((size[1], size[0], 3), np.uint8)
-            img[:nh, :nw] = cv2.resize(photo, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            with open(os.path.join(data_dir, c.test_names[i]), "rb") as f:
+                img, scale = D.letterbox(D.dec_jpeg(f.read()), size)
         return img, scale, c.test_names[i]
     rng = np.random.default_rng(1234)
     return D.random_texture(rng), 1.0, "synthetic"
