@@ -89,7 +89,8 @@ fn letterbox(c: &mut Criterion) {
     });
     c.bench_function("letterbox 640x480 -> 320x240", |bench| {
         bench.iter(|| {
-            polyface::vision::letterbox::letterboxed_input(&frame, 320, 240, &Device::Cpu).unwrap()
+            polyface::vision::letterbox::letterboxed_input(&frame, 320, 240, 1.0, &Device::Cpu)
+                .unwrap()
         })
     });
 }
@@ -105,7 +106,7 @@ fn mfn_decode(c: &mut Criterion) {
     let x = Tensor::randn(0f32, 1.0, (1, 3, height, width), &Device::Cpu).unwrap();
     let pass = model.forward(&x).unwrap();
     let letterbox =
-        polyface::vision::Letterbox::for_frame(width as u32, height as u32, width, height);
+        polyface::vision::Letterbox::for_frame(width as u32, height as u32, width, height, 1.0);
     let mut group = c.benchmark_group("mfn decode");
     for faces in [1usize, 10] {
         let plane = rows * columns;
@@ -208,7 +209,7 @@ fn detection_decode(c: &mut Criterion) {
     for k in 0..20 {
         output[(k % 5) * 12 * 80 + (k / 5) * 18 + 5] = 3.0;
     }
-    let letterbox = Letterbox::for_frame(640, 480, 320, 240);
+    let letterbox = Letterbox::for_frame(640, 480, 320, 240, 1.0);
     c.bench_function("decode 80x60 heatmap (20 faces)", |bench| {
         bench.iter(|| decode_heatmap(&output, layout, &letterbox, 0.35))
     });

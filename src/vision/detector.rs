@@ -19,6 +19,7 @@ pub struct Detector {
     program: Program,
     input_width: usize,
     input_height: usize,
+    max_scale: f32,
     stride: usize,
     output_channels: usize,
     pub score_threshold: f32,
@@ -58,6 +59,7 @@ impl Detector {
             program: Program::new(&specs, &file)?,
             input_width,
             input_height,
+            max_scale: file.letterbox_max_scale()?,
             stride,
             output_channels,
             score_threshold,
@@ -72,7 +74,13 @@ impl Detector {
 
     /// The letterboxed, normalised network input for `frame` (1, 3, H, W).
     pub fn prepare(&self, frame: &image::RgbImage) -> candle_core::Result<(Tensor, Letterbox)> {
-        letterboxed_input(frame, self.input_width, self.input_height, &self.device)
+        letterboxed_input(
+            frame,
+            self.input_width,
+            self.input_height,
+            self.max_scale,
+            &self.device,
+        )
     }
 
     /// Raw output (1, 15, H/stride, W/stride) for a prepared input.

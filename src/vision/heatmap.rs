@@ -172,7 +172,7 @@ mod tests {
             rows: 60,
             columns: 80,
         };
-        let letterbox = Letterbox::for_frame(640, 480, 320, 240);
+        let letterbox = Letterbox::for_frame(640, 480, 320, 240, 1.0);
         assert_eq!(letterbox.scale, 0.5);
         let out = synthetic_output(
             layout,

@@ -9,6 +9,9 @@ use rayon::prelude::*;
 const TO_UNIT: f32 = 1.0 / 127.5;
 
 /// How a frame was fitted into the network input: scaled by `scale`, placed at the top-left.
+/// A frame larger than the input is shrunk to fit; a smaller one is enlarged by at most the
+/// network's `max_scale` (1 for networks that learnt faces only at the sizes a frame holds them:
+/// enlarging adds no detail, only size; the room networks learnt enlarged photos too).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Letterbox {
     pub scale: f32,
@@ -22,13 +25,11 @@ impl Letterbox {
         frame_height: u32,
         input_width: usize,
         input_height: usize,
+        max_scale: f32,
     ) -> Letterbox {
-        // Never enlarged: a frame smaller than the input is placed as it is (enlarging adds no
-        // detail and moves its faces out of the sizes the networks learnt; webcams deliver at
-        // least the 640×480 input).
         let scale = (input_width as f32 / frame_width.max(1) as f32)
             .min(input_height as f32 / frame_height.max(1) as f32)
-            .min(1.0);
+            .min(max_scale.max(f32::MIN_POSITIVE));
         Letterbox {
             scale,
             input_width,
@@ -161,14 +162,16 @@ fn integer_factor_row(pixels: &[u8], w: usize, k: usize, y: usize, [r, g, b]: [&
     }
 }
 
-/// `frame` letterboxed into a (1, 3, height, width) network input by the training code's rule.
+/// `frame` letterboxed into a (1, 3, height, width) network input by the training code's rule,
+/// enlarged by at most `max_scale`.
 pub fn letterboxed_input(
     frame: &image::RgbImage,
     width: usize,
     height: usize,
+    max_scale: f32,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Letterbox)> {
-    let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height);
+    let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height, max_scale);
     let mut data = vec![0f32; 3 * width * height];
     letterbox.fill_resized(frame, &mut data);
     let input = Tensor::from_vec(data, (1, 3, height, width), device)?;
@@ -227,7 +230,7 @@ mod tests {
                 };
                 image::Rgb([byte(), byte(), byte()])
             });
-            let letterbox = Letterbox::for_frame(w, h, 320, 240);
+            let letterbox = Letterbox::for_frame(w, h, 320, 240, 1.0);
             let mut ours = vec![0f32; 3 * 320 * 240];
             letterbox.fill_resized(&frame, &mut ours);
             let reference = reference_letterbox(&frame, &letterbox);
@@ -243,7 +246,7 @@ mod tests {
     #[test]
     fn letterbox_fills_the_frame_top_left_and_black_elsewhere() {
         let frame = image::RgbImage::from_pixel(64, 32, image::Rgb([255, 255, 255]));
-        let letterbox = Letterbox::for_frame(64, 32, 32, 32);
+        let letterbox = Letterbox::for_frame(64, 32, 32, 32, 1.0);
         let mut out = vec![0f32; 3 * 32 * 32];
         letterbox.fill_resized(&frame, &mut out);
         assert_eq!(letterbox.scale, 0.5);
@@ -259,7 +262,7 @@ mod tests {
         let frame = image::RgbImage::from_fn(256, 200, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
         });
-        let letterbox = Letterbox::for_frame(256, 200, 640, 480);
+        let letterbox = Letterbox::for_frame(256, 200, 640, 480, 1.0);
         assert_eq!(letterbox.scale, 1.0);
         let mut out = vec![0f32; 3 * 640 * 480];
         letterbox.fill_resized(&frame, &mut out);
@@ -271,6 +274,30 @@ mod tests {
         assert_eq!(
             letterbox.to_frame(glam::Vec2::new(30.0, 40.0)),
             glam::Vec2::new(30.0, 40.0)
+        );
+    }
+
+    #[test]
+    fn a_network_that_learnt_enlarged_photos_gets_them_enlarged_up_to_its_limit() {
+        // 320×200 fits 640×480 at 2.0 (width-bound); a limit of 1.5 stops there
+        let fit = Letterbox::for_frame(320, 200, 640, 480, 4.0);
+        assert_eq!(fit.scale, 2.0);
+        let capped = Letterbox::for_frame(320, 200, 640, 480, 1.5);
+        assert_eq!(capped.scale, 1.5);
+        // a frame larger than the input is shrunk whatever the limit
+        assert_eq!(Letterbox::for_frame(1280, 960, 640, 480, 2.0).scale, 0.5);
+        let frame = image::RgbImage::from_fn(320, 200, |x, _| image::Rgb([x as u8, 0, 0]));
+        let mut out = vec![0f32; 3 * 640 * 480];
+        fit.fill_resized(&frame, &mut out);
+        let red = |x: usize, y: usize| (out[y * 640 + x] + 1.0) * 127.5;
+        // input column c samples frame column (c + 0.5) / 2 - 0.5 (half-pixel centres): 201 ->
+        // 100.25, 10 -> 4.75; rows 0..400 hold the frame, the rest is black
+        assert!((red(201, 100) - 100.25).abs() < 0.01, "{}", red(201, 100));
+        assert!((red(10, 399) - 4.75).abs() < 0.01, "{}", red(10, 399));
+        assert_eq!(out[400 * 640 + 10], -1.0);
+        assert_eq!(
+            fit.to_frame(glam::Vec2::new(200.0, 100.0)),
+            glam::Vec2::new(100.0, 50.0)
         );
     }
 }

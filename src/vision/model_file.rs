@@ -90,6 +90,22 @@ impl ModelFile {
         })
     }
 
+    /// How much the letterbox may enlarge a frame smaller than the input (`letterbox_max_scale`;
+    /// 1, never, where the file does not say): a network trained on enlarged photos says so.
+    pub fn letterbox_max_scale(&self) -> Result<f32, ModelError> {
+        let Some(text) = self.metadata.get("letterbox_max_scale") else {
+            return Ok(1.0);
+        };
+        match text.parse::<f32>() {
+            Ok(scale) if (1.0..=4.0).contains(&scale) => Ok(scale),
+            _ => Err(ModelError::Metadata {
+                path: self.path.clone(),
+                key: "letterbox_max_scale".into(),
+                problem: format!("{text:?} is not a number from 1 to 4"),
+            }),
+        }
+    }
+
     /// A tensor's shape, if the file holds it (for tensors whose size the file chooses).
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.shapes.get(name).map(Vec::as_slice)

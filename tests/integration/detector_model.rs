@@ -89,7 +89,7 @@ fn letterbox_matches_the_training_code_on_the_fixture_scene() {
         let frame = image::open(data.join(record["image"].as_str().unwrap()))
             .unwrap()
             .into_rgb8();
-        let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height);
+        let letterbox = Letterbox::for_frame(frame.width(), frame.height(), width, height, 1.0);
         let mut ours = vec![0f32; 3 * width * height];
         letterbox.fill_resized(&frame, &mut ours);
         let mean_diff = ours

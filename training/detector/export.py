@@ -25,9 +25,10 @@ from detector.model import Detector, folded_tensors, folded_forward, count_macs,
 
 from common import atomic_save_safetensors as _atomic_save, git_commit
 
-def letterbox_rule(w=320, h=240):
+def letterbox_rule(w=320, h=240, max_scale=1.0):
+    limit = "(never enlarged)" if max_scale == 1.0 else f"(enlarged by at most {max_scale:g}: letterbox_max_scale)"
     return (
-        f"Frame W x H (RGB u8). s = min(1, {w}/W, {h}/H) (never enlarged). Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
+        f"Frame W x H (RGB u8). s = min({max_scale:g}, {w}/W, {h}/H) {limit}. Resize the whole frame to floor(W*s + 0.5) x floor(H*s + 0.5) "
         f"(each clamped to {w} / {h}; s computed in float64) with bilinear interpolation (OpenCV INTER_LINEAR semantics: "
         "half-pixel centres, src = (dst + 0.5) / scale - 0.5 with scale = new_size / old_size per axis, edge pixels "
         f"clamped, no antialiasing), place it at the TOP-LEFT corner (0,0) of a {w}x{h} canvas, fill the rest with "

@@ -54,6 +54,8 @@ pub struct Mfn {
     face_trunk: String,
     projection: CellProjection,
     config: MfnConfig,
+    /// The letterbox's largest enlargement (the file's `letterbox_max_scale`).
+    max_scale: f32,
     head: GridHead,
     refinement: Refinement,
     pose_fit: Option<PoseFit>,
@@ -284,6 +286,7 @@ impl Mfn {
             head,
             refinement,
             pose_fit,
+            max_scale: file.letterbox_max_scale()?,
             device: device.clone(),
         })
     }
@@ -303,7 +306,7 @@ impl Mfn {
     /// The letterboxed, normalised network input for `frame` (1, 3, H, W).
     pub fn prepare(&self, frame: &image::RgbImage) -> candle_core::Result<(Tensor, Letterbox)> {
         let (width, height) = self.input_size();
-        letterboxed_input(frame, width, height, &self.device)
+        letterboxed_input(frame, width, height, self.max_scale, &self.device)
     }
 
     pub fn forward(&self, input: &Tensor) -> candle_core::Result<MfnOutput> {
