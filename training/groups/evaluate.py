@@ -72,8 +72,9 @@ def read_groups(path, split="test"):
     return out
 
 
-def letterbox(img, w, h):
-    s = min(1.0, w / img.shape[1], h / img.shape[0])  # never enlarged, as the Rust letterbox
+def letterbox(img, w, h, max_scale=1.0):
+    """as the Rust letterbox: fit into w x h, top-left; enlarged by at most max_scale (1: never enlarged)."""
+    s = min(max_scale, w / img.shape[1], h / img.shape[0])
     nw, nh = min(w, int(math.floor(img.shape[1] * s + 0.5))), min(h, int(math.floor(img.shape[0] * s + 0.5)))
     out = np.zeros((h, w, 3), np.uint8)
     interp = cv2.INTER_LINEAR
@@ -165,12 +166,12 @@ def summary(stats):
 
 
 @torch.no_grad()
-def run_model(model, photos, size, threshold=0.3, limit=None):
+def run_model(model, photos, size, threshold=0.3, limit=None, max_scale=1.0):
     stats = new_stats()
     W, H = size
     for k, p in enumerate(photos[:limit]):
         img = cv2.cvtColor(cv2.imread(p["path"]), cv2.COLOR_BGR2RGB)
-        x, s = letterbox(img, W, H)
+        x, s = letterbox(img, W, H, max_scale)
         det, feat = model(D.normalize(x[None]))
         r = M.decode_faces(det, feat, model.face_values, threshold=threshold)[0]
         preds = [(float(sc), l.numpy().astype(np.float64) / s) for sc, l in zip(r["scores"], r["lmk"])]

@@ -165,11 +165,11 @@ class MFNTrainSet(torch.utils.data.Dataset):
         return x, {k: torch.from_numpy(v) for k, v in t.items()}
 
 
-def val_frame(crop, lmk):
+def val_frame(crop, lmk, max_scale=1.0):
     """a HELEN test crop (any size) used as the whole frame: letterboxed (top-left) into the input, shrunk to fit
-    but never enlarged (as the app's letterbox) -> (u8, lmk in input px)."""
+    or enlarged by at most max_scale (as the app's letterbox; 1: never enlarged) -> (u8, lmk in input px)."""
     import cv2
-    s = min(1.0, D.IN_H / crop.shape[0])
+    s = min(max_scale, D.IN_H / crop.shape[0])
     n = int(math.floor(crop.shape[0] * s + 0.5))
     canvas = np.zeros((D.IN_H, D.IN_W, 3), np.uint8)
     interp = cv2.INTER_AREA if n < crop.shape[0] else cv2.INTER_LINEAR

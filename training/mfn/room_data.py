@@ -143,8 +143,9 @@ def room_targets(objs, infos, content, rng, box_jitter):
 
 
 class RoomTrainSet(torch.utils.data.Dataset):
-    def __init__(self, data, n, seed, epoch, box_jitter=0.03, p_groups=0.36, p_scene=0.12, p_mixed=0.12):
+    def __init__(self, data, n, seed, epoch, box_jitter=0.03, p_groups=0.36, p_scene=0.12, p_mixed=0.12, p_many=0.5):
         self.d, self.n, self.seed, self.epoch = data, n, seed, epoch
+        self.p_many = p_many
         self.box_jitter = box_jitter
         self.p_groups, self.p_scene, self.p_mixed = p_groups, p_scene, p_mixed
 
@@ -202,7 +203,7 @@ class RoomTrainSet(torch.utils.data.Dataset):
                 content = (ROOM_W, ROOM_H)
             else:
                 content = [(640, 360), (480, 480), (360, 480), (270, 480), (640, 400)][int(rng.integers(0, 5))]
-            many = rng.random() < 0.5
+            many = rng.random() < self.p_many
             nf = int(rng.integers(4, 21)) if many else int(rng.integers(1, 4))
             # crowds of small faces, or a few larger ones (landmark detail), up to a face close to the camera
             size_range = (12, 200) if many else (60, 460)

@@ -29,6 +29,7 @@ from mfn import train as T  # noqa: E402
 from mfn import room_data as RD  # noqa: E402
 from common.trainer import fit, seed_everything  # noqa: E402
 from detector.train import focal_loss  # noqa: E402
+from detector.export import letterbox_rule  # noqa: E402
 
 
 def det_reg_losses(out, t):
@@ -50,9 +51,9 @@ def room_score(m):
             + min(6.0 / max(m["groups_nme_40_90"], 1e-3), 1.1) + min(4.5 / max(m["helen_nme"], 1e-3), 1.1)) / 4
 
 
-def validate(model, data, groups_test, device, limit=None):
-    m = T.eval_helen_frames(model, data, device, limit)
-    g = GE.run_model(model, groups_test, (RD.ROOM_W, RD.ROOM_H), limit=limit)
+def validate(model, data, groups_test, device, limit=None, max_scale=1.0):
+    m = T.eval_helen_frames(model, data, device, limit, max_scale=max_scale)
+    g = GE.run_model(model, groups_test, (RD.ROOM_W, RD.ROOM_H), limit=limit, max_scale=max_scale)
     m.update(groups_recall20=g["recall20"], groups_ap50=g["ap50_exhaustive"], groups_nme=g["nme"],
              groups_nme_40_90=g["nme_40_90"])
     for name, b in g["by_size"].items():
@@ -73,7 +74,16 @@ def export_detector(mfn, ck, out, fixture, det_cache):
     det.load_state_dict(state)
     metrics = {k: v for k, v in ck["metrics"].items() if k.startswith("groups") or k.startswith("recall")}
     det_export.export(det, out, fixture, metrics, det_cache,
-                      {"epoch": ck["epoch"], "training": "mfn/room_train.py: the room MFN's backbone and detection head"})
+                      {"epoch": ck["epoch"], "training": "mfn/room_train.py: the room MFN's backbone and detection head",
+                       **letterbox_metadata(ck)})
+
+
+def letterbox_metadata(ck):
+    """a net validated on photos enlarged by up to --max-scale has the app's letterbox enlarge them likewise."""
+    max_scale = float(ck.get("args", {}).get("max_scale", 1.0))
+    if max_scale == 1.0:
+        return {}
+    return {"letterbox_max_scale": f"{max_scale:g}", "letterbox": letterbox_rule(RD.ROOM_W, RD.ROOM_H, max_scale)}
 
 
 def room_config(config):
@@ -102,6 +112,10 @@ def main():
     ap.add_argument("--seed", type=int, default=33)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--val-limit", type=int, default=None)
+    ap.add_argument("--max-scale", type=float, default=1.0,
+                    help="validation letterbox: photos smaller than the input are enlarged by at most this (1: never)")
+    ap.add_argument("--p-many", type=float, default=0.5,
+                    help="of the composites, the share that are crowds of small faces (the rest: 1-3 large faces)")
     ap.add_argument("--export-from", default="")
     ap.add_argument("--export", default="models/mfn.safetensors")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors")
@@ -119,8 +133,9 @@ def main():
     if args.export_from:
         ck, em = M.load_ema(args.export_from)
         cal = T.grid_calibration(em, data)
+        extra = {"epoch": ck["epoch"], "training": "mfn/room_train.py", **letterbox_metadata(ck)}
         T.export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
-                 data.blend_names, {"epoch": ck["epoch"], "training": "mfn/room_train.py"}, args.refine_rank,
+                 data.blend_names, extra, args.refine_rank,
                  args.grid_rank, cal, M.stored_pose_fit(ck["pose_fit"]) if "pose_fit" in ck else None, True)
         print(f"exported {args.export_from} to {args.export}")
         if args.detector:
@@ -147,8 +162,9 @@ def main():
         loss = l_hm + l_off + l_size + l_kps + T.W_LMK * l_lmk + args.w_pose * l_pose + args.w_blend * l_blend
         return loss, (l_hm, l_off, l_size, l_kps, l_lmk, l_pose, l_blend)
 
-    fit(model, lambda epoch: RD.RoomTrainSet(data, args.samples, args.seed, epoch, box_jitter=args.box_jitter),
-        losses, lambda ema: validate(ema, data, groups_test, dev, args.val_limit), args,
+    fit(model, lambda epoch: RD.RoomTrainSet(data, args.samples, args.seed, epoch, box_jitter=args.box_jitter,
+                                             p_many=args.p_many),
+        losses, lambda ema: validate(ema, data, groups_test, dev, args.val_limit, args.max_scale), args,
         parts=("hm", "off", "size", "kps", "lmk", "pose", "blend"), select=lambda m: m["room_score"],
         log_every=20, warm_max=150, device=dev)
 

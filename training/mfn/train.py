@@ -90,13 +90,13 @@ def matched_faces(model, frames, device="cpu", min_iou=0.3, pose_fit=None, head=
 
 
 @torch.no_grad()
-def eval_helen_frames(model, data, device, limit=None, batch=30):
+def eval_helen_frames(model, data, device, limit=None, batch=30, max_scale=1.0):
     """HELEN test crops as the whole frame: the best-IoU detection is the face."""
     n = len(data.val_imgs) if limit is None else min(limit, len(data.val_imgs))
     nmes, poses, blends, missed = [], [], [], 0
     for a in range(0, n, batch):
         idx = list(range(a, min(n, a + batch)))
-        frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i]) for i in idx]
+        frames = [MD.val_frame(data.val_imgs[i], data.val_lmk[i], max_scale) for i in idx]
         for (_, gt), i, f in zip(frames, idx, matched_faces(model, frames, device)):
             if f is None:
                 missed += 1
