@@ -5,6 +5,8 @@ use clap::Parser;
 use polyface::cli::{BenchArgs, Cli, Command, EvalArgs, PipelineKind, PipelineOrNone, RunArgs};
 
 fn main() -> ExitCode {
+    // before any thread or library allocates: see src/memory.rs
+    polyface::memory::fix_thresholds();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
