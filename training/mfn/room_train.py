@@ -63,8 +63,11 @@ def validate(model, data, groups_test, device, limit=None, max_scale=1.0):
     return {k: round(float(v), 5) for k, v in m.items()}
 
 
-def export_detector(mfn, ck, out, fixture, det_cache):
-    """the MFN's backbone and detection head as a detector file (the detector's format and layer list)."""
+def export_detector(mfn, ck, out, fixture, det_cache, max_scale=None):
+    """the MFN's backbone and detection head as a detector file (the detector's format and layer list).
+
+    max_scale: the detector's own letterbox limit (default: the MFN's). The SFN pipeline reads landmarks from
+    crops of the original frame, so enlarging a small frame for the detector only changes which faces are found."""
     from detector import export as det_export
     config = {k: v for k, v in mfn.config.items() if k in DM.DEFAULT_CONFIG}
     det = DM.Detector(config)
@@ -75,12 +78,13 @@ def export_detector(mfn, ck, out, fixture, det_cache):
     metrics = {k: v for k, v in ck["metrics"].items() if k.startswith("groups") or k.startswith("recall")}
     det_export.export(det, out, fixture, metrics, det_cache,
                       {"epoch": ck["epoch"], "training": "mfn/room_train.py: the room MFN's backbone and detection head",
-                       **letterbox_metadata(ck)})
+                       **letterbox_metadata(ck, max_scale)})
 
 
-def letterbox_metadata(ck):
+def letterbox_metadata(ck, max_scale=None):
     """a net validated on photos enlarged by up to --max-scale has the app's letterbox enlarge them likewise."""
-    max_scale = float(ck.get("args", {}).get("max_scale", 1.0))
+    if max_scale is None:
+        max_scale = float(ck.get("args", {}).get("max_scale", 1.0))
     if max_scale == 1.0:
         return {}
     return {"letterbox_max_scale": f"{max_scale:g}", "letterbox": letterbox_rule(RD.ROOM_W, RD.ROOM_H, max_scale)}
@@ -120,6 +124,8 @@ def main():
     ap.add_argument("--export", default="models/mfn.safetensors")
     ap.add_argument("--fixture", default="tests/fixtures/mfn_parity.safetensors")
     ap.add_argument("--detector", default="models/detector.safetensors", help="'' to skip")
+    ap.add_argument("--detector-max-scale", type=float, default=None,
+                    help="the exported detector's letterbox_max_scale (default: the MFN's --max-scale)")
     ap.add_argument("--detector-fixture", default="tests/fixtures/detector_parity.safetensors")
     ap.add_argument("--grid-rank", type=int, default=128)
     ap.add_argument("--refine-rank", type=int, default=96)
@@ -132,14 +138,16 @@ def main():
     data = RD.RoomData(args.det_cache, args.sfn_cache, args.groups_cache, sharp_faces=True)
     if args.export_from:
         ck, em = M.load_ema(args.export_from)
-        cal = T.grid_calibration(em, data)
-        extra = {"epoch": ck["epoch"], "training": "mfn/room_train.py", **letterbox_metadata(ck)}
-        T.export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
-                 data.blend_names, extra, args.refine_rank,
-                 args.grid_rank, cal, M.stored_pose_fit(ck["pose_fit"]) if "pose_fit" in ck else None, True)
-        print(f"exported {args.export_from} to {args.export}")
+        if args.export:
+            cal = T.grid_calibration(em, data)
+            extra = {"epoch": ck["epoch"], "training": "mfn/room_train.py", **letterbox_metadata(ck)}
+            T.export(em, args.export, args.fixture or None, dict(ck["metrics"], epoch=ck["epoch"]), data.det,
+                     data.blend_names, extra, args.refine_rank,
+                     args.grid_rank, cal, M.stored_pose_fit(ck["pose_fit"]) if "pose_fit" in ck else None, True)
+            print(f"exported {args.export_from} to {args.export}")
         if args.detector:
-            export_detector(em, ck, args.detector, args.detector_fixture or None, args.det_cache)
+            export_detector(em, ck, args.detector, args.detector_fixture or None, args.det_cache,
+                            args.detector_max_scale)
             print(f"exported its detector to {args.detector}")
         return
     groups_test = GE.read_groups(args.groups)
