@@ -11,10 +11,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::capture::LatestFrame;
+use crate::known::Choices;
 use crate::processor::FrameProcessor;
 pub use crate::processor::Processed;
 use crate::stream::VmcStreamer;
 use crate::timing::Stage;
+use crate::track::Smoothing;
 use crate::vision::FacePipeline;
 
 /// How many recent frames the per-pipeline medians cover.
@@ -29,12 +31,18 @@ enum Command {
     StopRecording,
     StartStreaming(Box<VmcStreamer>),
     StopStreaming,
+    /// The stream's receivers by name changed.
+    VmcRoutes(std::collections::BTreeMap<String, std::net::SocketAddr>),
     /// Name person `id` (store their embeddings with these settings).
     Name {
         id: u32,
         name: String,
-        avatar: Option<PathBuf>,
-        neutral: Option<Vec<f32>>,
+        choices: Choices,
+    },
+    /// Person `id`'s own smoothing (`None`: the app's).
+    Smoothing {
+        id: u32,
+        smoothing: Option<Smoothing>,
     },
     /// A name was forgotten (`None`: every name); the store was changed by the UI.
     Forgotten(Option<String>),
@@ -83,17 +91,16 @@ impl Shared {
                         self.notice("VMC stream stopped".into());
                     }
                 }
-                Command::Name {
-                    id,
-                    name,
-                    avatar,
-                    neutral,
-                } => self.notice(
-                    match processor.people.name_person(id, &name, avatar, neutral) {
+                Command::Name { id, name, choices } => {
+                    self.notice(match processor.people.name_person(id, &name, choices) {
                         Ok(()) => format!("person #{id} is {name}: remembered"),
                         Err(e) => format!("cannot name person #{id}: {e:#}"),
-                    },
-                ),
+                    })
+                }
+                Command::VmcRoutes(routes) => processor.set_vmc_routes(routes),
+                Command::Smoothing { id, smoothing } => {
+                    processor.people.tracker.set_smoothing(id, smoothing)
+                }
                 Command::Forgotten(name) => {
                     if let Some(known) = processor.people.known.as_mut() {
                         known.forgotten(name.as_deref());
@@ -233,24 +240,23 @@ impl InferenceWorker {
     }
 
     /// Names person `id` (their embeddings and these settings are stored).
-    pub fn name_person(
-        &self,
-        id: u32,
-        name: String,
-        avatar: Option<PathBuf>,
-        neutral: Option<Vec<f32>>,
-    ) {
-        self.send(Command::Name {
-            id,
-            name,
-            avatar,
-            neutral,
-        });
+    pub fn name_person(&self, id: u32, name: String, choices: Choices) {
+        self.send(Command::Name { id, name, choices });
+    }
+
+    /// Smooths person `id` with `smoothing` from the next frame on (`None`: the app's).
+    pub fn set_smoothing(&self, id: u32, smoothing: Option<Smoothing>) {
+        self.send(Command::Smoothing { id, smoothing });
     }
 
     /// `name` (or everyone) was forgotten: nobody in view carries it any more.
     pub fn forgotten(&self, name: Option<String>) {
         self.send(Command::Forgotten(name));
+    }
+
+    /// The stream on now (if any) sends named people to these receivers from the next frame.
+    pub fn set_vmc_routes(&self, routes: std::collections::BTreeMap<String, std::net::SocketAddr>) {
+        self.send(Command::VmcRoutes(routes));
     }
 
     pub fn stop_streaming(&self) {

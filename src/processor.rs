@@ -82,6 +82,17 @@ impl FrameProcessor {
         self.stream = Some(streamer);
     }
 
+    /// New receivers by name for the stream on now (nothing when not streaming: the next
+    /// stream reads them from the settings).
+    pub fn set_vmc_routes(
+        &mut self,
+        routes: std::collections::BTreeMap<String, std::net::SocketAddr>,
+    ) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.set_routes(routes);
+        }
+    }
+
     pub fn stop_streaming(&mut self) -> bool {
         self.stream.take().is_some()
     }

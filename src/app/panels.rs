@@ -121,6 +121,11 @@ fn control_panel(
             egui::TextEdit::singleline(&mut state.stream_target).desired_width(120.0),
         );
     });
+    let names_in_view: Vec<String> = state.confirmed().filter_map(|p| p.name.clone()).collect();
+    let routes = state.settings().vmc_routes.clone();
+    if let Some(request) = state.vmc_routes_panel.ui(ui, &routes, &names_in_view) {
+        actions.push(Action::Route(request));
+    }
     if let Some(dir) = &recording {
         ui.colored_label(
             egui::Color32::from_rgb(255, 90, 90),
@@ -161,7 +166,8 @@ fn control_panel(
     });
     ui.separator();
     egui::ScrollArea::vertical().show(ui, |ui| {
-        for request in state.people_panel.ui(ui, &state.people) {
+        let base = state.settings().smoothing;
+        for request in state.people_panel.ui(ui, &state.people, &base) {
             actions.push(Action::People(request));
         }
         let confirmed: Vec<(u32, Option<String>)> =

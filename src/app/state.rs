@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::capture::{self, LatestFrame, SourceOptions, SourceSpec};
 use crate::cli::RunArgs;
 use crate::inference::{InferenceWorker, Processed};
-use crate::known::{KnownPeople, Recogniser, SharedKnownPeople};
+use crate::known::{Choices, KnownPeople, Recogniser, SharedKnownPeople};
 use crate::processor::FrameProcessor;
 use crate::record::playback::PlaybackClock;
 use crate::settings::{Settings, ViewMode};
@@ -17,7 +17,8 @@ use crate::soak::metrics::{AppHealth, MetricsLog};
 use crate::timing::{FrameTimings, Stage, TimingRing};
 use crate::track::{Person, TrackState};
 use crate::ui::{
-    AvatarSlots, PeoplePanel, PeopleRequest, RecentLines, SourceAction, SourcePanel, TimingsPanel,
+    AvatarSlots, PeoplePanel, PeopleRequest, RecentLines, RouteRequest, SourceAction, SourcePanel,
+    TimingsPanel, VmcRoutesPanel,
 };
 use crate::vision::{FacePipeline, PipelineKind};
 
@@ -47,6 +48,8 @@ pub enum Action {
     CalibrateEveryone,
     /// Name or forget a person (the people panel).
     People(PeopleRequest),
+    /// Add or remove a VMC receiver by name.
+    Route(RouteRequest),
 }
 
 /// Keyboard shortcuts, as the help window lists them.
@@ -231,10 +234,11 @@ pub struct AppState {
     pub timings_panel: TimingsPanel,
     pub source_panel: SourcePanel,
     pub people_panel: PeoplePanel,
+    pub vmc_routes_panel: VmcRoutesPanel,
     pub avatar_slots: AvatarSlots,
     /// The avatar path typed for each person in view.
     pub avatar_path_text: std::collections::HashMap<u32, String>,
-    /// Person ID → the name whose stored settings (avatar, neutral face) they were given.
+    /// Person ID → the name whose stored settings (avatar, neutral face, smoothing) they were given.
     applied_names: std::collections::HashMap<u32, String>,
     pub view: ViewMode,
     /// The pipeline asked for; the worker reports the one running.
@@ -346,6 +350,7 @@ impl AppState {
             timings_panel,
             source_panel: SourcePanel::default(),
             people_panel: PeoplePanel::default(),
+            vmc_routes_panel: VmcRoutesPanel::default(),
             avatar_slots,
             avatar_path_text: Default::default(),
             applied_names: Default::default(),
@@ -492,17 +497,60 @@ impl AppState {
                 }
             }
             Action::People(PeopleRequest::Name { id, name }) => {
-                let avatar = self.avatar_slots.chosen.get(&id).cloned();
-                let neutral = self.people_panel.neutral(id).map(|n| n.to_vec());
+                let choices = self.choices_of(id);
                 self.applied_names.insert(id, name.clone());
-                self.worker.name_person(id, name, avatar, neutral);
+                self.worker.name_person(id, name, choices);
             }
             Action::People(PeopleRequest::Forget(name)) => self.forget(name),
+            Action::People(PeopleRequest::Smoothing { id, smoothing }) => {
+                self.worker.set_smoothing(id, smoothing);
+            }
+            Action::Route(request) => self.route(request),
         }
     }
 
-    /// A recognised person gets what they chose last time (avatar, neutral face), once per ID
-    /// and name: no store access per frame.
+    /// The settings as they will be saved.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Changes the VMC receivers by name: saved in the settings at once, and used by the stream
+    /// on now from its next frame. An address that does not resolve changes nothing.
+    fn route(&mut self, request: RouteRequest) {
+        let mut routes = self.settings.vmc_routes.clone();
+        match request {
+            RouteRequest::Set { name, target } => {
+                if let Err(e) = crate::stream::resolve_route(&name, &target) {
+                    self.record_status = format!("{e:#}");
+                    return;
+                }
+                self.record_status = format!("VMC: {name} → {target}");
+                routes.insert(name, target);
+            }
+            RouteRequest::Remove(name) => {
+                self.record_status = format!("VMC: {name} streams like everyone else");
+                routes.remove(&name);
+            }
+        }
+        match crate::stream::resolve_routes(&routes) {
+            Ok(resolved) => self.worker.set_vmc_routes(resolved),
+            Err(e) => self.record_status = format!("{e:#}"),
+        }
+        self.settings.vmc_routes = routes;
+        self.save_settings();
+    }
+
+    /// What person `id` chose this session (avatar, neutral face, smoothing).
+    fn choices_of(&self, id: u32) -> Choices {
+        Choices {
+            avatar: self.avatar_slots.chosen.get(&id).cloned(),
+            neutral: self.people_panel.neutral(id).map(|n| n.to_vec()),
+            smoothing: self.people_panel.smoothing(id),
+        }
+    }
+
+    /// A recognised person gets what they chose last time (avatar, neutral face, smoothing),
+    /// once per ID and name: no store access per frame.
     fn apply_known_settings(&mut self) {
         let people = &self.people;
         let leaving: Vec<u32> = self
@@ -532,13 +580,18 @@ impl AppState {
             .unwrap_or_else(|p| p.into_inner());
         for (id, name) in new {
             if let Some(known) = store.get(&name) {
-                if let Some(avatar) = &known.avatar {
+                let chosen = &known.choices;
+                if let Some(avatar) = &chosen.avatar {
                     self.avatar_slots.choose(id, avatar.clone());
                 }
-                if let Some(neutral) = known.neutral.as_deref() {
+                if let Some(neutral) = chosen.neutral.as_deref() {
                     if let Ok(neutral) = <[f32; 52]>::try_from(neutral) {
                         self.people_panel.set_neutral(id, &neutral);
                     }
+                }
+                if let Some(smoothing) = chosen.smoothing {
+                    self.people_panel.set_smoothing(id, Some(smoothing));
+                    self.worker.set_smoothing(id, Some(smoothing));
                 }
             }
             self.applied_names.insert(id, name);
@@ -572,39 +625,32 @@ impl AppState {
         self.worker.forgotten(Some(name));
     }
 
-    /// Named people with IDs `ids` keep the avatar and neutral face they have now (when they
-    /// leave the view and when the app closes); the file is written only when that changed.
+    /// Named people with IDs `ids` keep the avatar, neutral face and smoothing they have now
+    /// (when they leave the view and when the app closes); the file is written only when that
+    /// changed.
     fn save_known_settings(&mut self, ids: &[u32]) {
         let Some(path) = self.networks.known_path.clone() else {
             return;
         };
-        let chosen: Vec<(String, Option<PathBuf>, Option<Vec<f32>>)> = ids
+        let chosen: Vec<(String, Choices)> = ids
             .iter()
-            .filter_map(|id| {
-                let name = self.applied_names.get(id)?.clone();
-                let avatar = self.avatar_slots.chosen.get(id).cloned();
-                let neutral = self.people_panel.neutral(*id).map(|n| n.to_vec());
-                Some((name, avatar, neutral))
-            })
+            .filter_map(|id| Some((self.applied_names.get(id)?.clone(), self.choices_of(*id))))
             .collect();
         let mut store = self
             .networks
             .known
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let differs = chosen.iter().any(|(name, avatar, neutral)| {
-            store
-                .get(name)
-                .is_some_and(|k| k.avatar != *avatar || k.neutral != *neutral)
-        });
+        let differs = chosen
+            .iter()
+            .any(|(name, choices)| store.get(name).is_some_and(|k| k.choices != *choices));
         if !differs {
             return;
         }
         let saved = store.update_file(&path, |s| {
-            for (name, avatar, neutral) in chosen {
+            for (name, choices) in chosen {
                 if let Some(known) = s.get_mut(&name) {
-                    known.avatar = avatar;
-                    known.neutral = neutral;
+                    known.choices = choices;
                 }
             }
             Ok(())

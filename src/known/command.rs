@@ -26,16 +26,24 @@ pub fn run(args: PeopleArgs) -> Result<()> {
             }
             for p in &store.people {
                 let avatar = p
+                    .choices
                     .avatar
                     .as_ref()
                     .map_or("default avatar".to_string(), |a| a.display().to_string());
-                let neutral = if p.neutral.is_some() {
+                let neutral = if p.choices.neutral.is_some() {
                     "calibrated"
                 } else {
                     "not calibrated"
                 };
+                let smoothing = match &p.choices.smoothing {
+                    Some(s) => format!(
+                        "smoothing {:.2}x the default",
+                        s.steadiness_against(&crate::track::Smoothing::default())
+                    ),
+                    None => "the app's smoothing".to_string(),
+                };
                 println!(
-                    "{}\t{} embeddings\t{avatar}\t{neutral}",
+                    "{}\t{} embeddings\t{avatar}\t{neutral}\t{smoothing}",
                     p.name,
                     p.embeddings.len()
                 );

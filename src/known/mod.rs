@@ -1,7 +1,8 @@
 //! People you know: people the user named, kept between sessions (opt-in, local).
 //!
 //! Naming a person in the app stores their face *embeddings* (the re-ID network's 128-d vectors,
-//! never images) with the settings they chose (avatar file, neutral calibration) in one JSON file
+//! never images) with the settings they chose ([`Choices`]: avatar file, neutral calibration,
+//! smoothing) in one JSON file
 //! in the user's data folder ([`KnownPeople::default_path`]). Nothing is stored for anybody never
 //! named. When a new ID appears in a later session, its first embeddings are compared with the
 //! named people ([`KnownPeople::recognise`]): the best name must reach the store's threshold
@@ -82,18 +83,28 @@ pub fn threshold_for(embeddings: usize, wrong_rate: f64) -> f32 {
     last.1
 }
 
-/// A named person: how they look and what they chose.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KnownPerson {
-    pub name: String,
-    /// L2-normalised re-ID embeddings (at most [`MAX_EMBEDDINGS`], mutually different).
-    pub embeddings: Vec<Vec<f32>>,
+/// What a person chose in the app, given back when they are recognised.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Choices {
     /// The avatar file they wear (none: a default character).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<PathBuf>,
     /// Their neutral face, ARKit-52 weights (none: not calibrated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neutral: Option<Vec<f32>>,
+    /// Their own smoothing (none: the app's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothing: Option<crate::track::Smoothing>,
+}
+
+/// A named person: how they look and what they chose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnownPerson {
+    pub name: String,
+    /// L2-normalised re-ID embeddings (at most [`MAX_EMBEDDINGS`], mutually different).
+    pub embeddings: Vec<Vec<f32>>,
+    #[serde(flatten)]
+    pub choices: Choices,
 }
 
 impl KnownPerson {
@@ -279,8 +290,7 @@ impl KnownPeople {
                 self.people.push(KnownPerson {
                     name: name.to_string(),
                     embeddings: Vec::new(),
-                    avatar: None,
-                    neutral: None,
+                    choices: Choices::default(),
                 });
                 self.people.len() - 1
             }
@@ -470,8 +480,7 @@ impl Recogniser {
         id: u32,
         name: &str,
         embeddings: &[Vec<f32>],
-        avatar: Option<PathBuf>,
-        neutral: Option<Vec<f32>>,
+        choices: Choices,
     ) -> Result<()> {
         let name = name.trim().to_string();
         if let Some(problem) = &self.blocked {
@@ -485,8 +494,7 @@ impl Recogniser {
             let previous = self.names.get(&id).cloned();
             let change = |store: &mut KnownPeople| -> Result<()> {
                 let person = store.enrol(&name, embeddings)?;
-                person.avatar = avatar;
-                person.neutral = neutral;
+                person.choices = choices;
                 // a renamed person: the old name goes (one person, one entry)
                 if let Some(previous) = previous.filter(|p| *p != name) {
                     store.forget(&previous);
@@ -614,8 +622,7 @@ mod tests {
         let mut p = KnownPerson {
             name: "Ana".into(),
             embeddings: vec![face(0, 0.0)],
-            avatar: None,
-            neutral: None,
+            choices: Choices::default(),
         };
         assert!(!p.remember(&face(0, 0.01)), "the same look is not added");
         for k in 1..15 {
@@ -636,10 +643,28 @@ mod tests {
         let path = dir.path().join("sub/people.json");
         assert_eq!(KnownPeople::load(&path).unwrap(), KnownPeople::default());
         let mut s = store(&[("Ana", 0), ("Ben", 1)]);
-        s.get_mut("Ana").unwrap().avatar = Some("mika.glb".into());
-        s.get_mut("Ben").unwrap().neutral = Some(vec![0.1; 52]);
+        s.get_mut("Ana").unwrap().choices.avatar = Some("mika.glb".into());
+        s.get_mut("Ben").unwrap().choices.neutral = Some(vec![0.1; 52]);
+        s.get_mut("Ben").unwrap().choices.smoothing =
+            Some(crate::track::Smoothing::default().steadier(2.0));
         s.save(&path).unwrap();
         assert_eq!(KnownPeople::load(&path).unwrap(), s);
+        // the choices sit beside the name, as before they had their own type: older files
+        // (without smoothing) read as they are
+        let text = std::fs::read_to_string(&path).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["people"][0]["avatar"], "mika.glb");
+        assert!(value["people"][1]["smoothing"]["landmarks"]["min_cutoff"].is_number());
+        let mut without = value.clone();
+        without["people"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("smoothing");
+        std::fs::write(&path, without.to_string()).unwrap();
+        let older = KnownPeople::load(&path).unwrap();
+        assert_eq!(older.people[1].choices.smoothing, None);
+        assert_eq!(older.people[1].choices.neutral, Some(vec![0.1; 52]));
+        s.save(&path).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -720,15 +745,22 @@ mod tests {
         let path = dir.path().join("people.json");
         let shared = std::sync::Arc::new(std::sync::Mutex::new(KnownPeople::default()));
         let mut r = Recogniser::new(shared, Some(path.clone()));
-        r.name(4, " Ana ", &[face(0, 0.0)], Some("a.vrm".into()), None)
-            .unwrap();
+        let choices = Choices {
+            avatar: Some("a.vrm".into()),
+            ..Default::default()
+        };
+        r.name(4, " Ana ", &[face(0, 0.0)], choices).unwrap();
         let stored = KnownPeople::load(&path).unwrap();
         assert_eq!(stored.people[0].name, "Ana");
-        assert_eq!(stored.people[0].avatar, Some(PathBuf::from("a.vrm")));
+        assert_eq!(
+            stored.people[0].choices.avatar,
+            Some(PathBuf::from("a.vrm"))
+        );
         r.relabel(&[(4, 2)]);
         assert_eq!((r.name_of(4), r.name_of(2)), (None, Some("Ana")));
         // renamed: the old name is gone from the store
-        r.name(2, "Anna", &[face(0, 0.0)], None, None).unwrap();
+        r.name(2, "Anna", &[face(0, 0.0)], Choices::default())
+            .unwrap();
         let names: Vec<String> = KnownPeople::load(&path)
             .unwrap()
             .people
@@ -736,9 +768,14 @@ mod tests {
             .map(|p| p.name)
             .collect();
         assert_eq!(names, vec!["Anna".to_string()]);
-        assert!(r.name(3, "Ben", &[], None, None).is_err(), "no embeddings");
+        assert!(
+            r.name(3, "Ben", &[], Choices::default()).is_err(),
+            "no embeddings"
+        );
         let blocked = Recogniser::new(r.store.clone(), None).blocked("unreadable".into());
         let mut blocked = blocked;
-        assert!(blocked.name(5, "Cy", &[face(1, 0.0)], None, None).is_err());
+        assert!(blocked
+            .name(5, "Cy", &[face(1, 0.0)], Choices::default())
+            .is_err());
     }
 }

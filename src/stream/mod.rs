@@ -49,6 +49,23 @@ pub const VRM0_PRESETS: [&str; 17] = [
 /// Ports streamed to at most (base … base + MAX_PORTS − 1); people beyond are not streamed.
 pub const MAX_PORTS: u16 = 64;
 
+/// The receiver of `name`'s route, `target` = "host:port" (the error names the person).
+pub fn resolve_route(name: &str, target: &str) -> Result<SocketAddr> {
+    target
+        .to_socket_addrs()
+        .with_context(|| format!("VMC route of {name}: {target:?} is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("VMC route of {name}: {target:?} resolves to nothing"))
+}
+
+/// Every route's receiver (name → "host:port" as the settings keep them).
+pub fn resolve_routes(routes: &BTreeMap<String, String>) -> Result<BTreeMap<String, SocketAddr>> {
+    routes
+        .iter()
+        .map(|(name, target)| Ok((name.clone(), resolve_route(name, target)?)))
+        .collect()
+}
+
 pub struct VmcStreamer {
     socket: UdpSocket,
     base: SocketAddr,
@@ -95,15 +112,13 @@ impl VmcStreamer {
     /// Streams the people named in `routes` to their own receivers (name → "host:port");
     /// an address that does not resolve is an error naming the person.
     pub fn with_routes(mut self, routes: &BTreeMap<String, String>) -> Result<VmcStreamer> {
-        for (name, target) in routes {
-            let address = target
-                .to_socket_addrs()
-                .with_context(|| format!("VMC route of {name}: {target:?} is not HOST:PORT"))?
-                .next()
-                .with_context(|| format!("VMC route of {name}: {target:?} resolves to nothing"))?;
-            self.routes.insert(name.clone(), address);
-        }
+        self.set_routes(resolve_routes(routes)?);
         Ok(self)
+    }
+
+    /// Replaces the receivers by name (while streaming: from the next frame on).
+    pub fn set_routes(&mut self, routes: BTreeMap<String, SocketAddr>) {
+        self.routes = routes;
     }
 
     /// Where `person` is streamed to: their name's receiver, else their port.
@@ -430,5 +445,39 @@ mod tests {
             .err()
             .unwrap();
         assert!(format!("{e:#}").contains("Ana"));
+    }
+
+    #[test]
+    fn routes_changed_while_streaming_apply_from_the_next_frame() {
+        let base = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ana_rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&base, &ana_rx] {
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+        }
+        let port = base.local_addr().unwrap().port();
+        let mut streamer = VmcStreamer::new(&format!("127.0.0.1:{port}"), BlendNames::Vrm).unwrap();
+        let mut ana = person(3, 0.9);
+        ana.name = Some("Ana".into());
+        streamer.send(std::slice::from_ref(&ana), 0.0).unwrap();
+        assert!(!receive(&base).is_empty(), "unrouted: the base port");
+        let routes =
+            BTreeMap::from([("Ana".to_string(), ana_rx.local_addr().unwrap().to_string())]);
+        streamer.set_routes(resolve_routes(&routes).unwrap());
+        streamer.send(std::slice::from_ref(&ana), 0.1).unwrap();
+        assert!(!receive(&ana_rx).is_empty(), "routed: her receiver");
+        streamer.set_routes(BTreeMap::new());
+        streamer.send(std::slice::from_ref(&ana), 0.2).unwrap();
+        assert!(
+            !receive(&base).is_empty(),
+            "route removed: the base port again"
+        );
+        let mut buffer = [0u8; 65536];
+        assert!(
+            ana_rx.recv_from(&mut buffer).is_err(),
+            "and nothing more to her receiver"
+        );
+        let e = resolve_route("Ben", "nowhere").unwrap_err();
+        assert!(format!("{e:#}").contains("Ben"), "{e:#}");
     }
 }

@@ -51,6 +51,32 @@ impl Default for Smoothing {
     }
 }
 
+/// The range of [`Smoothing::steadier`] the people panel offers.
+pub const STEADINESS_RANGE: std::ops::RangeInclusive<f32> = 0.25..=4.0;
+
+impl Smoothing {
+    /// These settings `factor` times steadier at rest (every channel's `min_cutoff` divided by
+    /// it; < 1: less lag, more jitter). Fast moves stay as responsive (`beta` is kept).
+    pub fn steadier(&self, factor: f32) -> Smoothing {
+        let factor = factor.clamp(*STEADINESS_RANGE.start(), *STEADINESS_RANGE.end());
+        let scale = |p: OneEuroParams| OneEuroParams {
+            min_cutoff: p.min_cutoff / factor,
+            ..p
+        };
+        Smoothing {
+            landmarks: scale(self.landmarks),
+            rotation: scale(self.rotation),
+            blendshapes: scale(self.blendshapes),
+        }
+    }
+
+    /// How much steadier than `base` these settings are (the inverse of [`Smoothing::steadier`],
+    /// read from the landmarks' cutoff).
+    pub fn steadiness_against(&self, base: &Smoothing) -> f32 {
+        base.landmarks.min_cutoff / self.landmarks.min_cutoff.max(1e-6)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrackerConfig {
     /// Sightings before a track is confirmed.
@@ -124,7 +150,13 @@ impl Track {
         (1.0 - overlap) + config.landmark_weight * distance.min(2.0)
     }
 
-    fn update(&mut self, face: FaceObservation, now_s: f64, config: &TrackerConfig) {
+    fn update(
+        &mut self,
+        face: FaceObservation,
+        now_s: f64,
+        config: &TrackerConfig,
+        smoothing: &Smoothing,
+    ) {
         let dt = (now_s - self.last_seen_s).max(0.0) as f32;
         if dt > 0.0 {
             let moved = (face.bbox.0 + face.bbox.1 - self.raw.bbox.0 - self.raw.bbox.1) / 2.0 / dt;
@@ -137,7 +169,7 @@ impl Track {
         } else {
             TrackState::Tentative
         };
-        self.smoothed = smooth(self, &face, dt, &config.smoothing);
+        self.smoothed = smooth(self, &face, dt, smoothing);
         self.raw = face;
     }
 }
@@ -189,6 +221,8 @@ pub struct Tracker {
     pub config: TrackerConfig,
     tracks: Vec<Track>,
     next_id: u32,
+    /// People with their own smoothing (the app's per-person setting), by ID.
+    own_smoothing: std::collections::HashMap<u32, Smoothing>,
 }
 
 impl Default for Tracker {
@@ -203,7 +237,28 @@ impl Tracker {
             config,
             tracks: Vec::new(),
             next_id: 1,
+            own_smoothing: Default::default(),
         }
+    }
+
+    /// Person `id` is smoothed with `smoothing` from their next frame on (`None`: the config's
+    /// again). Forgotten when their track is dropped.
+    pub fn set_smoothing(&mut self, id: u32, smoothing: Option<Smoothing>) {
+        match smoothing {
+            Some(s) if self.tracks.iter().any(|t| t.id == id) => {
+                self.own_smoothing.insert(id, s);
+            }
+            _ => {
+                self.own_smoothing.remove(&id);
+            }
+        }
+    }
+
+    /// The smoothing person `id` gets.
+    pub fn smoothing_of(&self, id: u32) -> &Smoothing {
+        self.own_smoothing
+            .get(&id)
+            .unwrap_or(&self.config.smoothing)
     }
 
     /// Assigns this frame's faces (taken at `now_s` seconds) to people. Returns every track not
@@ -225,7 +280,8 @@ impl Tracker {
         let mut faces: Vec<Option<FaceObservation>> = faces.into_iter().map(Some).collect();
         for (t, f) in pairs {
             if let Some(face) = faces[f].take() {
-                self.tracks[t].update(face, now_s, &self.config);
+                let smoothing = *self.smoothing_of(self.tracks[t].id);
+                self.tracks[t].update(face, now_s, &self.config, &smoothing);
                 face_taken[f] = true;
                 track_matched[t] = true;
             }
@@ -242,6 +298,9 @@ impl Tracker {
             TrackState::Lost => now_s - t.last_seen_s <= max_lost,
             TrackState::Confirmed => true,
         });
+        let tracks = &self.tracks;
+        self.own_smoothing
+            .retain(|id, _| tracks.iter().any(|t| t.id == *id));
         for face in faces.into_iter().flatten() {
             let id = self.next_id;
             self.next_id += 1;
@@ -258,7 +317,7 @@ impl Tracker {
                 blend_filter: OneEuroBank::default(),
                 last_quat: Quat::IDENTITY,
             };
-            track.update(face, now_s, &self.config);
+            track.update(face, now_s, &self.config, &self.config.smoothing);
             self.tracks.push(track);
         }
         self.tracks.sort_by_key(|t| t.id);
@@ -302,6 +361,20 @@ impl Tracker {
                 track.id = to;
             }
         }
+        // a person's own smoothing follows their ID
+        let moved: Vec<(u32, Option<Smoothing>)> = changes
+            .iter()
+            .map(|&(from, to)| (to, self.own_smoothing.get(&from).copied()))
+            .collect();
+        for &(from, _) in changes {
+            self.own_smoothing.remove(&from);
+        }
+        for (to, smoothing) in moved {
+            match smoothing {
+                Some(s) => self.own_smoothing.insert(to, s),
+                None => self.own_smoothing.remove(&to),
+            };
+        }
         self.tracks.sort_by_key(|t| t.id);
         true
     }
@@ -315,6 +388,7 @@ impl Tracker {
     /// Forgets everyone (new source).
     pub fn reset(&mut self) {
         self.tracks.clear();
+        self.own_smoothing.clear();
     }
 }
 
@@ -428,6 +502,73 @@ mod tests {
             std(&smooth_x),
             std(&raw_x)
         );
+    }
+
+    /// Spread (std) of a landmark's x over frames 30–119 of a face wobbling ±0.8 px in place,
+    /// for person #1 (smoothed with `own` when given) and for person #2 beside them.
+    fn wobble_spread(own: Option<Smoothing>) -> (f32, f32) {
+        let mut tracker = Tracker::default();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for i in 0..120 {
+            let wobble = if i % 2 == 0 { 0.8 } else { -0.8 };
+            let faces = vec![
+                face_at(Vec2::new(200.0 + wobble, 200.0), 100.0),
+                face_at(Vec2::new(500.0 + wobble, 200.0), 100.0),
+            ];
+            let out = tracker.update(faces, i as f64 / 30.0);
+            if i == 0 {
+                tracker.set_smoothing(1, own);
+            }
+            if i >= 30 {
+                first.push(out[0].smoothed.landmarks[30].x);
+                second.push(out[1].smoothed.landmarks[30].x);
+            }
+        }
+        let std = |v: &[f32]| {
+            let m = v.iter().sum::<f32>() / v.len() as f32;
+            (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        (std(&first), std(&second))
+    }
+
+    #[test]
+    fn a_person_with_their_own_smoothing_is_smoothed_with_it() {
+        let (plain, beside) = wobble_spread(None);
+        assert!((plain - beside).abs() < 1e-4, "{plain} vs {beside}");
+        let base = Smoothing::default();
+        let (steady, beside) = wobble_spread(Some(base.steadier(4.0)));
+        let (lively, _) = wobble_spread(Some(base.steadier(0.25)));
+        assert!(
+            (beside - plain).abs() < 1e-4,
+            "others keep the app's smoothing"
+        );
+        // a first-order low-pass at these cutoffs passes ~cutoff/15 Hz of a 15 Hz wobble
+        assert!(steady < 0.5 * plain, "steadier: {steady} vs {plain}");
+        assert!(lively > 2.0 * plain, "livelier: {lively} vs {plain}");
+        assert!((base.steadier(4.0).steadiness_against(&base) - 4.0).abs() < 1e-5);
+        assert_eq!(
+            base.steadier(100.0),
+            base.steadier(4.0),
+            "clamped to the range"
+        );
+    }
+
+    #[test]
+    fn own_smoothing_follows_the_id_and_goes_with_the_track() {
+        let mut tracker = Tracker::default();
+        let dt = 1.0 / 30.0;
+        let steady = Smoothing::default().steadier(3.0);
+        tracker.update(vec![face_at(Vec2::new(100.0, 100.0), 80.0)], 0.0);
+        tracker.set_smoothing(1, Some(steady));
+        tracker.set_smoothing(7, Some(steady));
+        assert_eq!(tracker.own_smoothing.len(), 1, "nobody has ID 7");
+        assert!(tracker.relabel(&[(1, 5)]));
+        assert_eq!(*tracker.smoothing_of(5), steady);
+        assert_eq!(*tracker.smoothing_of(1), tracker.config.smoothing);
+        tracker.update(vec![face_at(Vec2::new(101.0, 100.0), 80.0)], dt);
+        assert_eq!(*tracker.smoothing_of(5), steady);
+        tracker.update(vec![], 5.0);
+        assert!(tracker.own_smoothing.is_empty(), "dropped with the track");
     }
 
     #[test]

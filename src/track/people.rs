@@ -287,8 +287,7 @@ impl People {
         &mut self,
         id: u32,
         name: &str,
-        avatar: Option<std::path::PathBuf>,
-        neutral: Option<Vec<f32>>,
+        choices: crate::known::Choices,
     ) -> anyhow::Result<()> {
         let embeddings = self
             .reid
@@ -300,7 +299,7 @@ impl People {
             .known
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("naming people is off (no re-ID model)"))?;
-        known.name(id, name, &embeddings, avatar, neutral)
+        known.name(id, name, &embeddings, choices)
     }
 
     pub fn reset(&mut self) {

@@ -1,10 +1,10 @@
 //! One card per person: ID or name, head angles, live expression bars, neutral calibration,
-//! and naming (remember this person between sessions) or forgetting them.
+//! their own smoothing, and naming (remember this person between sessions) or forgetting them.
 
 use std::collections::HashMap;
 
 use crate::retarget::{arkit_weights, Retargeter, ARKIT_52};
-use crate::track::{Person, TrackState};
+use crate::track::{Person, Smoothing, TrackState, STEADINESS_RANGE};
 
 /// The expressions shown as bars (all 52 are tracked; these tell at a glance that it works).
 const SHOWN: [&str; 10] = [
@@ -20,7 +20,7 @@ const SHOWN: [&str; 10] = [
     "cheekPuff",
 ];
 
-/// Neutral calibrations kept; the oldest is forgotten past this.
+/// Neutral calibrations (and own smoothings) kept; the oldest is forgotten past this.
 pub const MAX_CALIBRATIONS: usize = 64;
 
 /// What a card asks for besides calibration.
@@ -30,24 +30,69 @@ pub enum PeopleRequest {
     Name { id: u32, name: String },
     /// Delete what is stored about `name`.
     Forget(String),
+    /// Person `id`'s own smoothing changed (`None`: back to the app's).
+    Smoothing {
+        id: u32,
+        smoothing: Option<Smoothing>,
+    },
+}
+
+/// Values per person ID, the most recently set [`MAX_CALIBRATIONS`] of them.
+struct Recent<V> {
+    values: HashMap<u32, (V, u64)>,
+    made: u64,
+}
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent {
+            values: HashMap::new(),
+            made: 0,
+        }
+    }
+}
+
+impl<V> Recent<V> {
+    fn get(&self, id: u32) -> Option<&V> {
+        self.values.get(&id).map(|(v, _)| v)
+    }
+
+    fn insert(&mut self, id: u32, value: V) {
+        self.made += 1;
+        self.values.insert(id, (value, self.made));
+        if self.values.len() > MAX_CALIBRATIONS {
+            let oldest = self
+                .values
+                .iter()
+                .min_by_key(|(_, (_, made))| *made)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.values.remove(&id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        self.values.remove(&id);
+    }
 }
 
 #[derive(Default)]
 pub struct PeoplePanel {
     /// The name typed on each card in view.
     pub typed_names: HashMap<u32, String>,
-    /// Per person: the retargeter holding their neutral calibration, and when it was made
-    /// (a count of calibrations).
-    calibration: HashMap<u32, (Retargeter, u64)>,
-    calibrations_made: u64,
+    /// Per person: the retargeter holding their neutral calibration.
+    calibration: Recent<Retargeter>,
+    /// Per person: their own smoothing (the app's for everyone else).
+    smoothing: Recent<Smoothing>,
 }
 
 impl PeoplePanel {
     /// The calibrated ARKit weights of a person (identity mapping onto ARKit names).
     pub fn weights(&self, person: &Person) -> Vec<(String, f32)> {
         let raw = arkit_weights(&person.smoothed.blendshapes);
-        match self.calibration.get(&person.id) {
-            Some((r, _)) => r.apply(&raw),
+        match self.calibration.get(person.id) {
+            Some(r) => r.apply(&raw),
             None => ARKIT_52.iter().map(|n| n.to_string()).zip(raw).collect(),
         }
     }
@@ -59,7 +104,20 @@ impl PeoplePanel {
 
     /// Person `id`'s neutral face (ARKit-52 weights), if calibrated.
     pub fn neutral(&self, id: u32) -> Option<[f32; 52]> {
-        self.calibration.get(&id).and_then(|(r, _)| r.neutral())
+        self.calibration.get(id).and_then(|r| r.neutral())
+    }
+
+    /// Person `id`'s own smoothing, if they have one.
+    pub fn smoothing(&self, id: u32) -> Option<Smoothing> {
+        self.smoothing.get(id).copied()
+    }
+
+    /// Gives person `id` their own smoothing (`None`: the app's).
+    pub fn set_smoothing(&mut self, id: u32, smoothing: Option<Smoothing>) {
+        match smoothing {
+            Some(s) => self.smoothing.insert(id, s),
+            None => self.smoothing.remove(id),
+        }
     }
 
     /// Gives person `id` a stored neutral face.
@@ -67,29 +125,22 @@ impl PeoplePanel {
         let names: Vec<String> = ARKIT_52.iter().map(|n| n.to_string()).collect();
         let (mut retargeter, _) = Retargeter::by_name(&names);
         retargeter.calibrate_neutral(neutral);
-        let person_id = id;
-        self.calibrations_made += 1;
-        self.calibration
-            .insert(person_id, (retargeter, self.calibrations_made));
-        if self.calibration.len() > MAX_CALIBRATIONS {
-            let oldest = self
-                .calibration
-                .iter()
-                .min_by_key(|(_, (_, made))| *made)
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.calibration.remove(&id);
-            }
-        }
+        self.calibration.insert(id, retargeter);
     }
 
     /// People with a neutral calibration.
     pub fn calibrated(&self) -> usize {
-        self.calibration.len()
+        self.calibration.values.len()
     }
 
-    /// The cards; returns what the user asked for (naming, forgetting).
-    pub fn ui(&mut self, ui: &mut egui::Ui, people: &[Person]) -> Vec<PeopleRequest> {
+    /// The cards; returns what the user asked for (naming, forgetting, smoothing). `base` is
+    /// the app's smoothing, which a person's own is relative to.
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        people: &[Person],
+        base: &Smoothing,
+    ) -> Vec<PeopleRequest> {
         let mut requests = Vec::new();
         self.typed_names
             .retain(|id, _| people.iter().any(|p| p.id == *id));
@@ -123,15 +174,18 @@ impl PeoplePanel {
                                 .text(format!("{name} {value:.2}")),
                         );
                     }
-                    let calibrated = self.calibration.contains_key(&person.id);
+                    let calibrated = self.calibration.get(person.id).is_some();
                     ui.horizontal(|ui| {
                         if ui.button("calibrate neutral").clicked() {
                             self.calibrate(person);
                         }
                         if calibrated && ui.button("reset").clicked() {
-                            self.calibration.remove(&person.id);
+                            self.calibration.remove(person.id);
                         }
                     });
+                    if let Some(request) = self.smoothing_row(ui, person.id, base) {
+                        requests.push(request);
+                    }
                     ui.horizontal(|ui| {
                         let typed = self.typed_names.entry(person.id).or_default();
                         ui.add(
@@ -147,8 +201,9 @@ impl PeoplePanel {
                         let button = ui
                             .add_enabled(!typed.trim().is_empty(), egui::Button::new(label))
                             .on_hover_text(
-                                "keeps this person's face embeddings (not images), avatar and \
-                                 neutral face on this computer, to recognise them next time",
+                                "keeps this person's face embeddings (not images), avatar, \
+                                 neutral face and smoothing on this computer, to recognise them \
+                                 next time",
                             );
                         if button.clicked() {
                             requests.push(PeopleRequest::Name {
@@ -170,6 +225,45 @@ impl PeoplePanel {
                 });
         }
         requests
+    }
+
+    /// The smoothing slider of person `id`'s card: how much steadier than the app's they are.
+    fn smoothing_row(
+        &mut self,
+        ui: &mut egui::Ui,
+        id: u32,
+        base: &Smoothing,
+    ) -> Option<PeopleRequest> {
+        let own = self.smoothing(id);
+        let mut steadiness = own.map_or(1.0, |s| s.steadiness_against(base));
+        let mut request = None;
+        ui.horizontal(|ui| {
+            let slider = ui
+                .add(
+                    egui::Slider::new(&mut steadiness, STEADINESS_RANGE)
+                        .logarithmic(true)
+                        .fixed_decimals(2)
+                        .suffix("×")
+                        .text("smoothing"),
+                )
+                .on_hover_text(
+                    "this person's smoothing against the app's: higher is steadier at rest \
+                     (more lag), lower follows small moves sooner (more jitter)",
+                );
+            if slider.changed() {
+                let smoothing = Some(base.steadier(steadiness));
+                self.set_smoothing(id, smoothing);
+                request = Some(PeopleRequest::Smoothing { id, smoothing });
+            }
+            if own.is_some() && ui.button("default").clicked() {
+                self.set_smoothing(id, None);
+                request = Some(PeopleRequest::Smoothing {
+                    id,
+                    smoothing: None,
+                });
+            }
+        });
+        request
     }
 }
 

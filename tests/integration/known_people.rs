@@ -84,7 +84,9 @@ fn people_list_forget_and_a_corrupt_store() {
         v
     };
     let mut store = KnownPeople::default();
-    store.enrol("Ana", &[unit(0), unit(1)]).unwrap().avatar = Some("ana.vrm".into());
+    let ana = store.enrol("Ana", &[unit(0), unit(1)]).unwrap();
+    ana.choices.avatar = Some("ana.vrm".into());
+    ana.choices.smoothing = Some(polyface::track::Smoothing::default().steadier(2.0));
     store.enrol("Ben Ott", &[unit(2)]).unwrap();
     store.save(&path).unwrap();
     let people = |args: &[&str]| {
@@ -100,7 +102,10 @@ fn people_list_forget_and_a_corrupt_store() {
     crate::support::assert_success(&list);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
-        text.contains("Ana\t2 embeddings\tana.vrm") && text.contains("Ben Ott\t1 embeddings"),
+        text.contains("Ana\t2 embeddings\tana.vrm\tnot calibrated\tsmoothing 2.00x the default")
+            && text.contains(
+                "Ben Ott\t1 embeddings\tdefault avatar\tnot calibrated\tthe app's smoothing"
+            ),
         "{text}"
     );
     crate::support::assert_success(&people(&["forget", "Ana"]));
@@ -329,18 +334,20 @@ fn a_person_named_in_one_session_is_recognised_in_the_next() {
             .cloned()
     };
 
-    // session 1: nobody is known; the person is named with an avatar and a neutral face
+    // session 1: nobody is known; the person is named with an avatar, a neutral face and their
+    // own smoothing
     let store = std::sync::Arc::new(std::sync::Mutex::new(KnownPeople::default()));
     let worker = session(store.clone());
     let seen = wait(&worker, "a confirmed person", &|p| confirmed(p).is_some());
     let person = confirmed(&seen).unwrap();
     assert_eq!(person.name, None, "a stranger at first");
-    worker.name_person(
-        person.id,
-        "Ana".into(),
-        Some("ana.vrm".into()),
-        Some(vec![0.1; 52]),
-    );
+    let steady = polyface::track::Smoothing::default().steadier(2.5);
+    let choices = polyface::known::Choices {
+        avatar: Some("ana.vrm".into()),
+        neutral: Some(vec![0.1; 52]),
+        smoothing: Some(steady),
+    };
+    worker.name_person(person.id, "Ana".into(), choices.clone());
     wait(&worker, "the name on the person", &|p| {
         confirmed(p).is_some_and(|q| q.name.as_deref() == Some("Ana"))
     });
@@ -350,8 +357,7 @@ fn a_person_named_in_one_session_is_recognised_in_the_next() {
     let ana = &stored.people[0];
     assert_eq!(ana.name, "Ana");
     assert!((1..=polyface::known::MAX_EMBEDDINGS).contains(&ana.embeddings.len()));
-    assert_eq!(ana.avatar.as_deref(), Some(Path::new("ana.vrm")));
-    assert_eq!(ana.neutral.as_deref(), Some(&[0.1f32; 52][..]));
+    assert_eq!(ana.choices, choices);
     let text = std::fs::read_to_string(&store_path).unwrap();
     assert!(!text.contains("png") && !text.contains("jpg"), "no images");
 
