@@ -150,7 +150,8 @@ def export(model, out_path, fixture_path=None, metrics=None, cache_dir=None, ext
             y_ref = model(x)
         err = (y - y_ref).abs().max().item()
         assert err < 1e-3, f"folded/unfolded mismatch {err}"
-        d = decode(y)[0]
+        threshold = float(md["score_threshold"])  # the file's operating point (the app decodes with it)
+        d = decode(y, threshold=threshold)[0]
         fix = {"input_u8": inp, "output": y.contiguous(), "boxes": d["boxes"].contiguous().reshape(-1, 4),
                "scores": d["scores"].contiguous().reshape(-1), "keypoints": d["kps"].contiguous().reshape(-1, 5, 2)}
         if len(d["scores"]) == 0:  # keep every tensor non-empty: one all-zero row, flagged in metadata
@@ -162,7 +163,7 @@ def export(model, out_path, fixture_path=None, metrics=None, cache_dir=None, ext
                            "[K,4] (x0,y0,x1,y1 input px), scores [K], keypoints [K,5,2] = decoded with "
                            "score_threshold / nms_iou below. Tolerance: output 1e-3 abs.",
             "source_image": name, "letterbox_scale": f"{s:.6f}", "n_detections": str(len(d["scores"])),
-            "score_threshold": str(M.DEFAULT_SCORE_THRESHOLD), "nms_iou": str(M.DEFAULT_NMS_IOU),
+            "score_threshold": md["score_threshold"], "nms_iou": str(M.DEFAULT_NMS_IOU),
             "model_exported_at": md["exported_at"], "folded_vs_bn_max_abs_diff": f"{err:.3e}"})
     return md
 

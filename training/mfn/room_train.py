@@ -63,11 +63,13 @@ def validate(model, data, groups_test, device, limit=None, max_scale=1.0):
     return {k: round(float(v), 5) for k, v in m.items()}
 
 
-def export_detector(mfn, ck, out, fixture, det_cache, max_scale=None):
+def export_detector(mfn, ck, out, fixture, det_cache, max_scale=None, score_threshold=None):
     """the MFN's backbone and detection head as a detector file (the detector's format and layer list).
 
     max_scale: the detector's own letterbox limit (default: the MFN's). The SFN pipeline reads landmarks from
-    crops of the original frame, so enlarging a small frame for the detector only changes which faces are found."""
+    crops of the original frame, so enlarging a small frame for the detector only changes which faces are found.
+    score_threshold: the detector's operating point (default: the detector's own default); every candidate is then
+    checked by the SFN's face confidence in the app."""
     from detector import export as det_export
     config = {k: v for k, v in mfn.config.items() if k in DM.DEFAULT_CONFIG}
     det = DM.Detector(config)
@@ -78,7 +80,8 @@ def export_detector(mfn, ck, out, fixture, det_cache, max_scale=None):
     metrics = {k: v for k, v in ck["metrics"].items() if k.startswith("groups") or k.startswith("recall")}
     det_export.export(det, out, fixture, metrics, det_cache,
                       {"epoch": ck["epoch"], "training": "mfn/room_train.py: the room MFN's backbone and detection head",
-                       **letterbox_metadata(ck, max_scale)})
+                       **letterbox_metadata(ck, max_scale),
+                       **({"score_threshold": f"{score_threshold:g}"} if score_threshold is not None else {})})
 
 
 def letterbox_metadata(ck, max_scale=None):
@@ -126,6 +129,8 @@ def main():
     ap.add_argument("--detector", default="models/detector.safetensors", help="'' to skip")
     ap.add_argument("--detector-max-scale", type=float, default=None,
                     help="the exported detector's letterbox_max_scale (default: the MFN's --max-scale)")
+    ap.add_argument("--detector-score-threshold", type=float, default=None,
+                    help="the exported detector's score_threshold (default: the detector's)")
     ap.add_argument("--detector-fixture", default="tests/fixtures/detector_parity.safetensors")
     ap.add_argument("--grid-rank", type=int, default=128)
     ap.add_argument("--refine-rank", type=int, default=96)
@@ -147,7 +152,7 @@ def main():
             print(f"exported {args.export_from} to {args.export}")
         if args.detector:
             export_detector(em, ck, args.detector, args.detector_fixture or None, args.det_cache,
-                            args.detector_max_scale)
+                            args.detector_max_scale, args.detector_score_threshold)
             print(f"exported its detector to {args.detector}")
         return
     groups_test = GE.read_groups(args.groups)
