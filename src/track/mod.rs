@@ -476,6 +476,12 @@ mod tests {
         assert_eq!(tracker.next_id, 3, "no extra IDs were handed out");
     }
 
+    /// Standard deviation.
+    fn std(v: &[f32]) -> f32 {
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+    }
+
     #[test]
     fn smoothing_removes_jitter_of_a_still_face() {
         let mut tracker = Tracker::default();
@@ -492,10 +498,6 @@ mod tests {
                 smooth_x.push(out[0].smoothed.landmarks[30].x);
             }
         }
-        let std = |v: &[f32]| {
-            let m = v.iter().sum::<f32>() / v.len() as f32;
-            (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
-        };
         assert!(
             std(&smooth_x) < 0.2 * std(&raw_x),
             "{} vs {}",
@@ -524,10 +526,6 @@ mod tests {
                 second.push(out[1].smoothed.landmarks[30].x);
             }
         }
-        let std = |v: &[f32]| {
-            let m = v.iter().sum::<f32>() / v.len() as f32;
-            (v.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
-        };
         (std(&first), std(&second))
     }
 
