@@ -360,6 +360,8 @@ fn a_person_named_in_one_session_is_recognised_in_the_next() {
     assert_eq!(ana.choices, choices);
     let text = std::fs::read_to_string(&store_path).unwrap();
     assert!(!text.contains("png") && !text.contains("jpg"), "no images");
+    app_gives_back_what_ana_chose(&frame, &store_path, dir.path());
+    let stored = KnownPeople::load(&store_path).unwrap();
 
     // session 2: the store read from disk; the name comes back within a second of frame time
     let store = std::sync::Arc::new(std::sync::Mutex::new(stored));
@@ -384,4 +386,35 @@ fn a_person_named_in_one_session_is_recognised_in_the_next() {
         confirmed(p).is_some_and(|q| q.name.is_none())
     });
     assert!(!store_path.exists(), "nobody named: no file");
+}
+
+/// The app (in a window under Xvfb) recognises Ana and gives her what she chose: her own
+/// smoothing and neutral face, checked through what it writes back when it closes (a person
+/// whose choices were not given back would be stored with none).
+fn app_gives_back_what_ana_chose(frame: &Path, store_path: &Path, dir: &Path) {
+    if !crate::support::have_tool("Xvfb") {
+        return;
+    }
+    let before = KnownPeople::load(store_path).unwrap();
+    let xvfb = crate::window_smoke::Xvfb::start();
+    let out = crate::support::polyface()
+        .args(["-v", "run", "--fps", "5", "--exit-after", "12", "--input"])
+        .arg(frame)
+        .env("DISPLAY", &xvfb.display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("POLYFACE_CONFIG", dir.join("settings.json"))
+        .env("POLYFACE_PEOPLE", store_path)
+        .output()
+        .unwrap();
+    crate::support::assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("is Ana (similarity"),
+        "Ana was not recognised: {log}"
+    );
+    let after = KnownPeople::load(store_path).unwrap();
+    let (was, now) = (&before.people[0].choices, &after.people[0].choices);
+    assert!(was.smoothing.is_some() && was.neutral.is_some());
+    assert_eq!(now.smoothing, was.smoothing, "her smoothing came back");
+    assert_eq!(now.neutral, was.neutral, "her neutral face came back");
 }
