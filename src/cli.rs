@@ -176,6 +176,11 @@ pub struct EvalArgs {
     /// With --compare: write each labelled face's errors under both pipelines to a CSV file.
     #[arg(long, value_name = "FILE.csv", requires = "compare")]
     pub per_face: Option<PathBuf>,
+    /// With the SFN pipeline: write every face candidate (the SFN's face confidence not cut)
+    /// with its crop and whether it matched a labelled face, as JSON Lines (the training data
+    /// of that confidence: training/sfn/face_head.py).
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["compare", "given_boxes"])]
+    pub candidates: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Evaluate at most this many faces (--given-boxes) or images.

@@ -623,16 +623,38 @@ fn run_pipelines(
     Ok(runs)
 }
 
+/// What became of one prediction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionOutcome {
+    /// It matched a labelled face.
+    Hit,
+    /// A false positive (unmatched on an exhaustively labelled image).
+    FalsePositive,
+    /// Neither: on an ignore region, on an image not labelled exhaustively, or too small to judge.
+    Unjudged,
+}
+
 /// The predictions on one image against its labelled faces, greedy by score.
 fn judge_image(
     predictions: &[FaceObservation],
     image: &LabelledImage,
     counts: &mut DetectionCounts,
 ) -> Vec<Judged> {
+    judge_predictions(predictions, image, counts).0
+}
+
+/// [`judge_image`], also returning each prediction's outcome (in `predictions`' order).
+fn judge_predictions(
+    predictions: &[FaceObservation],
+    image: &LabelledImage,
+    counts: &mut DetectionCounts,
+) -> (Vec<Judged>, Vec<PredictionOutcome>) {
     use crate::vision::iou;
     use crate::vision::tight_box;
-    let mut order: Vec<&FaceObservation> = predictions.iter().collect();
-    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut order: Vec<usize> = (0..predictions.len()).collect();
+    order.sort_by(|&a, &b| predictions[b].score.total_cmp(&predictions[a].score));
+    let mut outcomes = vec![PredictionOutcome::Unjudged; predictions.len()];
     let truth_boxes: Vec<(Vec2, Vec2)> = image
         .faces
         .iter()
@@ -661,7 +683,8 @@ fn judge_image(
     let inside = |region: &Option<(Vec2, Vec2)>, p: Vec2| {
         region.is_some_and(|(lo, hi)| p.cmpge(lo).all() && p.cmple(hi).all())
     };
-    for prediction in order {
+    for index in order {
+        let prediction = &predictions[index];
         let centre = (prediction.bbox.0 + prediction.bbox.1) / 2.0;
         let (best, judge_miss) = match image.matching {
             Matching::TightBoxIou => (
@@ -701,6 +724,7 @@ fn judge_image(
             Some(i) => {
                 taken[i] = true;
                 if image.faces[i].confirmed {
+                    outcomes[index] = PredictionOutcome::Hit;
                     counts.matched += 1;
                     if image.exhaustive {
                         counts.exhaustive_matched += 1;
@@ -710,13 +734,72 @@ fn judge_image(
                 }
             }
             None if judge_miss && image.exhaustive => {
+                outcomes[index] = PredictionOutcome::FalsePositive;
                 counts.false_positives += 1;
                 counts.scored.push((prediction.score, false));
             }
             None => {}
         }
     }
-    judged
+    (judged, outcomes)
+}
+
+/// One face candidate as the pipeline judged it: training data for the SFN's face confidence
+/// (`training/sfn/face_head.py`).
+#[derive(Serialize)]
+struct Candidate<'a> {
+    image: &'a Path,
+    split: Option<&'a str>,
+    score: f32,
+    /// The SFN crop around the candidate's landmarks: centre x, y and side, in image pixels.
+    crop: [f32; 3],
+    outcome: PredictionOutcome,
+}
+
+/// Runs `pipeline` on every image and writes each face it returns as a JSON line (image,
+/// split, score, crop, outcome); returns how many were written. With the SFN pipeline's face
+/// confidence cut at 0, these are all the candidates the detector proposed.
+pub fn write_candidates(
+    pipeline: &mut dyn crate::vision::FacePipeline,
+    images: &[LabelledImage],
+    limit: Option<usize>,
+    path: &Path,
+) -> Result<usize> {
+    use std::io::Write;
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut counts = DetectionCounts::default();
+    let mut written = 0;
+    for image in images.iter().take(limit.unwrap_or(usize::MAX)) {
+        let frame = image::open(&image.path)
+            .with_context(|| format!("{}: cannot read image", image.path.display()))?
+            .into_rgb8();
+        pipeline.reset();
+        let mut timings = crate::timing::FrameTimings::new(0);
+        let predictions = pipeline.process(&frame, &mut timings)?;
+        let (_, outcomes) = judge_predictions(&predictions, image, &mut counts);
+        for (prediction, outcome) in predictions.iter().zip(outcomes) {
+            let Some(crop) =
+                CropBox::around_points(&prediction.landmarks, crate::vision::sfn::CROP_SCALE)
+            else {
+                continue;
+            };
+            let line = Candidate {
+                image: &image.path,
+                split: image.split.as_deref(),
+                score: prediction.score,
+                crop: [crop.center.x, crop.center.y, crop.side],
+                outcome,
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+    }
+    out.flush()
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(written)
 }
 
 /// Accuracy of a whole pipeline (detection included) on every image of `images`; landmark,
@@ -1001,9 +1084,14 @@ mod tests {
             4,
             "the ignored prediction is not scored"
         );
+        // each prediction's outcome, in the predictions' order
+        use PredictionOutcome::{FalsePositive, Hit, Unjudged};
+        let (_, outcomes) = judge_predictions(&predictions, g, &mut DetectionCounts::default());
+        assert_eq!(outcomes, [Hit, FalsePositive, Hit, Unjudged, FalsePositive]);
         // a photo not labelled exhaustively: recall counts, false positives do not
         let mut loose = DetectionCounts::default();
-        judge_image(&predictions, &images[1], &mut loose);
+        let (_, outcomes) = judge_predictions(&predictions, &images[1], &mut loose);
+        assert_eq!(outcomes, [Hit, Unjudged, Hit, Unjudged, Unjudged]);
         assert_eq!(
             (loose.matched, loose.false_positives, loose.scored.len()),
             (2, 0, 0)

@@ -184,6 +184,17 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(path) = &args.candidates {
+        anyhow::ensure!(
+            args.pipeline == PipelineKind::Sfn,
+            "--candidates is for the SFN pipeline (the detector, then the SFN's face confidence)"
+        );
+        let mut pipeline = vision::SfnPipeline::load(&models, &device)?;
+        pipeline.min_face_score = 0.0;
+        let written = polyface::eval::write_candidates(&mut pipeline, &images, args.limit, path)?;
+        eprintln!("{written} candidates written to {}", path.display());
+        return Ok(());
+    }
     let report = match args.pipeline {
         PipelineKind::Sfn if args.given_boxes => {
             let sfn = vision::Sfn::load(&models.join("sfn.safetensors"), &device)?;

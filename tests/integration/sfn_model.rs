@@ -193,3 +193,69 @@ fn eval_explains_what_is_missing() {
         "{stderr}"
     );
 }
+
+/// `eval --candidates`: every candidate of the SFN pipeline (the face confidence not cut) with
+/// its crop and outcome, the training data of that confidence; hits score high, and the
+/// SFN's confidence tells them from the false alarms.
+#[test]
+fn eval_writes_every_candidate_with_its_outcome() {
+    let Some(data) = crate::support::shared_data() else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("candidates.jsonl");
+    let run = |extra: &[&str]| {
+        crate::support::polyface()
+            .args(["eval", "--split", "test", "--limit", "30"])
+            .args(extra)
+            .arg("--data")
+            .arg(data.join("groups.jsonl"))
+            .arg("--models")
+            .arg(root.join("models"))
+            .arg("--candidates")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    crate::support::assert_success(&run(&[]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scores = |outcome: &str| -> Vec<f64> {
+        lines
+            .iter()
+            .filter(|c| c["outcome"] == outcome)
+            .map(|c| c["score"].as_f64().unwrap())
+            .collect()
+    };
+    let (hits, alarms) = (scores("hit"), scores("false_positive"));
+    assert!(
+        hits.len() > 30 && !alarms.is_empty(),
+        "{} / {}",
+        hits.len(),
+        alarms.len()
+    );
+    assert!(
+        alarms.iter().any(|&s| s < 0.5),
+        "the confidence is not cut: low-scoring candidates are written"
+    );
+    for c in &lines {
+        let crop: Vec<f64> = serde_json::from_value(c["crop"].clone()).unwrap();
+        assert!(crop.len() == 3 && crop[2] > 4.0, "{c}");
+        assert_eq!(c["split"], "test");
+        assert!(Path::new(c["image"].as_str().unwrap()).is_file());
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&hits) > 0.8 && mean(&alarms) < 0.5,
+        "hits {:.2}, false alarms {:.2}",
+        mean(&hits),
+        mean(&alarms)
+    );
+    let mfn = run(&["--pipeline", "mfn"]);
+    assert!(!mfn.status.success());
+    assert!(String::from_utf8_lossy(&mfn.stderr).contains("--candidates is for the SFN pipeline"));
+}
