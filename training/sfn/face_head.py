@@ -135,7 +135,7 @@ def main():
     ap.add_argument("--test", default="training/cache/face_head/groups_test.jsonl")
     ap.add_argument("--helen", default="../shared/data/helen/train.jsonl")
     ap.add_argument("--keep", type=float, default=300.0, help="weight of holding the other outputs")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=12000)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--save", default="models/checkpoints/sfn_face_head.pt", help="the retrained layers")
